@@ -1,0 +1,178 @@
+"""`AbsurdDurability`: the capability that makes an agent's runs durable inside Absurd tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal, cast
+
+from absurd_sdk import CancelledTask, FailedTask
+from pydantic_ai import Agent
+from pydantic_ai.agent import EventStreamHandler
+from pydantic_ai.agent.abstract import AbstractAgent
+from pydantic_ai.capabilities import AbstractCapability, WrapRunHandler
+from pydantic_ai.durable_exec import (
+    JSON_CODEC,
+    BaseDurabilityCapability,
+    DurabilityEngineSpec,
+    DurableOperationId,
+    RoleBasedOperationConfig,
+    conversation_id_from_run_id,
+    external_event_scope,
+    replay_scope,
+)
+from pydantic_ai.messages import ModelMessage, ModelResponse
+from pydantic_ai.models import Model
+from pydantic_ai.run import AgentRunResult
+from pydantic_ai.tools import AgentDepsT, RunContext
+from pydantic_ai.toolsets import AbstractToolset
+
+from ._backend import AbsurdStepBackend, StepConfig, UnserializableValue
+from ._context import current_task_context, execution_state, in_step, run_scope
+from ._events import AbsurdEventWaiter
+from ._sleep import checkpointed_sleep, run_start_time
+from ._step_names import check_identifier
+
+TOOL_METADATA_KEY = "absurd"
+"""Tool metadata key for per-tool step settings: `metadata={"absurd": False}` runs a pure tool without a step."""
+
+
+def _unserializable(error: Exception) -> BaseException:
+    return UnserializableValue(error)
+
+
+def _tool_config(operation_id: DurableOperationId, tool: object | None, tool_name: str) -> StepConfig | Literal[False]:
+    tool_def = getattr(tool, "tool_def", None)
+    metadata = getattr(tool_def, "metadata", None)
+    setting = metadata.get(TOOL_METADATA_KEY) if isinstance(metadata, Mapping) else None
+    if setting is False:
+        return False
+    return {}
+
+
+class AbsurdDurability(BaseDurabilityCapability[AgentDepsT]):
+    """Checkpoints every model request, tool call, MCP call and event-handler call of an agent run as an Absurd step.
+
+    Inside an async Absurd task (`@absurd.register_task` on an `AsyncAbsurd` client), each operation runs
+    once: its result is stored as JSON in Postgres, and a worker that resumes the task after a crash
+    replays it from there. Outside a task the agent behaves exactly like a plain `Agent`.
+
+    Attach it at construction, `Agent(..., name="analyst", capabilities=[AbsurdDurability()])`, or wrap
+    an agent with [`AbsurdAgent`][pydantic_ai_absurd.AbsurdAgent].
+    """
+
+    engine_spec = DurabilityEngineSpec(
+        engine_name="Absurd",
+        durable_unit_noun="step",
+        durable_unit_plural="steps",
+        durable_container_noun="task",
+        codec=JSON_CODEC,
+        serialization_failure=_unserializable,
+        unsupported_runtime_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
+        wrapped_toolset_kinds=frozenset({"function", "mcp", "dynamic"}),
+        toolset_lifecycles={"function": "enter-always", "mcp": "enter-in-durable-unit", "dynamic": "enter-never"},
+        journal_discovery=True,
+        sequential_tools_in_durable_context=False,
+        tool_config_key=TOOL_METADATA_KEY,
+        cancellation_error_types=(CancelledTask, FailedTask),
+    )
+
+    def __init__(
+        self,
+        *,
+        models: Mapping[str, Model] | None = None,
+        event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Create the capability.
+
+        Args:
+            models: Extra models, keyed by ID, that runs may select with `run(model=...)`. A `Model`
+                instance cannot be rebuilt by a worker from its name, so an instance used at run time
+                must be registered here; model-name strings need no registration.
+            event_stream_handler: A durable event stream handler: model events reach it live inside the
+                model step, and each tool event runs in a step of its own, so it sees every event once.
+            name: The name used in step names. Defaults to the agent's `name`, which must then be set.
+        """
+        if name is not None:
+            check_identifier("agent name", name)
+        for model_id in models or {}:
+            check_identifier("model ID", model_id)
+        super().__init__(models=models, event_stream_handler=event_stream_handler, name=name)
+        self._backend: AbsurdStepBackend | None = None
+
+    def for_agent(self, agent: AbstractAgent[AgentDepsT, Any]) -> AbstractCapability[AgentDepsT]:
+        """Bind to `agent`, refusing names and IDs that would corrupt the persisted step names."""
+        check_identifier("agent name", self.name or agent.name or "")
+        if isinstance(agent.model, str):
+            check_identifier("model ID", agent.model)
+        toolset_ids: list[str] = []
+
+        def collect(leaf: AbstractToolset[AgentDepsT]) -> None:
+            if leaf.id is not None:
+                toolset_ids.append(leaf.id)
+
+        for toolset in agent.toolsets:
+            toolset.apply(collect)
+        for toolset_id in toolset_ids:
+            check_identifier("toolset ID", toolset_id)
+        return super().for_agent(agent)
+
+    @property
+    def in_durable_context(self) -> bool:
+        """Whether the current code runs in an async Absurd task, outside any step body."""
+        return current_task_context() is not None and not in_step()
+
+    def get_default_run_id(self) -> str | None:
+        """`<task id>:<agent name>:<n>` for the n-th run of this agent in the task: the same on every replay."""
+        task_ctx = current_task_context()
+        if task_ctx is None or in_step():
+            return None
+        ordinal = execution_state(task_ctx).next_run_id_ordinal(self.name)
+        return f"{task_ctx.task_id}:{self.name}:{ordinal}"
+
+    def get_default_conversation_id(self, run_id: str) -> str | None:
+        """A conversation ID derived from the replay-stable run ID."""
+        return conversation_id_from_run_id(run_id) if self.in_durable_context else None
+
+    async def get_run_start_time(self, run_id: str) -> datetime | None:
+        """When the run first started, recorded in a step, so `run(timeout=...)` survives a resume."""
+        if not self.in_durable_context:
+            return None
+        return await run_start_time(self.name, run_id)
+
+    def get_durable_operation_backend(self) -> AbsurdStepBackend:
+        """The step backend for this bound capability."""
+        backend = self._backend
+        if backend is None or backend._agent_name != self.name:  # pyright: ignore[reportPrivateUsage]
+            backend = AbsurdStepBackend(
+                agent_name=self.name,
+                default_model_id=self.default_model_id,
+                config=RoleBasedOperationConfig[StepConfig | Literal[False]](
+                    model={}, event={}, capability={}, tool={}, resolve_tool=_tool_config
+                ),
+            )
+            self._backend = backend
+        return backend
+
+    async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
+        """Install the run's step scope, replay telemetry scope, durable event waiter and durable sleep."""
+        task_ctx = current_task_context()
+        if task_ctx is None or in_step():
+            return await super().wrap_run(ctx, handler=handler)
+        scope = execution_state(task_ctx).next_run_scope(self.name)
+        with (
+            run_scope(scope),
+            replay_scope(),
+            external_event_scope(AbsurdEventWaiter(task_ctx, scope)),
+            Agent.using_sleep(checkpointed_sleep(scope)),
+        ):
+            return cast(AgentRunResult[Any], await super().wrap_run(ctx, handler=handler))
+
+    def _stamp_response(self, response: ModelResponse, messages: list[ModelMessage]) -> None:
+        # Private hook (DESIGN.md §5, pinned in tests/test_compat.py): the graph stamps these only after the
+        # step returns, so without it the stored response would lack them.
+        if messages:
+            final = messages[-1]
+            response.run_id = response.run_id or final.run_id
+            response.conversation_id = response.conversation_id or final.conversation_id
