@@ -13,7 +13,7 @@ from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, AbsurdDurability
 
-from .support import Script, SimulatedCrash, checkpoint_names, checkpoints, run_until_done
+from .support import Script, SimulatedCrash, checkpoint_names, run_until_done
 
 
 class Receipt(BaseModel):
@@ -69,7 +69,9 @@ async def test_outside_a_task_the_agent_is_plain_and_needs_no_database() -> None
     assert run.result is not None and run.result.output == "done"
 
 
-async def test_durable_run_checkpoints_each_model_and_tool_call(absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str) -> None:
+async def test_durable_run_checkpoints_each_model_and_tool_call(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
+) -> None:
     script = two_charges_then_text()
     effects: list[int] = []
     agent = build_agent(script, effects, set())
@@ -122,6 +124,7 @@ async def test_resumed_run_is_indistinguishable_from_an_uninterrupted_one(absurd
     assert resumed.usage == ref.usage
     assert resumed.run_id == f"{second['task_id']}:billing:1"
     assert resumed.conversation_id != ref.conversation_id  # different tasks, different conversations
+
     # What the model was sent after the resume is byte-identical to the uninterrupted run's prompts,
     # although the stored tool returns and args went through jsonb (which reorders keys).
     def normalized(prompt: bytes, task_id: object, conversation_id: str) -> bytes:
@@ -158,7 +161,9 @@ async def test_replay_sends_no_model_request_twice(absurd_client: AsyncAbsurd) -
     assert sorted(effects) == [1, 2]
 
 
-async def test_two_runs_in_one_task_resume_between_them(absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str) -> None:
+async def test_two_runs_in_one_task_resume_between_them(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
+) -> None:
     script = Script(turns=[lambda _: [TextPart("answer")]])
     agent = AbsurdAgent(Agent(script.model(), name="helper"))
     crashed = {"done": False}
@@ -183,7 +188,9 @@ async def test_two_runs_in_one_task_resume_between_them(absurd_client: AsyncAbsu
     }
 
 
-async def test_capability_on_a_plain_agent_is_durable(absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str) -> None:
+async def test_capability_on_a_plain_agent_is_durable(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
+) -> None:
     script = Script(turns=[lambda _: [TextPart("hi")]])
     agent = Agent(script.model(), name="plain", capabilities=[AbsurdDurability()])
 
@@ -224,10 +231,13 @@ async def test_step_results_reach_the_right_call_when_latency_flips(absurd_clien
                 ToolCallPart("lookup", {"key": "slow"}, tool_call_id="a"),
                 ToolCallPart("lookup", {"key": "fast"}, tool_call_id="b"),
             ],
-            lambda messages: [TextPart(str([p.content for m in messages for p in m.parts if p.part_kind == "tool-return"]))],
+            lambda messages: [
+                TextPart(str([p.content for m in messages for p in m.parts if p.part_kind == "tool-return"]))
+            ],
         ]
     )
     attempt = {"n": 0}
+    ran: list[str] = []
     inner = Agent(script.model(), name="racer")
 
     @inner.tool
@@ -235,6 +245,7 @@ async def test_step_results_reach_the_right_call_when_latency_flips(absurd_clien
         # A pre-step delay whose order flips on the replay (as a rate limiter or hook would).
         slow_first = attempt["n"] == 0
         await asyncio.sleep(0.05 if (key == "slow") == slow_first else 0)
+        ran.append(key)
         if attempt["n"] == 0 and key == "fast":
             attempt["n"] += 1
             raise SimulatedCrash("after the slow call committed")
@@ -249,6 +260,7 @@ async def test_step_results_reach_the_right_call_when_latency_flips(absurd_clien
     spawned = await absurd_client.spawn("race", {})
     snapshot = await run_until_done(absurd_client, spawned["task_id"])
     assert snapshot.result == "['value-of-slow', 'value-of-fast']"
+    assert sorted(ran) == ["fast", "fast", "slow"]  # the committed call was replayed, not run again
 
 
 @pytest.mark.parametrize("bad", ["has#hash", "has@at", "has space", "has~tilde"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -71,7 +71,7 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         *args: Any,
         capabilities: Sequence[AbstractCapability[AgentDepsT]] | None = None,
         **kwargs: Any,
-    ) -> AsyncIterator[AgentRun[AgentDepsT, Any]]:
+    ) -> AsyncGenerator[AgentRun[AgentDepsT, Any]]:
         """Iterate over the run's nodes, with the durability capability added to the run."""
         async with self.wrapped.iter(*args, capabilities=[*(capabilities or ()), self._durability], **kwargs) as run:
             yield run

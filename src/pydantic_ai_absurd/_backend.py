@@ -68,7 +68,9 @@ def decode_checkpoint(state: object, *, step: str) -> object:
     )
 
 
-def _unserializable_message(step: str, operation_id: DurableOperationId, cache_key: tuple[Any, ...], error: Exception) -> str:
+def _unserializable_message(
+    step: str, operation_id: DurableOperationId, cache_key: tuple[Any, ...], error: Exception
+) -> str:
     tool = next((item.tool_name for item in cache_key if isinstance(item, RunContext) and item.tool_name), None)
     what = f"Tool {tool!r}" if isinstance(operation_id, ToolsetCallToolId) and tool else f"Step {step!r}"
     return (

@@ -44,7 +44,9 @@ def _unserializable(error: Exception) -> BaseException:
 def _tool_config(operation_id: DurableOperationId, tool: object | None, tool_name: str) -> StepConfig | Literal[False]:
     tool_def = getattr(tool, "tool_def", None)
     metadata = getattr(tool_def, "metadata", None)
-    setting = metadata.get(TOOL_METADATA_KEY) if isinstance(metadata, Mapping) else None
+    setting: object = (
+        cast(Mapping[str, object], metadata).get(TOOL_METADATA_KEY) if isinstance(metadata, Mapping) else None
+    )
     if setting is False:
         return False
     return {}
@@ -167,7 +169,7 @@ class AbsurdDurability(BaseDurabilityCapability[AgentDepsT]):
             external_event_scope(AbsurdEventWaiter(task_ctx, scope)),
             Agent.using_sleep(checkpointed_sleep(scope)),
         ):
-            return cast(AgentRunResult[Any], await super().wrap_run(ctx, handler=handler))
+            return await super().wrap_run(ctx, handler=handler)
 
     def _stamp_response(self, response: ModelResponse, messages: list[ModelMessage]) -> None:
         # Private hook (DESIGN.md §5, pinned in tests/test_compat.py): the graph stamps these only after the

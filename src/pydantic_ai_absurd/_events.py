@@ -71,7 +71,7 @@ class AbsurdEventWaiter(ExternalEventWaiter):
         return _decode(payload)
 
 
-def _encode(value: JsonValue) -> dict[str, str] | None:
+def _encode(value: JsonValue) -> dict[str, JsonValue] | None:
     return None if value is None else {_VALUE_KEY: json.dumps(value, ensure_ascii=False, separators=(",", ":"))}
 
 
@@ -98,7 +98,8 @@ async def resolve_event_token(
     wins; later ones are ignored. `queue_name` defaults to the client's queue.
     """
     _check_token(token)
-    await absurd.emit_event(token, _encode(payload) or {_VALUE_KEY: "null"}, queue_name=queue_name)
+    envelope: dict[str, JsonValue] = _encode(payload) or {_VALUE_KEY: "null"}
+    await absurd.emit_event(token, envelope, queue_name=queue_name)
 
 
 async def fail_event_token(absurd: AsyncAbsurd, token: str, reason: str, *, queue_name: str | None = None) -> None:

@@ -50,7 +50,7 @@ class LeaseKeeper:
 
         task: asyncio.Task[_T] = asyncio.ensure_future(call())
         self._bodies.add(task)  # pyright: ignore[reportArgumentType]
-        if self._heartbeat is None or self._heartbeat.done():
+        if self._heartbeat is None:
             self._heartbeat = asyncio.ensure_future(self._beat())
         try:
             return await task
@@ -62,9 +62,13 @@ class LeaseKeeper:
             raise
         finally:
             self._bodies.discard(task)  # pyright: ignore[reportArgumentType]
-            if not self._bodies and self._heartbeat is not None:
-                self._heartbeat.cancel()
-                self._heartbeat = None
+            if not self._bodies:
+                self._stop_heartbeat()
+
+    def _stop_heartbeat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
 
     async def _beat(self) -> None:
         while True:

@@ -1,0 +1,221 @@
+"""Retries that fit LLM work: exponential backoff by default, and no retries for errors that cannot succeed.
+
+Absurd retries a task by running it again from the top (finished steps replay from their checkpoints)
+per the task's `retry_strategy` and `max_attempts`. Its default is 5 attempts with **no delay**,
+which turns a provider rate limit or outage into five failures within a second. And it retries every
+exception, including ones that fail the same way every time (invalid parameters, a programming error,
+a result that is not JSON), burning attempts and repeating side effects.
+
+`run_worker` applies `RetryPolicy` to every task it executes:
+
+- a task spawned without a `retry_strategy` is retried with `RetryPolicy.default_strategy`
+  (`AGENT_RETRY_STRATEGY`, exponential backoff) instead of immediately;
+- an exception that can never succeed on retry (`NonRetryableError` and subclasses, pydantic's
+  `ValidationError`, `pydantic_ai.exceptions.UserError`, a result that is not JSON-serializable, or
+  any type in `RetryPolicy.non_retryable`) fails the task at once, whatever attempts are left. The
+  failure reason stored by Absurd (`failure_reason` JSON, what `fetch_task_result` returns) carries
+  `"retryable": false` and `"non_retryable_reason"`. `absurd.retry_task(task_id)` still retries it
+  by hand after a fix.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import pydantic
+from absurd_sdk import AbsurdHooks, ClaimedTask, RetryStrategy, SpawnOptions
+from psycopg import AsyncConnection, sql
+from pydantic_ai.exceptions import UserError
+
+from ._errors import PydanticAIAbsurdError
+
+__all__ = [
+    "AGENT_RETRY_STRATEGY",
+    "DEFAULT_NON_RETRYABLE",
+    "FailureOutcome",
+    "NonRetryableError",
+    "TaskResultNotSerializableError",
+    "RetryPolicy",
+    "agent_retry_hooks",
+    "check_json_result",
+    "failure_reason",
+    "fail_task_permanently",
+    "record_task_failure",
+]
+
+AGENT_RETRY_STRATEGY: RetryStrategy = {"kind": "exponential", "base_seconds": 5.0, "factor": 3.0, "max_seconds": 300.0}
+"""Default retry strategy for agent tasks: 5 s, 15 s, 45 s, 135 s, then every 300 s.
+
+With Absurd's default of 5 attempts a task rides out about 3.3 minutes of provider rate limiting or
+outage before it fails, instead of failing five times within a second (Absurd's own default is an
+immediate retry).
+"""
+
+
+class NonRetryableError(PydanticAIAbsurdError):
+    """Base for errors that can never succeed on retry: raise (a subclass of) it in a task to fail it at once.
+
+    The task is failed for good with the error recorded as its failure reason, whatever attempts
+    are left; no attempt is burned and no side effect is repeated.
+    """
+
+
+class TaskResultNotSerializableError(NonRetryableError, TypeError):
+    """A task handler returned a value that is not JSON-serializable; Absurd can only store JSON results."""
+
+
+DEFAULT_NON_RETRYABLE: tuple[type[BaseException], ...] = (NonRetryableError, pydantic.ValidationError, UserError)
+"""Exception types that fail a task at once instead of being retried.
+
+`pydantic.ValidationError` is listed because task parameters are JSON validated into a model at the
+start of a handler: the same parameters fail the same way on every attempt. Code that validates
+flaky external data inside a task should catch it and raise a retryable error instead.
+"""
+
+
+def failure_reason(err: BaseException, *, retryable: bool, reason: str | None = None) -> dict[str, Any]:
+    """Build the `failure_reason` JSON stored on the failed run (the SDK's shape plus our fields)."""
+    formatted = "".join(traceback.format_exception(type(err), err, err.__traceback__)) if err.__traceback__ else None
+    payload: dict[str, Any] = {
+        "name": type(err).__name__,
+        "message": str(err),
+        "traceback": formatted,
+        "retryable": retryable,
+    }
+    if reason is not None:
+        payload["non_retryable_reason"] = reason
+    return payload
+
+
+def check_json_result(task_name: str, result: object) -> None:
+    """Raise `TaskResultNotSerializableError` if `result` cannot be stored by Absurd as the task result."""
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as err:
+        raise TaskResultNotSerializableError(
+            f"Task {task_name!r} returned a {type(result).__name__} that is not JSON-serializable ({err}); "
+            "return JSON data (dict, list, str, int, float, bool, None), e.g. `model.model_dump(mode='json')`."
+        ) from err
+
+
+FailureOutcome = Literal["retry", "failed"]
+"""What happened to a failed run: a new attempt was scheduled, or the task failed for good."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the worker handles exceptions raised by task handlers.
+
+    Attributes:
+        default_strategy: Backoff applied to tasks spawned without a `retry_strategy`; None keeps
+            Absurd's behaviour (immediate retry).
+        non_retryable: Exception types that fail the task at once; subclasses match too.
+    """
+
+    default_strategy: RetryStrategy | None = field(default_factory=lambda: RetryStrategy(**AGENT_RETRY_STRATEGY))
+    non_retryable: tuple[type[BaseException], ...] = DEFAULT_NON_RETRYABLE
+
+    def non_retryable_reason(self, err: BaseException) -> str | None:
+        """Why `err` can never succeed on retry (a short tag stored in the failure reason), or None."""
+        if isinstance(err, TaskResultNotSerializableError):
+            return "result_not_serializable"
+        if isinstance(err, NonRetryableError):
+            return "non_retryable_error"
+        if not isinstance(err, self.non_retryable):
+            return None
+        if isinstance(err, pydantic.ValidationError):
+            return "validation_error"
+        if isinstance(err, UserError):
+            return "user_error"
+        return "non_retryable_type"
+
+
+async def fail_task_permanently(
+    conn: AsyncConnection[Any], queue_name: str, run_id: str, reason: dict[str, Any]
+) -> None:
+    """Fail the run `run_id` and its task for good, recording `reason`, whatever attempts are left.
+
+    Absurd has no SQL function for this. In one transaction we lock the run (the same lock order as
+    `absurd.fail_run` and `absurd.cancel_task`: run, then task), lower the task's `max_attempts` to the
+    run's attempt, and call `absurd.fail_run`, which then sees the attempts exhausted: the task
+    ends in state `failed` with `reason` as failure reason and `absurd.retry_task` can still retry it.
+    Writes to Absurd's `t_<queue>` table (columns `task_id`, `max_attempts`) and reads `r_<queue>`
+    (`run_id`, `task_id`, `attempt`); `tests/test_retry.py` pins that.
+    """
+    runs = sql.Identifier(f"r_{queue_name}")
+    tasks = sql.Identifier(f"t_{queue_name}")
+    async with conn.transaction():
+        cur = await conn.execute(
+            sql.SQL("select task_id, attempt from absurd.{} where run_id = %s for update").format(runs), (run_id,)
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            task_id, attempt = cast("tuple[Any, int]", row)
+            await conn.execute(
+                sql.SQL("update absurd.{} set max_attempts = %s where task_id = %s").format(tasks), (attempt, task_id)
+            )
+        await conn.execute(
+            "select absurd.fail_run(%s, %s, %s::jsonb, null)", (queue_name, run_id, json.dumps(reason, default=str))
+        )
+
+
+async def record_task_failure(
+    conn: AsyncConnection[Any], queue_name: str, task: ClaimedTask, err: BaseException, policy: RetryPolicy
+) -> tuple[FailureOutcome, str | None]:
+    """Fail the run of `task` after `err`: for good if `err` is non-retryable, else per the retry strategy.
+
+    Returns the outcome and, for non-retryable errors, the reason. A retryable failure of a task that
+    has no `retry_strategy` of its own is rescheduled after `policy.default_strategy`'s delay
+    (computed by Absurd's `absurd.retry_delay_seconds`).
+    """
+    reason = policy.non_retryable_reason(err)
+    if reason is not None:
+        await fail_task_permanently(
+            conn, queue_name, task["run_id"], failure_reason(err, retryable=False, reason=reason)
+        )
+        return "failed", reason
+    payload = json.dumps(failure_reason(err, retryable=True), default=str)
+    strategy = policy.default_strategy
+    if task.get("retry_strategy") is None and strategy is not None:
+        await conn.execute(
+            "select absurd.fail_run(%s, %s, %s::jsonb, absurd.current_time()"
+            " + make_interval(secs => absurd.retry_delay_seconds(%s::jsonb, %s)))",
+            (queue_name, task["run_id"], payload, json.dumps(strategy), task["attempt"]),
+        )
+    else:
+        await conn.execute("select absurd.fail_run(%s, %s, %s::jsonb, null)", (queue_name, task["run_id"], payload))
+    max_attempts = task.get("max_attempts")
+    if max_attempts is not None and task["attempt"] >= max_attempts:
+        return "failed", None
+    return "retry", None
+
+
+def agent_retry_hooks(hooks: AbsurdHooks | None = None, *, strategy: RetryStrategy | None = None) -> AbsurdHooks:
+    """Hooks for `AsyncAbsurd(..., hooks=agent_retry_hooks())` that give spawned tasks a backoff by default.
+
+    Every `spawn` without an explicit `retry_strategy` gets `strategy` (default `AGENT_RETRY_STRATEGY`),
+    so the tasks back off whichever worker runs them (also Absurd's own `start_worker`). An existing
+    `before_spawn` hook in `hooks` runs first; other hooks are kept.
+    """
+    chosen: RetryStrategy = strategy if strategy is not None else AGENT_RETRY_STRATEGY
+    base: AbsurdHooks = dict(hooks) if hooks else {}  # type: ignore[assignment]
+    previous = base.get("before_spawn")
+
+    async def before_spawn(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
+        if previous is not None:
+            result = previous(task_name, params, options)
+            if isinstance(result, Awaitable):
+                options = await result
+            else:
+                options = result
+        if "retry_strategy" not in options:
+            options = {**options, "retry_strategy": dict(chosen)}  # type: ignore[typeddict-item]
+        return options
+
+    hook: Callable[[str, Any, SpawnOptions], Awaitable[SpawnOptions]] = before_spawn
+    base["before_spawn"] = hook
+    return base

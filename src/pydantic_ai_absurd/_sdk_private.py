@@ -1,0 +1,93 @@
+"""The only place where the worker and the spawn helpers touch private names of `absurd_sdk`.
+
+`absurd_sdk.AsyncAbsurd` runs every task of a worker on one shared connection and offers no public
+way to execute a claimed task on another connection. To give each in-flight task its own pooled
+connection, the worker builds one short-lived `AsyncAbsurd` per task on a pooled connection (public
+constructor) and lets it execute the claimed task with the registrations of the user's client.
+
+Private names used (absurd-sdk 0.5.1), all pinned by `tests/test_worker_sdk_private.py`:
+
+- `AsyncAbsurd._registry`: dict of task name -> registration, shared (not copied) with each
+  per-task client so registrations made later are seen too;
+- `AsyncAbsurd._execute_task(task, claim_timeout)`: runs one claimed task (context creation with
+  checkpoint preload, contextvar, `wrap_task_execution` hook, `complete_run` / `fail_run`);
+- `AsyncAbsurd._hooks`: the user's hooks, so that per-task clients keep `wrap_task_execution`;
+- `AsyncAbsurd._queue_name`: the client's queue (no public accessor exists);
+- `AsyncAbsurd._conn_string` / `AsyncAbsurd._conn`: where the client connects, to open a pool on
+  the same database when no DSN is given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from absurd_sdk import AbsurdHooks, AsyncAbsurd, ClaimedTask
+from psycopg import AsyncConnection
+from psycopg.conninfo import make_conninfo
+
+__all__ = [
+    "client_conninfo",
+    "client_hooks",
+    "client_queue_name",
+    "execute_claimed_task",
+    "is_registered",
+    "registered_task_names",
+]
+
+
+def _registry(absurd: AsyncAbsurd) -> dict[str, dict[str, Any]]:
+    return absurd._registry  # pyright: ignore[reportPrivateUsage]
+
+
+async def execute_claimed_task(
+    absurd: AsyncAbsurd,
+    conn: AsyncConnection[Any],
+    task: ClaimedTask,
+    claim_timeout: int,
+    hooks: AbsurdHooks,
+) -> None:
+    """Execute `task` (already claimed) with `absurd`'s handlers, on `conn` instead of `absurd`'s connection.
+
+    Uses `AsyncAbsurd._registry` and `AsyncAbsurd._execute_task` (private, absurd-sdk 0.5.1).
+    """
+    client = AsyncAbsurd(conn, queue_name=client_queue_name(absurd), hooks=hooks)
+    client._registry = _registry(absurd)  # pyright: ignore[reportPrivateUsage]
+    await client._execute_task(task, claim_timeout)  # pyright: ignore[reportPrivateUsage]
+
+
+def is_registered(absurd: AsyncAbsurd, task_name: str) -> bool:
+    """Whether `absurd` has a handler for `task_name` (reads `AsyncAbsurd._registry`)."""
+    return task_name in _registry(absurd)
+
+
+def registered_task_names(absurd: AsyncAbsurd) -> list[str]:
+    """Names of the tasks registered on `absurd` (reads `AsyncAbsurd._registry`)."""
+    return sorted(_registry(absurd))
+
+
+def client_hooks(absurd: AsyncAbsurd) -> AbsurdHooks:
+    """Return the hooks `absurd` was built with (reads `AsyncAbsurd._hooks`)."""
+    return absurd._hooks  # pyright: ignore[reportPrivateUsage]
+
+
+def client_queue_name(absurd: AsyncAbsurd) -> str:
+    """Return the queue `absurd` was built for (reads `AsyncAbsurd._queue_name`)."""
+    return absurd._queue_name  # pyright: ignore[reportPrivateUsage]
+
+
+def client_conninfo(absurd: AsyncAbsurd) -> str | None:
+    """Return a connection string for the database of `absurd`, or None if it has neither URL nor connection.
+
+    Reads `AsyncAbsurd._conn_string`, else `AsyncAbsurd._conn` (its `info.dsn` plus `info.password`,
+    which psycopg leaves out of `dsn`).
+    """
+    conn_string: str | None = absurd._conn_string  # pyright: ignore[reportPrivateUsage]
+    if conn_string:
+        return conn_string
+    conn: AsyncConnection[Any] | None = absurd._conn  # pyright: ignore[reportPrivateUsage]
+    if conn is None:
+        return None
+    password = conn.info.password
+    if password:
+        return make_conninfo(conn.info.dsn, password=password)
+    return conn.info.dsn

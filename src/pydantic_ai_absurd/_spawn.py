@@ -1,0 +1,304 @@
+"""Spawning tasks from web handlers and reading their results, with clear errors.
+
+- `spawn_task()`: `AsyncAbsurd.spawn` with an idempotency key (a double-submitted form or a replayed
+  webhook yields one task), pydantic models as parameters, `AGENT_RETRY_STRATEGY` by default, and
+  one-line errors for a missing queue or an unregistered task spawned without `queue=`.
+- `fetch_result()` / `wait_for_result()`: a task's state and its result validated into a type, or
+  `TaskFailedError` / `TaskCancelledError` / `TaskNotFoundError` / `TaskResultTimeoutError`.
+
+Idempotency (Absurd semantics, checked in `tests/test_spawn.py`): the first `spawn` with a key creates
+the task; every later `spawn` with the same key on the same queue returns that task (its id, its
+latest run and attempt) and creates nothing, whatever the parameters, for as long as the task is
+stored (until Absurd's cleanup removes it, `cleanup_ttl` 30 days by default, after it finished).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast, overload
+
+import psycopg
+import pydantic
+from absurd_sdk import AsyncAbsurd, CancellationPolicy, RetryStrategy, TaskResultSnapshot, TaskResultState
+from absurd_sdk import TimeoutError as AbsurdTimeoutError
+
+from ._errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError
+from ._retry import AGENT_RETRY_STRATEGY
+from ._sdk_private import client_queue_name, is_registered
+
+__all__ = [
+    "SpawnedTask",
+    "TaskCancelledError",
+    "TaskFailedError",
+    "TaskNotFoundError",
+    "TaskResultTimeoutError",
+    "TaskStatus",
+    "UnregisteredTaskError",
+    "fetch_result",
+    "spawn_task",
+    "wait_for_result",
+]
+
+T = TypeVar("T")
+
+_TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class UnregisteredTaskError(PydanticAIAbsurdError, ValueError):
+    """A task not registered on the spawning client was spawned without `queue=`."""
+
+
+class TaskNotFoundError(PydanticAIAbsurdError, LookupError):
+    """No task with this id exists in the queue (wrong id or queue, or cleaned up)."""
+
+
+class TaskFailedError(PydanticAIAbsurdError):
+    """The task failed for good; `failure` is the failure reason Absurd stored (`name`, `message`, ...)."""
+
+    def __init__(self, message: str, *, task_id: str, failure: Any) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.failure = failure
+
+
+class TaskCancelledError(PydanticAIAbsurdError):
+    """The task was cancelled (by `cancel_task` or its cancellation policy) and has no result."""
+
+    def __init__(self, message: str, *, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskResultTimeoutError(PydanticAIAbsurdError, TimeoutError):
+    """`wait_for_result` gave up before the task finished; the task keeps running."""
+
+
+@dataclass(frozen=True)
+class SpawnedTask:
+    """What `spawn_task` returns.
+
+    Attributes:
+        task_id: The task's id (the same for every spawn with the same idempotency key).
+        run_id: Its current run (a retry or a resume after a crash gets a new one).
+        attempt: The run's attempt number (1 for a new task).
+        queue: The queue the task was spawned on.
+    """
+
+    task_id: str
+    run_id: str
+    attempt: int
+    queue: str
+
+
+@dataclass(frozen=True)
+class TaskStatus(Generic[T]):
+    """A task's state, and its result or failure once it is terminal (`fetch_result`).
+
+    Attributes:
+        task_id: The task.
+        state: `'pending'`, `'running'`, `'sleeping'`, `'completed'`, `'failed'` or `'cancelled'`.
+        result: The validated result when `state == 'completed'`, else None.
+        failure: Absurd's failure reason JSON when `state == 'failed'`, else None.
+    """
+
+    task_id: str
+    state: TaskResultState
+    result: T | None = None
+    failure: Any = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the task reached a terminal state (completed, failed or cancelled)."""
+        return self.state in ("completed", "failed", "cancelled")
+
+    def output(self) -> T:
+        """Return the result; raise `TaskFailedError` / `TaskCancelledError`, or `ValueError` while not done."""
+        if self.state == "completed":
+            return cast("T", self.result)
+        if self.state == "failed":
+            raise _failed(self.task_id, self.failure)
+        if self.state == "cancelled":
+            raise TaskCancelledError(f"Task {self.task_id} was cancelled and has no result.", task_id=self.task_id)
+        raise ValueError(f"Task {self.task_id} is still {self.state}; use wait_for_result() to wait for it.")
+
+
+def _failed(task_id: str, failure: Any) -> TaskFailedError:
+    if isinstance(failure, dict):
+        info = cast("dict[str, Any]", failure)
+        name, message = info.get("name", "Error"), info.get("message", "")
+        extra = " (not retried: it can never succeed)" if info.get("retryable") is False else ""
+        detail = f"{name}: {message}" if message else str(name)
+    else:
+        detail, extra = str(failure), ""
+    return TaskFailedError(f"Task {task_id} failed{extra}: {detail}", task_id=task_id, failure=failure)
+
+
+def _queue_missing(queue: str) -> QueueNotFoundError:
+    return QueueNotFoundError(
+        f"Queue {queue!r} does not exist: create it with `pydantic-ai-absurd init --queue {queue}` "
+        f"(or `await setup(dsn, queues=[{queue!r}])`)."
+    )
+
+
+def _map_db_error(err: psycopg.Error, queue: str) -> PydanticAIAbsurdError | None:
+    if isinstance(err, psycopg.errors.UndefinedTable):
+        return _queue_missing(queue)
+    if isinstance(err, psycopg.errors.UndefinedFunction | psycopg.errors.InvalidSchemaName):
+        return SchemaNotInstalledError(
+            "The database has no Absurd schema: run `pydantic-ai-absurd init` (or `await setup(dsn)`) first."
+        )
+    return None
+
+
+async def spawn_task(
+    absurd: AsyncAbsurd,
+    task_name: str,
+    params: Any = None,
+    *,
+    queue: str | None = None,
+    idempotency_key: str | None = None,
+    retry_strategy: RetryStrategy | None = AGENT_RETRY_STRATEGY,
+    max_attempts: int | None = None,
+    headers: dict[str, Any] | None = None,
+    cancellation: CancellationPolicy | None = None,
+) -> SpawnedTask:
+    """Spawn `task_name` and return at once (for web handlers).
+
+    Args:
+        absurd: The client to spawn with.
+        task_name: The registered name of the task.
+        params: JSON parameters; a pydantic model is dumped in JSON mode.
+        queue: Required for a task this process did not register (it runs on another service's
+            worker); for a registered task, it must match the registration.
+        idempotency_key: Spawns with the same key on the same queue yield one task: later calls
+            return the first task instead of creating another (use a form token, a webhook
+            delivery id, or `f"{user_id}:{request_id}"`).
+        retry_strategy: Backoff between attempts; `AGENT_RETRY_STRATEGY` by default, None for
+            Absurd's immediate retry.
+        max_attempts: Attempts before the task fails (Absurd's default: 5).
+        headers: JSON metadata stored with the task (tracing ids, tenant, ...).
+        cancellation: Absurd's cancellation policy (`max_delay`, `max_duration` in seconds).
+
+    Raises:
+        UnregisteredTaskError: The task is not registered on `absurd` and `queue` is missing.
+        QueueNotFoundError: The queue does not exist in the database.
+        SchemaNotInstalledError: The database has no Absurd schema.
+    """
+    if queue is None and not is_registered(absurd, task_name):
+        raise UnregisteredTaskError(
+            f"Task {task_name!r} is not registered on this client: pass queue='...' to spawn a task "
+            "that another process's worker runs (e.g. spawn_task(absurd, name, params, queue='agents'))."
+        )
+    if isinstance(params, pydantic.BaseModel):
+        params = params.model_dump(mode="json")
+    target = queue or client_queue_name(absurd)
+    try:
+        spawned = await absurd.spawn(
+            task_name,
+            params,
+            max_attempts=max_attempts,
+            retry_strategy=retry_strategy,
+            headers=headers,
+            queue=queue,
+            cancellation=cancellation,
+            idempotency_key=idempotency_key,
+        )
+    except psycopg.Error as err:
+        mapped = _map_db_error(err, target)
+        if mapped is not None:
+            raise mapped from err
+        raise
+    return SpawnedTask(
+        task_id=str(spawned["task_id"]), run_id=str(spawned["run_id"]), attempt=int(spawned["attempt"]), queue=target
+    )
+
+
+async def _snapshot(absurd: AsyncAbsurd, task_id: str, queue: str | None) -> TaskResultSnapshot:
+    target = queue or client_queue_name(absurd)
+    try:
+        snapshot = await absurd.fetch_task_result(task_id, queue_name=queue)
+    except psycopg.errors.InvalidTextRepresentation as err:
+        raise TaskNotFoundError(f"{task_id!r} is not a task id (a UUID).") from err
+    except psycopg.Error as err:
+        mapped = _map_db_error(err, target)
+        if mapped is not None:
+            raise mapped from err
+        raise
+    if snapshot is None:
+        raise TaskNotFoundError(
+            f"No task {task_id} in queue {target!r}: check the id and the queue (pass queue=...), "
+            "or it was removed by Absurd's cleanup."
+        )
+    return snapshot
+
+
+def _status(task_id: str, snapshot: TaskResultSnapshot, result_type: Any) -> TaskStatus[Any]:
+    result: Any = snapshot.result
+    if snapshot.state == "completed" and result_type is not None:
+        result = pydantic.TypeAdapter[Any](result_type).validate_python(result)
+    return TaskStatus(task_id=task_id, state=snapshot.state, result=result, failure=snapshot.failure)
+
+
+@overload
+async def fetch_result(absurd: AsyncAbsurd, task_id: str, *, queue: str | None = None) -> TaskStatus[Any]: ...
+@overload
+async def fetch_result(
+    absurd: AsyncAbsurd, task_id: str, *, queue: str | None = None, result_type: type[T]
+) -> TaskStatus[T]: ...
+async def fetch_result(
+    absurd: AsyncAbsurd, task_id: str, *, queue: str | None = None, result_type: Any = None
+) -> TaskStatus[Any]:
+    """Return the task's current state, with its result validated into `result_type` once completed (no waiting).
+
+    Raises `TaskNotFoundError` for an unknown id and `QueueNotFoundError` for a missing queue; a
+    failed or cancelled task is reported in the status (`status.output()` raises for it).
+    """
+    return _status(task_id, await _snapshot(absurd, task_id, queue), result_type)
+
+
+@overload
+async def wait_for_result(
+    absurd: AsyncAbsurd,
+    task_id: str,
+    *,
+    queue: str | None = None,
+    timeout: float | None = None,
+) -> Any: ...
+@overload
+async def wait_for_result(
+    absurd: AsyncAbsurd,
+    task_id: str,
+    *,
+    queue: str | None = None,
+    timeout: float | None = None,
+    result_type: type[T],
+) -> T: ...
+async def wait_for_result(
+    absurd: AsyncAbsurd,
+    task_id: str,
+    *,
+    queue: str | None = None,
+    timeout: float | None = None,
+    result_type: Any = None,
+) -> Any:
+    """Wait until the task is terminal and return its result (validated into `result_type` if given).
+
+    Polls with Absurd's backoff (50 ms doubling to 1 s). Do not call it from inside a task on the
+    same queue (use `ctx.await_task_result` with a child queue there).
+
+    Raises:
+        TaskFailedError: The task failed for good (`err.failure` holds Absurd's failure reason).
+        TaskCancelledError: The task was cancelled.
+        TaskResultTimeoutError: `timeout` seconds passed first; the task keeps running.
+        TaskNotFoundError: No such task in the queue.
+        pydantic.ValidationError: The result does not fit `result_type`.
+    """
+    snapshot = await _snapshot(absurd, task_id, queue)
+    if snapshot.state not in _TERMINAL:
+        try:
+            snapshot = await absurd.await_task_result(task_id, timeout=timeout, queue_name=queue)
+        except AbsurdTimeoutError as err:
+            raise TaskResultTimeoutError(
+                f"Task {task_id} did not finish within {timeout}s; it keeps running (wait again or fetch_result later)."
+            ) from err
+    return _status(task_id, snapshot, result_type).output()

@@ -1,0 +1,59 @@
+"""Guards for the private upstream details DESIGN.md §5 allows: each fails loudly when upstream changes it."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from absurd_sdk import AsyncAbsurd
+from pydantic_ai import Agent
+from pydantic_ai.durable_exec import BaseDurabilityCapability, CallableOperationBackend
+from pydantic_ai.messages import TextPart
+
+from pydantic_ai_absurd._compat import claim_timeout_of
+from pydantic_ai_absurd._context import current_task_context
+from pydantic_ai_absurd._durability import AbsurdDurability
+
+from .support import Script, checkpoints, run_until_done
+
+
+async def test_async_task_context_exposes_its_claim_timeout(absurd_client: AsyncAbsurd) -> None:
+    seen: list[float] = []
+
+    @absurd_client.register_task(name="t")
+    async def task(params: Any, ctx: Any) -> None:
+        task_ctx = current_task_context()
+        assert task_ctx is not None
+        assert isinstance(getattr(task_ctx, "_claim_timeout", None), int), "AsyncTaskContext._claim_timeout changed"
+        seen.append(claim_timeout_of(task_ctx))
+
+    spawned = await absurd_client.spawn("t", {})
+    await run_until_done(absurd_client, spawned["task_id"], claim_timeout=7)
+    assert seen == [7.0]
+
+
+def test_stamp_response_hook_still_exists_and_is_overridden() -> None:
+    assert "_stamp_response" in vars(BaseDurabilityCapability), "BaseDurabilityCapability._stamp_response is gone"
+    assert "_stamp_response" in vars(AbsurdDurability)
+    params = list(inspect.signature(BaseDurabilityCapability._stamp_response).parameters)  # pyright: ignore[reportPrivateUsage]
+    assert params == ["self", "response", "messages"]
+
+
+def test_execute_still_receives_a_cache_key() -> None:
+    params = inspect.signature(CallableOperationBackend.execute).parameters
+    assert {"operation_id", "name", "body", "cache_key", "config"} <= set(params)
+
+
+async def test_stored_model_responses_carry_the_run_provenance(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
+) -> None:
+    agent = Agent(Script(turns=[lambda _: [TextPart("x")]]).model(), name="stamp", capabilities=[AbsurdDurability()])
+
+    @absurd_client.register_task(name="t")
+    async def task(params: Any, ctx: Any) -> str:
+        return (await agent.run("x")).run_id
+
+    spawned = await absurd_client.spawn("t", {})
+    snapshot = await run_until_done(absurd_client, spawned["task_id"])
+    stored = (await checkpoints(absurd_dsn, absurd_queue, str(spawned["task_id"])))["stamp__model.request"]
+    assert f'"run_id":"{snapshot.result}"' in stored["json"]
