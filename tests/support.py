@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-
-import psycopg
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import psycopg
 from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
 from pydantic_ai.messages import (
     ModelMessage,
@@ -64,7 +63,11 @@ class Script:
                 if isinstance(part, TextPart):
                     yield part.content
                 elif isinstance(part, ToolCallPart):
-                    yield {index: DeltaToolCall(name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id)}
+                    yield {
+                        index: DeltaToolCall(
+                            name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id
+                        )
+                    }
 
         return FunctionModel(respond, stream_function=stream, model_name="scripted")
 

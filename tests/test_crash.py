@@ -18,7 +18,9 @@ pytestmark = pytest.mark.crash
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_worker(dsn: str, queue: str, state: Path, *, claim_timeout: int = 2, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    dsn: str, queue: str, state: Path, *, claim_timeout: int = 2, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.crash_worker", dsn, queue, str(state), str(claim_timeout)],
         cwd=ROOT,

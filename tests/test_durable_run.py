@@ -269,3 +269,26 @@ def test_identifiers_that_would_corrupt_step_names_are_refused(bad: str) -> None
 
     with pytest.raises(UserError, match="corrupt the Absurd step names"):
         AbsurdAgent(Agent("test", name=bad))
+
+
+async def test_concurrent_runs_of_one_agent_in_one_task_keep_their_own_steps(absurd_client: AsyncAbsurd) -> None:
+    def answer(messages: list[Any]) -> list[Any]:
+        prompt = next(p.content for m in messages for p in m.parts if p.part_kind == "user-prompt")
+        return [TextPart(f"answer to {prompt}")]
+
+    script = Script(turns=[answer])
+    crash = {"armed": True}
+    agent = AbsurdAgent(Agent(script.model(), name="twins"))
+
+    @absurd_client.register_task(name="gather")
+    async def gather(params: Any, ctx: Any) -> list[str]:
+        results = await asyncio.gather(agent.run("a"), agent.run("b"), agent.run("c"))
+        if crash["armed"]:
+            crash["armed"] = False
+            raise SimulatedCrash("after all three runs")
+        return [r.output for r in results]
+
+    spawned = await absurd_client.spawn("gather", {})
+    snapshot = await run_until_done(absurd_client, spawned["task_id"])
+    assert snapshot.result == ["answer to a", "answer to b", "answer to c"]
+    assert script.calls == 3

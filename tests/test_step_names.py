@@ -163,8 +163,9 @@ def build(
     async def ask_sub_agent(ctx: RunContext[None]) -> str:
         return (await sub_agent.run("q")).output
 
-    return AbsurdAgent(inner, models={"alt": Script(turns=[lambda _: [TextPart("alt")]]).model()},
-                       event_stream_handler=handler), sub_agent
+    return AbsurdAgent(
+        inner, models={"alt": Script(turns=[lambda _: [TextPart("alt")]]).model()}, event_stream_handler=handler
+    ), sub_agent
 
 
 def matrix_script() -> Script:
@@ -222,9 +223,7 @@ async def test_full_matrix_of_step_names_is_pinned_and_replays(
         "alt",
     ]
     task_id = str(spawned["task_id"])
-    names = {
-        name.replace(task_id, "T") for name in await checkpoint_names(absurd_dsn, absurd_queue, task_id)
-    }
+    names = {name.replace(task_id, "T") for name in await checkpoint_names(absurd_dsn, absurd_queue, task_id)}
     assert names == PINNED_NAMES
     # Each side effect ran once although the whole run was replayed; the opted-out pure tool ran again.
     assert counters == {"shout": 1, "emit_progress": 1, "pure": 2}

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from absurd_sdk import AsyncAbsurd
 from pydantic import BaseModel
-from pydantic_ai import Agent, BinaryContent, ModelRetry, RunContext, ToolReturn
+from pydantic_ai import Agent, BinaryContent, DeferredToolRequests, ModelRetry, RunContext, ToolReturn
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred
 from pydantic_ai.messages import TextPart, ToolCallPart
-from pydantic_ai import DeferredToolRequests
 
 from pydantic_ai_absurd import AbsurdAgent
 
@@ -30,9 +29,9 @@ class Point:
 
 
 RESULTS: dict[str, Any] = {
-    "model": Invoice(total=9.5, issued=datetime(2026, 1, 2, tzinfo=timezone.utc)),
+    "model": Invoice(total=9.5, issued=datetime(2026, 1, 2, tzinfo=UTC)),
     "dataclass": Point(1, 2),
-    "datetime": datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc),
+    "datetime": datetime(2026, 3, 4, 5, 6, tzinfo=UTC),
     "bytes": b"\x00\x01raw",
     "binary": BinaryContent(data=b"\x89PNG", media_type="image/png"),
     "tool_return": ToolReturn(return_value={"b": 1, "a": 2}, content="extra context", metadata={"k": "v"}),

@@ -18,6 +18,13 @@ from ._errors import (
     SchemaVersionError,
 )
 from ._events import TOKEN_PREFIX, fail_event_token, resolve_event_token
+from ._retry import (
+    AGENT_RETRY_STRATEGY,
+    NonRetryableError,
+    RetryPolicy,
+    TaskResultNotSerializableError,
+    agent_retry_hooks,
+)
 from ._schema import (
     ABSURD_SCHEMA_VERSION,
     SchemaInfo,
@@ -28,6 +35,19 @@ from ._schema import (
     setup,
     setup_sync,
 )
+from ._spawn import (
+    SpawnedTask,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskResultTimeoutError,
+    TaskStatus,
+    UnregisteredTaskError,
+    fetch_result,
+    spawn_task,
+    wait_for_result,
+)
+from ._worker import Worker, WorkerConfig, WorkerHealth, WorkerTargetError, run_worker
 from .testing import run_queued
 
 __all__: list[str] = [
@@ -60,4 +80,25 @@ __all__: list[str] = [
     "setup",
     "setup_sync",
     "start_embedded",
+    # worker, retries, spawning
+    "AGENT_RETRY_STRATEGY",
+    "NonRetryableError",
+    "RetryPolicy",
+    "SpawnedTask",
+    "TaskCancelledError",
+    "TaskFailedError",
+    "TaskNotFoundError",
+    "TaskResultNotSerializableError",
+    "TaskResultTimeoutError",
+    "TaskStatus",
+    "UnregisteredTaskError",
+    "Worker",
+    "WorkerConfig",
+    "WorkerHealth",
+    "WorkerTargetError",
+    "agent_retry_hooks",
+    "fetch_result",
+    "run_worker",
+    "spawn_task",
+    "wait_for_result",
 ]

@@ -200,6 +200,11 @@ def agent_retry_hooks(hooks: AbsurdHooks | None = None, *, strategy: RetryStrate
     Every `spawn` without an explicit `retry_strategy` gets `strategy` (default `AGENT_RETRY_STRATEGY`),
     so the tasks back off whichever worker runs them (also Absurd's own `start_worker`). An existing
     `before_spawn` hook in `hooks` runs first; other hooks are kept.
+
+    Not needed with `run_worker`, which applies `RetryPolicy.default_strategy` to tasks without a
+    strategy. A stored strategy also delays the retry after a worker crash (Absurd fails an
+    expired claim with `$ClaimTimeout` and applies the task's strategy), so with `run_worker`
+    prefer storing none.
     """
     chosen: RetryStrategy = strategy if strategy is not None else AGENT_RETRY_STRATEGY
     base: AbsurdHooks = dict(hooks) if hooks else {}  # type: ignore[assignment]

@@ -1,7 +1,7 @@
 """Spawning tasks from web handlers and reading their results, with clear errors.
 
 - `spawn_task()`: `AsyncAbsurd.spawn` with an idempotency key (a double-submitted form or a replayed
-  webhook yields one task), pydantic models as parameters, `AGENT_RETRY_STRATEGY` by default, and
+  webhook yields one task), pydantic models as parameters, and
   one-line errors for a missing queue or an unregistered task spawned without `queue=`.
 - `fetch_result()` / `wait_for_result()`: a task's state and its result validated into a type, or
   `TaskFailedError` / `TaskCancelledError` / `TaskNotFoundError` / `TaskResultTimeoutError`.
@@ -23,7 +23,6 @@ from absurd_sdk import AsyncAbsurd, CancellationPolicy, RetryStrategy, TaskResul
 from absurd_sdk import TimeoutError as AbsurdTimeoutError
 
 from ._errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError
-from ._retry import AGENT_RETRY_STRATEGY
 from ._sdk_private import client_queue_name, is_registered
 
 __all__ = [
@@ -157,7 +156,7 @@ async def spawn_task(
     *,
     queue: str | None = None,
     idempotency_key: str | None = None,
-    retry_strategy: RetryStrategy | None = AGENT_RETRY_STRATEGY,
+    retry_strategy: RetryStrategy | None = None,
     max_attempts: int | None = None,
     headers: dict[str, Any] | None = None,
     cancellation: CancellationPolicy | None = None,
@@ -173,8 +172,10 @@ async def spawn_task(
         idempotency_key: Spawns with the same key on the same queue yield one task: later calls
             return the first task instead of creating another (use a form token, a webhook
             delivery id, or `f"{user_id}:{request_id}"`).
-        retry_strategy: Backoff between attempts; `AGENT_RETRY_STRATEGY` by default, None for
-            Absurd's immediate retry.
+        retry_strategy: Backoff between attempts, stored with the task. None (the default) stores
+            none: `run_worker` then backs off after an exception with its `RetryPolicy`
+            (`AGENT_RETRY_STRATEGY`), while a run whose worker died is retried at once. A stored
+            strategy also delays that crash recovery (Absurd applies it to `$ClaimTimeout` too).
         max_attempts: Attempts before the task fails (Absurd's default: 5).
         headers: JSON metadata stored with the task (tracing ids, tenant, ...).
         cancellation: Absurd's cancellation policy (`max_delay`, `max_duration` in seconds).

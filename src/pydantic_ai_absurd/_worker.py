@@ -486,7 +486,7 @@ class Worker:
                 delay = min(delay * 2, 2.0)
                 continue
             self.health.handed_back += 1
-            logger.info("handed back %s because %s; another worker resumes it now", running.describe(), why)
+            logger.info("handed back %s because %s; it is claimable again at once", running.describe(), why)
             return
 
     # -- heartbeats and shutdown -------------------------------------------------------------
@@ -691,7 +691,7 @@ async def _resolve_client(target: str) -> AsyncAbsurd:
 
 
 def add_worker_subcommand(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `worker MODULE:ATTRIBUTE [options]` to an argparse subparsers object; `func` runs it."""
+    """Add `worker MODULE:ATTRIBUTE [options]` to an argparse subparsers object (`handler` runs it)."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "worker",
         help="run a worker for the tasks registered on an AsyncAbsurd client",
@@ -710,37 +710,29 @@ def add_worker_subcommand(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--dsn", default=None, help="database URL (default: the client's)")
     parser.add_argument("--health-file", default=None, help="file touched after every successful poll")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    parser.set_defaults(func=worker_command)
+    parser.set_defaults(handler=worker_command)
     return parser
 
 
-def worker_command(args: argparse.Namespace) -> int:
-    """Run the `worker` subcommand from parsed arguments; returns the exit code."""
+async def worker_command(args: argparse.Namespace) -> int:
+    """Run the `worker` subcommand from parsed arguments (the CLI awaits it); returns the exit code."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-    async def main() -> None:
-        absurd = await _resolve_client(args.target)
-        try:
-            await run_worker(
-                absurd,
-                config=WorkerConfig(
-                    concurrency=args.concurrency,
-                    claim_timeout=args.claim_timeout,
-                    drain_timeout=args.drain_timeout,
-                    poll_interval=args.poll_interval,
-                    worker_id=args.worker_id,
-                    queue=args.queue,
-                    dsn=args.dsn,
-                    health_file=args.health_file,
-                ),
-            )
-        finally:
-            await absurd.close()
-
+    absurd = await _resolve_client(args.target)
     try:
-        asyncio.run(main())
-    except PydanticAIAbsurdError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        await run_worker(
+            absurd,
+            config=WorkerConfig(
+                concurrency=args.concurrency,
+                claim_timeout=args.claim_timeout,
+                drain_timeout=args.drain_timeout,
+                poll_interval=args.poll_interval,
+                worker_id=args.worker_id,
+                queue=args.queue,
+                dsn=args.dsn,
+                health_file=args.health_file,
+            ),
+        )
+    finally:
+        await absurd.close()
     return 0

@@ -1,0 +1,234 @@
+"""Worker tests with real worker subprocesses: SIGTERM drain and hand-back, dropped connections."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from absurd_sdk import AsyncAbsurd
+
+from pydantic_ai_absurd._worker import APPLICATION_NAME_PREFIX
+
+from .worker_app import EFFECTS_TABLE
+from .worker_support import WAIT, eventually, runs, task_state
+
+pytestmark = pytest.mark.crash
+
+APP = Path(__file__).with_name("worker_app.py")
+ROOT = Path(__file__).parent.parent
+
+
+class WorkerProcess:
+    def __init__(self, dsn: str, queue: str, log: Path, *, command: list[str] | None = None, **settings: Any) -> None:
+        env = {**os.environ, "WORKER_DSN": dsn, "WORKER_QUEUE": queue}
+        env.update({f"WORKER_{k.upper()}": str(v) for k, v in settings.items()})
+        self.log = log
+        self._out = log.open("wb")
+        self.proc = subprocess.Popen(
+            command or [sys.executable, str(APP)], env=env, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    async def wait_exit(self) -> int:
+        for _ in range(int(WAIT / 0.05)):
+            code = self.proc.poll()
+            if code is not None:
+                return code
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"worker {self.pid} did not exit:\n{self.output()}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture
+def workers(absurd_dsn: str, absurd_queue: str, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        w.close()
+
+
+@pytest.fixture
+def effects(absurd_dsn: str) -> str:
+    with psycopg.connect(absurd_dsn, autocommit=True) as conn:
+        conn.execute(EFFECTS_TABLE)
+    return absurd_dsn
+
+
+def _start(
+    workers: list[WorkerProcess],
+    dsn: str,
+    queue: str,
+    tmp_path: Path,
+    command: list[str] | None = None,
+    **settings: Any,
+) -> WorkerProcess:
+    w = WorkerProcess(dsn, queue, tmp_path / f"worker{len(workers)}.log", command=command, **settings)
+    workers.append(w)
+    return w
+
+
+async def _events(dsn: str, queue: str, task_id: str) -> list[tuple[str, str, int]]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select step, event, pid from worker_effects where queue = %s and task_id = %s order by at",
+            (queue, str(task_id)),
+        )
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in await cur.fetchall()]
+
+
+def _count(events: list[tuple[str, str, int]], step: str, event: str) -> int:
+    return sum(1 for s, e, _ in events if (s, e) == (step, event))
+
+
+async def _seen(dsn: str, queue: str, task_id: str, step: str, event: str) -> bool:
+    return _count(await _events(dsn, queue, task_id), step, event) > 0
+
+
+async def _completed(absurd: AsyncAbsurd, task_id: str) -> bool:
+    snapshot = await absurd.fetch_task_result(task_id)
+    return snapshot is not None and snapshot.state == "completed"
+
+
+async def test_sigterm_hands_back_and_another_worker_resumes_at_once(
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    dsn = effects
+    spawned = await absurd_client.spawn("steps", {"steps": 4, "step_seconds": 1.0}, queue=absurd_queue)
+    task_id = spawned["task_id"]
+    # A long lease: the task can only move to worker B this soon because A hands it back.
+    a = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=60, drain_timeout=0.3)
+    await eventually(lambda: _seen(dsn, absurd_queue, task_id, "s0", "start"))
+    b = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=60)
+    await eventually(lambda: _seen(dsn, absurd_queue, task_id, "s2", "start"))  # s0, s1 committed
+    a.proc.send_signal(signal.SIGTERM)
+    assert await a.wait_exit() == 0
+    await eventually(lambda: _completed(absurd_client, task_id))
+
+    events = await _events(dsn, absurd_queue, task_id)
+    assert [_count(events, f"s{i}", "start") for i in range(4)] == [1, 1, 2, 1]
+    assert [_count(events, f"s{i}", "end") for i in range(4)] == [1, 1, 1, 1]
+    assert {pid for step, _, pid in events if step in ("s0", "s1")} == {a.pid}
+    assert {pid for step, _, pid in events if step == "s3"} == {b.pid}
+    snapshot = await absurd_client.fetch_task_result(task_id)
+    assert snapshot is not None
+    assert isinstance(snapshot.result, dict)
+    assert snapshot.result["pid"] == b.pid
+    rows = await runs(dsn, absurd_queue, task_id)
+    assert [(r["attempt"], r["state"]) for r in rows] == [(1, "completed")]  # same run, no attempt used
+    log = a.output()
+    assert f"handed back task_id={task_id} task=steps attempt=1" in log
+    assert f"claimed task_id={task_id} task=steps attempt=1" in b.output()
+
+
+async def test_cli_worker_sigterm_lets_in_flight_tasks_finish_within_the_drain(
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    dsn = effects
+    spawned = await absurd_client.spawn("steps", {"steps": 2, "step_seconds": 0.5}, queue=absurd_queue)
+    cli = [sys.executable, "-m", "pydantic_ai_absurd._cli", "worker", "tests.worker_app:absurd"]
+    cli += ["--concurrency", "2", "--claim-timeout", "10", "--drain-timeout", str(WAIT), "--poll-interval", "0.1"]
+    a = _start(workers, dsn, absurd_queue, tmp_path, command=cli)
+    await eventually(lambda: _seen(dsn, absurd_queue, spawned["task_id"], "s0", "start"))
+    a.proc.send_signal(signal.SIGTERM)
+    later = await absurd_client.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=absurd_queue)
+    assert await a.wait_exit() == 0
+    snapshot = await absurd_client.fetch_task_result(spawned["task_id"])
+    assert snapshot is not None
+    assert snapshot.state == "completed"
+    assert (await task_state(dsn, absurd_queue, later["task_id"]))["state"] == "pending"  # never claimed
+    assert "handed back" not in a.output()
+    assert "concurrency=2 claim_timeout=10s" in a.output()
+
+
+async def _kill_worker_backends(dsn: str) -> int:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name like %s",
+            (APPLICATION_NAME_PREFIX + "%",),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def test_worker_survives_killed_connections(
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    dsn = effects
+    spawned = await absurd_client.spawn("steps", {"steps": 3, "step_seconds": 0.5}, queue=absurd_queue)
+    task_id = spawned["task_id"]
+    w = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=5)
+    await eventually(lambda: _seen(dsn, absurd_queue, task_id, "s1", "start"))
+    assert await _kill_worker_backends(dsn) >= 1  # mid-step: the task's, the claimer's, the heartbeat's
+    await eventually(lambda: _completed(absurd_client, task_id))
+    events = await _events(dsn, absurd_queue, task_id)
+    assert _count(events, "s0", "start") == 1  # a committed step never runs again
+    assert [_count(events, f"s{i}", "end") >= 1 for i in range(3)] == [True, True, True]
+
+    # Idle connections killed too: the worker reconnects and takes new work.
+    assert await _kill_worker_backends(dsn) >= 1
+    second = await absurd_client.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=absurd_queue)
+    await eventually(lambda: _completed(absurd_client, second["task_id"]))
+    for tid in (task_id, second["task_id"]):
+        assert all(r["state"] != "running" for r in await runs(dsn, absurd_queue, tid))
+    assert (await task_state(dsn, absurd_queue, task_id))["attempts"] == 1  # handed back, not failed
+    w.proc.send_signal(signal.SIGTERM)
+    assert await w.wait_exit() == 0
+
+
+async def test_worker_survives_a_postgres_restart(tmp_path: Path, workers: list[WorkerProcess]) -> None:
+    from pydantic_ai_absurd._embedded import EmbeddedPostgres, default_embedded_dir
+    from pydantic_ai_absurd._schema import setup
+
+    # A server of our own: the shared test server is never restarted.
+    server = EmbeddedPostgres(default_embedded_dir("worker-restart-test"))
+    queue = "restart"
+    try:
+        dsn = await asyncio.to_thread(server.start)
+        await setup(dsn, queues=[queue])
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(EFFECTS_TABLE)
+        client = AsyncAbsurd(dsn, queue_name=queue)
+        spawned = await client.spawn("steps", {"steps": 3, "step_seconds": 0.5}, queue=queue)
+        task_id = spawned["task_id"]
+        await client.close()
+        w = _start(workers, dsn, queue, tmp_path, claim_timeout=5)
+        await eventually(lambda: _seen(dsn, queue, task_id, "s1", "start"))
+        await asyncio.to_thread(server.stop)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(server.start)
+
+        client = AsyncAbsurd(dsn, queue_name=queue)
+        try:
+            await eventually(lambda: _completed(client, task_id), timeout=2 * WAIT)
+            later = await client.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=queue)
+            await eventually(lambda: _completed(client, later["task_id"]))
+        finally:
+            await client.close()
+        events = await _events(dsn, queue, task_id)
+        assert _count(events, "s0", "start") == 1  # committed before the restart: never ran again
+        for tid in (task_id, later["task_id"]):
+            assert all(r["state"] != "running" for r in await runs(dsn, queue, tid))
+        w.proc.send_signal(signal.SIGTERM)
+        assert await w.wait_exit() == 0
+        assert "cannot claim from queue" in w.output() or "reconnected" in w.output() or "handed back" in w.output()
+    finally:
+        await asyncio.to_thread(server.destroy)

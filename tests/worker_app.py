@@ -1,0 +1,77 @@
+"""A worker process for the worker tests: `python tests/worker_app.py` (settings from the environment).
+
+Task `steps`: `params["steps"]` checkpointed steps; each step body records `start` and `end` rows in
+the `worker_effects` table around a sleep of `params["step_seconds"]`, so a test can count how often
+each step body ran, across processes.
+
+Also loadable as a CLI target: `pydantic-ai-absurd worker tests.worker_app:absurd`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Any
+
+import psycopg
+from absurd_sdk import AsyncAbsurd, AsyncTaskContext
+
+from pydantic_ai_absurd._worker import run_worker
+
+DSN = os.environ.get("WORKER_DSN", "")
+QUEUE = os.environ.get("WORKER_QUEUE", "default")
+
+absurd = AsyncAbsurd(DSN or None, queue_name=QUEUE)
+
+EFFECTS_TABLE = """create table if not exists worker_effects (
+    queue text not null, task_id text not null, step text not null, event text not null,
+    pid int not null, at timestamptz not null default clock_timestamp()
+)"""
+
+
+async def record(task_id: str, step: str, event: str) -> None:
+    async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as conn:
+        await conn.execute(
+            "insert into worker_effects (queue, task_id, step, event, pid) values (%s, %s, %s, %s, %s)",
+            (QUEUE, task_id, step, event, os.getpid()),
+        )
+
+
+@absurd.register_task(name="steps")
+async def steps(params: dict[str, Any], ctx: AsyncTaskContext) -> dict[str, Any]:
+    for i in range(int(params["steps"])):
+
+        async def body(i: int = i) -> int:
+            await record(ctx.task_id, f"s{i}", "start")
+            await asyncio.sleep(float(params["step_seconds"]))
+            await record(ctx.task_id, f"s{i}", "end")
+            return i
+
+        await ctx.step(f"s{i}", body)
+    return {"steps": params["steps"], "pid": os.getpid()}
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(levelname)s %(message)s")
+    env = os.environ
+
+    async def run() -> None:
+        try:
+            await run_worker(
+                absurd,
+                concurrency=int(env.get("WORKER_CONCURRENCY", "4")),
+                claim_timeout=int(env.get("WORKER_CLAIM_TIMEOUT", "15")),
+                drain_timeout=float(env.get("WORKER_DRAIN_TIMEOUT", "25")),
+                poll_interval=float(env.get("WORKER_POLL_INTERVAL", "0.1")),
+                worker_id=env.get("WORKER_ID"),
+            )
+        finally:
+            await absurd.close()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
