@@ -1,4 +1,7 @@
-"""Guards for the private upstream details DESIGN.md §5 allows: each fails loudly when upstream changes it."""
+"""Guards for the private upstream details the engine relies on (DESIGN.md §5): each fails loudly when upstream changes it.
+
+The worker's private `absurd_sdk` names are pinned in `tests/test_worker_sdk_private.py`.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from pydantic_ai import Agent
 from pydantic_ai.durable_exec import BaseDurabilityCapability, CallableOperationBackend
 from pydantic_ai.messages import TextPart
 
-from pydantic_ai_absurd._compat import claim_timeout_of
 from pydantic_ai_absurd._context import current_task_context
 from pydantic_ai_absurd._durability import AbsurdDurability
+from pydantic_ai_absurd._sdk_private import claim_timeout_of
 
 from .support import Script, checkpoints, run_until_done
 

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from absurd_sdk import AsyncTaskContext, CancelledTask, FailedTask
 
-from ._compat import claim_timeout_of
+from ._sdk_private import claim_timeout_of
 
 _T = TypeVar("_T")
 

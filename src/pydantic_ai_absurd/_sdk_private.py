@@ -1,4 +1,4 @@
-"""The only place where the worker and the spawn helpers touch private names of `absurd_sdk`.
+"""The only place where this package touches private names of `absurd_sdk`.
 
 `absurd_sdk.AsyncAbsurd` runs every task of a worker on one shared connection and offers no public
 way to execute a claimed task on another connection. To give each in-flight task its own pooled
@@ -14,22 +14,27 @@ Private names used (absurd-sdk 0.5.1), all pinned by `tests/test_worker_sdk_priv
 - `AsyncAbsurd._hooks`: the user's hooks, so that per-task clients keep `wrap_task_execution`;
 - `AsyncAbsurd._queue_name`: the client's queue (no public accessor exists);
 - `AsyncAbsurd._conn_string` / `AsyncAbsurd._conn`: where the client connects, to open a pool on
-  the same database when no DSN is given.
+  the same database when no DSN is given;
+- `AsyncTaskContext._claim_timeout`: the claim timeout a run was claimed with; the engine's lease keeper
+  heartbeats at a third of it (pinned by `tests/test_compat.py`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from absurd_sdk import AbsurdHooks, AsyncAbsurd, ClaimedTask
+from absurd_sdk import AbsurdHooks, AsyncAbsurd, AsyncTaskContext, ClaimedTask
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 
 __all__ = [
+    "DEFAULT_CLAIM_TIMEOUT",
+    "claim_timeout_of",
     "client_conninfo",
     "client_hooks",
     "client_queue_name",
     "execute_claimed_task",
+    "execute_task",
     "is_registered",
     "registered_task_names",
 ]
@@ -91,3 +96,20 @@ def client_conninfo(absurd: AsyncAbsurd) -> str | None:
     if password:
         return make_conninfo(conn.info.dsn, password=password)
     return conn.info.dsn
+
+
+async def execute_task(absurd: AsyncAbsurd, task: ClaimedTask, claim_timeout: int) -> None:
+    """Execute `task` (already claimed) with `absurd`'s handlers and connection, as `work_batch` does."""
+    await absurd._execute_task(task, claim_timeout)  # pyright: ignore[reportPrivateUsage]
+
+
+DEFAULT_CLAIM_TIMEOUT = 120
+"""Absurd's own default claim timeout, used if a context does not expose one."""
+
+
+def claim_timeout_of(task_ctx: AsyncTaskContext) -> float:
+    """The claim timeout, in seconds, the worker claimed this task run with."""
+    value = getattr(task_ctx, "_claim_timeout", None)
+    if isinstance(value, int | float) and value > 0:
+        return float(value)
+    return float(DEFAULT_CLAIM_TIMEOUT)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from absurd_sdk import AsyncAbsurd
 
+from ._sdk_private import execute_task
+
 __all__ = ["run_queued"]
 
 
@@ -26,6 +28,6 @@ async def run_queued(
         for task in tasks:
             # The SDK's own per-task executor (what work_batch / start_worker call): public
             # work_batch cannot tell us whether it claimed anything.
-            await absurd._execute_task(task, claim_timeout)  # pyright: ignore[reportPrivateUsage]
+            await execute_task(absurd, task, claim_timeout)
             executed += 1
     return executed
