@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,8 @@ async def test_worker_survives_a_postgres_restart(tmp_path: Path, workers: list[
     from pydantic_ai_absurd._schema import setup
 
     # A server of our own: the shared test server is never restarted.
-    server = EmbeddedPostgres(default_embedded_dir("worker-restart-test"))
+    # A directory of its own per run: two pytest sessions at once must not share (and restart) it.
+    server = EmbeddedPostgres(default_embedded_dir(f"worker-restart-test-{uuid.uuid4().hex[:12]}"))
     queue = "restart"
     try:
         dsn = await asyncio.to_thread(server.start)
