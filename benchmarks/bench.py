@@ -2,15 +2,10 @@
 
 Usage:
     python benchmarks/bench.py [--dsn postgresql://postgres@127.0.0.1:5432/postgres] [--quick] [--no-docs]
-                               [--prototype-fix]
 
 The DSN names a server and a database to connect to for administration; the benchmark creates its own
 scratch database on that server (random name), installs Absurd's schema there, and drops it at the end.
 Results are printed as a table and written to docs/benchmarks.md (unless --no-docs).
-
---prototype-fix additionally measures a prototype of the "one statement per new step" fix (a checkpoint
-name missing from the cache preloaded at task start is treated as not found, instead of being looked up
-in Postgres). It monkeypatches absurd_sdk in this process only; the library is not changed.
 
 Internal: `bench.py --worker DSN QUEUE STATE_DIR` runs one worker process (used by items 5 and 7).
 """
@@ -147,24 +142,6 @@ def _statement_label(text: str) -> str:
     if "absurd." in text:
         return "absurd." + text.split("absurd.", 1)[1].split("(", 1)[0].strip()
     return " ".join(text.split()[:3])
-
-
-@contextmanager
-def prototype_fix() -> Iterator[None]:
-    """The proposed fix, prototyped: a name missing from the preloaded checkpoint cache is not looked up."""
-    import absurd_sdk
-
-    original = AsyncTaskContext._lookup_checkpoint  # pyright: ignore[reportPrivateUsage]
-
-    async def lookup(self: AsyncTaskContext, checkpoint_name: str) -> object:
-        cache = self._checkpoint_cache  # pyright: ignore[reportPrivateUsage]
-        return cache.get(checkpoint_name, absurd_sdk._CHECKPOINT_NOT_FOUND)  # pyright: ignore[reportPrivateUsage]
-
-    AsyncTaskContext._lookup_checkpoint = lookup  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        AsyncTaskContext._lookup_checkpoint = original  # type: ignore[method-assign]
 
 
 # -- database ---------------------------------------------------------------------------------------------------
@@ -307,29 +284,6 @@ async def bench_in_process(dsn: str, cfg: dict[str, Any], counter: StatementCoun
         await drain(absurd, str(spawned["task_id"]))
         results["sql_new"] = dict(counts["count:first"])
         results["sql_replay"] = dict(counts["count:replay"])
-
-        if cfg["prototype"]:
-            # Interleaved blocks: plain, baseline durable, prototype durable.
-            for label in ("base", "durable-fix", "fix-plain"):
-                timings.pop(label, None)
-            fix_plain: list[float] = []
-            for _ in range(cfg["blocks"]):
-                fix_plain += await plain(inner, cfg["reps"])
-                await durable_runs("base", cfg["reps"])
-                with prototype_fix():
-                    await durable_runs("durable-fix", cfg["reps"])
-            with prototype_fix():
-                spawned = await absurd.spawn("replay", {"label": "count-fix", "long": False}, max_attempts=2)
-                await drain(absurd, str(spawned["task_id"]))
-            base = timings["base"]
-            results["fix"] = {
-                "durable": summary(timings["durable-fix"]),
-                "plain": summary(fix_plain),
-                "sql_new": dict(counts["count-fix:first"]),
-                "sql_replay": dict(counts["count-fix:replay"]),
-            }
-            # Same-process baseline measured right before, without the patch, for a fair comparison.
-            results["fix"]["baseline"] = summary(base)
 
         # 6. replay of a long run vs the plain run of the same agent
         long_plain = await plain(long_inner, cfg["long_reps"])
@@ -479,7 +433,7 @@ async def bench_crash_recovery(dsn: str, cfg: dict[str, Any], state: Path) -> di
     absurd = AsyncAbsurd(dsn, queue_name=QUEUE)
     to_done: list[float] = []
     to_claim: list[float] = []
-    workers = Workers(dsn, state, poll_interval=0.5)  # run_worker defaults: claim_timeout=15, poll 0.5 s
+    workers = Workers(dsn, state, poll_interval=0.5)  # run_worker defaults: claim_timeout=10, poll 0.5 s
     try:
         workers.start(2)
         for _ in range(cfg["crash_trials"]):
@@ -606,7 +560,7 @@ def render(r: dict[str, Any], info: dict[str, str], cfg: dict[str, Any], wall: f
         (
             "2. time in SQL statements per step (inside the durable run)",
             f"{ms(r['sql_per_step'], digits=3)} ms",
-            f"the rest, {(per_step - r['sql_per_step']['median']) * 1000:.3f} ms, is Python work per step",
+            "sum of statement times per run / steps; noisy when the machine is loaded",
             "",
         ),
         ("3. raw INSERT + COMMIT (psycopg async, autocommit)", f"{ms(r['insert'], digits=3)} ms", "physical floor", ""),
@@ -636,7 +590,7 @@ def render(r: dict[str, Any], info: dict[str, str], cfg: dict[str, Any], wall: f
         (
             "7. SIGKILL → task completed on another worker",
             f"{crash['to_done']['median']:.1f} s ({crash['to_done']['p10']:.1f} - {crash['to_done']['p90']:.1f})",
-            f"claim_timeout=15 s, {crash['to_done']['n']} trials; target ≤ 15 s",
+            f"claim_timeout=10 s, {crash['to_done']['n']} trials; target ≤ 15 s",
             verdict(crash["to_done"]["median"] <= 15),
         ),
     ]
@@ -653,25 +607,6 @@ def render(r: dict[str, Any], info: dict[str, str], cfg: dict[str, Any], wall: f
     table = ["| measure | median (p10 - p90) | notes | target |", "|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
 
-    fix = ""
-    if "fix" in r:
-        f = r["fix"]
-        fix_steps = sum(f["sql_new"].values()) / steps
-        gain = f["baseline"]["median"] - f["durable"]["median"]
-        fix = f"""
-### Prototype: no lookup for a checkpoint name missing from the preloaded cache
-
-Measured with `--prototype-fix` (absurd_sdk patched in the benchmark process only):
-
-| | baseline | prototype |
-|---|---|---|
-| durable run, {steps} steps | {ms(f["baseline"])} ms | {ms(f["durable"])} ms |
-| SQL statements per new step | {new_per_step:.2f} | {fix_steps:.2f} |
-| overhead per step ÷ INSERT+COMMIT | {ratio:.1f}x | {(f["durable"]["median"] - f["plain"]["median"]) / steps / insert:.1f}x |
-
-Gain: {gain * 1000:.2f} ms per run, {gain / steps * 1000:.3f} ms per step.
-"""
-
     return f"""# Benchmarks
 
 What durability costs on a local PostgreSQL, measured by `benchmarks/bench.py` with scripted models
@@ -683,7 +618,7 @@ What durability costs on a local PostgreSQL, measured by `benchmarks/bench.py` w
 - Machine: {info["machine"]}
 - Python {info["python"]}; PostgreSQL: {info["postgres"]}
 - Versions: {info["versions"]}
-- Run: `python benchmarks/bench.py{" --quick" if cfg["quick"] else ""}{" --prototype-fix" if cfg["prototype"] else ""}`
+- Run: `python benchmarks/bench.py{" --quick" if cfg["quick"] else ""}`
   (wall time {wall:.0f} s)
 
 The scripted agent calls one tool per model turn: {r["turns"]} turns plus a final answer make {steps}
@@ -705,31 +640,26 @@ checkpoint preload at task start and the completion of the run are outside that 
 Time per statement during the durable runs of item 2 (client side, median (p10 - p90)):
 
 {chr(10).join(f"- `{k}`: {ms(v, digits=3)} ms ({v['n']} calls)" for k, v in sorted(r["sql_by_statement"].items()))}
-{fix}
 ## What the numbers mean
 
 - **Per-step overhead** is the extra time a step costs inside a task: checkpoint encoding, the SQL round
   trips of `begin_step` / `complete_step` (each `set_task_checkpoint_state` is a PL/pgSQL function that
   reads the run, extends the claim and upserts the checkpoint, all in one transaction, so it costs more than
   a bare single-row insert), and the engine's bookkeeping.
-- **Two statements per new step.** `AsyncTaskContext.begin_step(name)` calls `_lookup_checkpoint`, which
-  serves names found in the cache preloaded at task start (`get_task_checkpoint_states`) and otherwise runs
-  `absurd.get_task_checkpoint_state` — every new step misses the cache, so it costs a lookup before its
-  `set_task_checkpoint_state` write. Replayed steps are served from the preloaded cache: zero statements.
+- **One statement per new step.** The SDK preloads every checkpoint of the task when a run starts, so
+  the engine answers `begin_step` from that cache (`_sdk_private.begin_step`) and a new step costs only its
+  `set_task_checkpoint_state` write. Replayed steps are served from the same cache: zero statements.
 - **Throughput** covers spawn, claim, three steps, completion, with workers already running
   (`run_worker`, concurrency 4 each, `poll_interval=0.1`) and {cfg["tasks"]} tasks spawned one by one from
   the benchmark process. On a 2-core machine Postgres and the workers share the CPUs, so more processes
   mostly compete for them.
-- **Crash recovery** uses `run_worker` defaults (`claim_timeout=15`, claims extended every 5 s, poll every
-  0.5 s), two workers, and a task of 4 tool calls of 0.5 s each; the worker that claimed it is SIGKILLed
-  0.75 s into its tool calls, right after a checkpoint. Every checkpoint write extends the claim to
-  `claim_timeout` from that moment, so the dead worker's claim expires up to 15 s after the kill (just under
-  15 s when the kill follows a checkpoint, as here); the next poll of the other worker then fails the dead
-  run (`$ClaimTimeout`), claims a new one, replays the finished steps and runs the rest (here ~1.5 s of tool
-  work). Time to restart ≈ `claim_timeout` - (time since the last checkpoint or heartbeat) + poll interval;
-  time to completion adds the remaining work. With `claim_timeout=15`, "completed within 15 s of the kill"
-  is therefore out of reach whenever the kill comes soon after a checkpoint; a shorter `claim_timeout`
-  lowers it proportionally (`run_worker(claim_timeout=5)` gives ~5 s + the remaining work).
+- **Crash recovery** uses `run_worker` defaults (`claim_timeout=10`, claims extended every ~3.3 s, poll
+  every 0.5 s), two workers, and a task of 4 tool calls of 0.5 s each; the worker that claimed it is
+  SIGKILLed 0.75 s into its tool calls, right after a checkpoint. Every checkpoint write extends the claim
+  to `claim_timeout` from that moment, so the dead worker's claim expires up to `claim_timeout` after the
+  kill; the next poll of the other worker then fails the dead run (`$ClaimTimeout`), claims a new one,
+  replays the finished steps and runs the rest (here ~1.5 s of tool work). Time to completion ≈
+  `claim_timeout` + poll interval + the remaining work.
 
 ## Reproduce
 
@@ -751,7 +681,6 @@ async def main_async(args: argparse.Namespace) -> None:
     quick = args.quick
     cfg: dict[str, Any] = {
         "quick": quick,
-        "prototype": args.prototype_fix,
         "turns": 10,
         "reps": 5 if quick else 15,
         "blocks": 2 if quick else 4,
@@ -798,7 +727,6 @@ def main() -> None:
     parser.add_argument("--dsn", default=os.environ.get("BENCH_DSN", DEFAULT_DSN), help="server to benchmark on")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (< 40 s)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
-    parser.add_argument("--prototype-fix", action="store_true", help="also measure the proposed one-statement fix")
     args = parser.parse_args()
     asyncio.run(main_async(args))
 

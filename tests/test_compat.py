@@ -60,3 +60,32 @@ async def test_stored_model_responses_carry_the_run_provenance(
     snapshot = await run_until_done(absurd_client, spawned["task_id"])
     stored = (await checkpoints(absurd_dsn, absurd_queue, str(spawned["task_id"])))["stamp__model.request"]
     assert f'"run_id":"{snapshot.result}"' in stored["json"]
+
+
+async def test_begin_step_is_answered_from_the_preloaded_checkpoints(absurd_client: AsyncAbsurd) -> None:
+    from absurd_sdk import AsyncTaskContext
+
+    from pydantic_ai_absurd._sdk_private import begin_step
+
+    assert callable(getattr(AsyncTaskContext, "_get_checkpoint_name", None)), "AsyncTaskContext changed"
+    seen: list[tuple[bool, object]] = []
+    attempt = {"n": 0}
+
+    @absurd_client.register_task(name="t")
+    async def task(params: Any, ctx: Any) -> None:
+        task_ctx = current_task_context()
+        assert task_ctx is not None
+        assert isinstance(getattr(task_ctx, "_checkpoint_cache", None), dict), "AsyncTaskContext changed"
+        handle = await begin_step(task_ctx, "once")
+        seen.append((handle.done, handle.state))
+        if not handle.done:
+            await task_ctx.complete_step(handle, {"v": 1})
+        second = await begin_step(task_ctx, "once")
+        assert second.checkpoint_name == "once#2"
+        attempt["n"] += 1
+        if attempt["n"] == 1:
+            raise RuntimeError("fail the first run so the second replays")
+
+    spawned = await absurd_client.spawn("t", {})
+    await run_until_done(absurd_client, spawned["task_id"])
+    assert seen == [(False, None), (True, {"v": 1})]

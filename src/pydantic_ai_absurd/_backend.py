@@ -17,6 +17,7 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.tools import RunContext
 
 from ._context import current_run_scope, execution_state, require_task_context, step_body_scope
+from ._sdk_private import begin_step
 from ._step_names import step_name
 
 
@@ -107,7 +108,7 @@ class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[Fal
             agent_name=self._agent_name,
             run_prefix=scope.prefix if scope is not None else self._agent_name,
         )
-        handle = await task_ctx.begin_step(step)
+        handle = await begin_step(task_ctx, step)
         if handle.done:
             record_durable_unit(executed=False)
             return decode_checkpoint(handle.state, step=handle.checkpoint_name)

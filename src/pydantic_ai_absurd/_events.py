@@ -13,6 +13,7 @@ from pydantic_ai.durable_exec import ExternalEventError, ExternalEventWaiter
 from pydantic_ai.exceptions import UserError
 
 from ._context import RunScope, execution_state, step_body_scope
+from ._sdk_private import begin_step
 from ._step_names import escape
 
 TOKEN_PREFIX = "pydantic-ai-absurd:"
@@ -43,7 +44,7 @@ class AbsurdEventWaiter(ExternalEventWaiter):
         """Hand a token to `ask` once, then return its answer or the payload the token is resolved with."""
         task_ctx = self._task_ctx
         base = f"{self._scope.prefix}__external_event:{escape(name)}"
-        handle = await task_ctx.begin_step(base)
+        handle = await begin_step(task_ctx, base)
         token = f"{TOKEN_PREFIX}{task_ctx.task_id}:{handle.checkpoint_name}"
         if handle.done:
             answer = _decode(handle.state)
@@ -57,7 +58,7 @@ class AbsurdEventWaiter(ExternalEventWaiter):
             await task_ctx.complete_step(handle, _encode(answer))
         if answer is not None:
             return answer
-        timed_out = await task_ctx.begin_step(f"{base}.timed_out")
+        timed_out = await begin_step(task_ctx, f"{base}.timed_out")
         if timed_out.done:
             raise ExternalEventError(f"Timed out waiting for {name!r}")
         seconds = None if timeout is None else max(int(timeout.total_seconds()), 1)

@@ -16,14 +16,19 @@ Private names used (absurd-sdk 0.5.1), all pinned by `tests/test_worker_sdk_priv
 - `AsyncAbsurd._conn_string` / `AsyncAbsurd._conn`: where the client connects, to open a pool on
   the same database when no DSN is given;
 - `AsyncTaskContext._claim_timeout`: the claim timeout a run was claimed with; the engine's lease keeper
-  heartbeats at a third of it (pinned by `tests/test_compat.py`).
+  heartbeats at a third of it (pinned by `tests/test_compat.py`);
+- `AsyncTaskContext._get_checkpoint_name` and `_checkpoint_cache`: `begin_step` without the extra query
+  (pinned by `tests/test_compat.py`). The SDK preloads every checkpoint of the task when it creates the
+  context, and updates the cache on each write of this execution; a name missing from it has no
+  checkpoint, yet `begin_step` asks Postgres again, doubling the statements of every new step. Any other
+  writer would be an older run of the task, and Absurd refuses its writes once a newer run exists.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from absurd_sdk import AbsurdHooks, AsyncAbsurd, AsyncTaskContext, ClaimedTask
+from absurd_sdk import AbsurdHooks, AsyncAbsurd, AsyncTaskContext, ClaimedTask, StepHandle
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 
@@ -35,6 +40,7 @@ __all__ = [
     "client_queue_name",
     "execute_claimed_task",
     "execute_task",
+    "begin_step",
     "is_registered",
     "registered_task_names",
 ]
@@ -113,3 +119,20 @@ def claim_timeout_of(task_ctx: AsyncTaskContext) -> float:
     if isinstance(value, int | float) and value > 0:
         return float(value)
     return float(DEFAULT_CLAIM_TIMEOUT)
+
+
+async def begin_step(task_ctx: AsyncTaskContext, name: str) -> StepHandle:
+    """`task_ctx.begin_step(name)`, answered from the preloaded checkpoints instead of one more query.
+
+    Falls back to the public `begin_step` if the SDK's private names change.
+    """
+    cache = getattr(task_ctx, "_checkpoint_cache", None)
+    next_name = getattr(task_ctx, "_get_checkpoint_name", None)
+    if not isinstance(cache, dict) or not callable(next_name):
+        return await task_ctx.begin_step(name)
+    checkpoint_name = next_name(name)
+    if not isinstance(checkpoint_name, str):  # pragma: no cover - only if the SDK changes shape
+        raise TypeError("AsyncTaskContext._get_checkpoint_name no longer returns a str")
+    if checkpoint_name in cache:
+        return StepHandle(name=name, checkpoint_name=checkpoint_name, done=True, state=cache[checkpoint_name])  # pyright: ignore[reportUnknownArgumentType]
+    return StepHandle(name=name, checkpoint_name=checkpoint_name, done=False)

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from ._context import RunScope, execution_state, require_task_context
+from ._sdk_private import begin_step
 from ._step_names import escape
 
 
@@ -16,7 +17,7 @@ def _now() -> datetime:
 
 async def _recorded_time(step: str, compute: Callable[[], datetime]) -> datetime:
     task_ctx = require_task_context()
-    handle = await task_ctx.begin_step(step)
+    handle = await begin_step(task_ctx, step)
     if handle.done and isinstance(handle.state, str):
         return datetime.fromisoformat(handle.state)
     value = compute()

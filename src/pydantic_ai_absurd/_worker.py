@@ -7,7 +7,7 @@ Differences from `AsyncAbsurd.start_worker()`:
 - **A connection per task.** Each in-flight task runs on its own connection from a
   `psycopg_pool.AsyncConnectionPool` (Absurd shares one connection between all tasks, so their
   checkpoint writes and heartbeats queue behind each other).
-- **Short leases, kept alive.** Tasks are claimed for `claim_timeout` seconds (15 by default) and the
+- **Short leases, kept alive.** Tasks are claimed for `claim_timeout` seconds (10 by default) and the
   worker extends the claim of every in-flight task every `claim_timeout / 3` seconds on a separate
   connection. A task whose worker dies (SIGKILL, OOM, lost node) is claimable again within
   `claim_timeout`; a live task keeps its claim whatever its steps do. The heartbeat also notices a
@@ -75,8 +75,12 @@ logger = logging.getLogger("pydantic_ai_absurd.worker")
 DEFAULT_CONCURRENCY = 10
 """Tasks run at once per worker process. Agent tasks mostly wait on the network, so more than one per CPU."""
 
-DEFAULT_CLAIM_TIMEOUT = 15
-"""Seconds a claim lasts without a heartbeat: how soon a task of a dead worker is picked up elsewhere."""
+DEFAULT_CLAIM_TIMEOUT = 10
+"""Seconds a claim lasts without a heartbeat: how soon a task of a dead worker is picked up elsewhere.
+
+Recovery after a SIGKILL takes about `claim_timeout` + `poll_interval` + the remaining work (every
+checkpoint write extends the claim to a full `claim_timeout`), so 10 s keeps it under 15 s.
+"""
 
 DEFAULT_DRAIN_TIMEOUT = 25.0
 """Seconds in-flight tasks get to finish after SIGTERM; below Kubernetes' default 30 s grace period."""
