@@ -33,13 +33,17 @@ def two_charges_then_text(final: str = "done") -> Script:
     )
 
 
-def build_agent(script: Script, side_effects: list[int], crash_at: set[str]) -> AbsurdAgent[None, str]:
+def build_agent(
+    script: Script, side_effects: list[int], crash_at: set[str], ids: list[tuple[str, str]] | None = None
+) -> AbsurdAgent[None, str]:
     agent = Agent(script.model(), name="billing")
 
     @agent.tool
     async def charge(ctx: RunContext[None], zzz: int, amount: int) -> Receipt:
         key = f"tool:{ctx.tool_call_id}"
         side_effects.append(amount)
+        if ids is not None:
+            ids.append((str(ctx.run_id), str(ctx.conversation_id)))
         if key in crash_at:
             crash_at.discard(key)
             raise SimulatedCrash(key)
@@ -100,7 +104,8 @@ async def test_resumed_run_is_indistinguishable_from_an_uninterrupted_one(absurd
     reference = build_agent(reference_script, reference_effects, set())
     script = two_charges_then_text()
     effects: list[int] = []
-    crashing = build_agent(script, effects, {"tool:call-2"})
+    ids: list[tuple[str, str]] = []
+    crashing = build_agent(script, effects, {"tool:call-2"}, ids)
     results: dict[str, Any] = {}
 
     @absurd_client.register_task(name="reference")
@@ -124,6 +129,8 @@ async def test_resumed_run_is_indistinguishable_from_an_uninterrupted_one(absurd
     assert resumed.usage == ref.usage
     assert resumed.run_id == f"{second['task_id']}:billing:1"
     assert resumed.conversation_id != ref.conversation_id  # different tasks, different conversations
+    # The crashed execution ran the tools with the same run and conversation IDs the resumed run ended with.
+    assert set(ids) == {(resumed.run_id, resumed.conversation_id)}
 
     # What the model was sent after the resume is byte-identical to the uninterrupted run's prompts,
     # although the stored tool returns and args went through jsonb (which reorders keys).
