@@ -299,3 +299,25 @@ async def test_concurrent_runs_of_one_agent_in_one_task_keep_their_own_steps(abs
     snapshot = await run_until_done(absurd_client, spawned["task_id"])
     assert snapshot.result == ["answer to a", "answer to b", "answer to c"]
     assert script.calls == 3
+
+
+async def test_iter_inside_a_task_is_durable(absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str) -> None:
+    script = two_charges_then_text()
+    effects: list[int] = []
+    agent = build_agent(script, effects, {"tool:call-2"})
+
+    @absurd_client.register_task(name="nodes")
+    async def nodes(params: Any, ctx: Any) -> list[str]:
+        kinds: list[str] = []
+        async with agent.iter("bill") as run:
+            async for node in run:
+                kinds.append(type(node).__name__)
+        assert run.result is not None
+        return [*kinds, run.result.output]
+
+    spawned = await absurd_client.spawn("nodes", {})
+    snapshot = await run_until_done(absurd_client, spawned["task_id"])
+    assert snapshot.result is not None and snapshot.result[-1] == "done"
+    assert script.calls == 2
+    assert sorted(effects) == [1, 2, 2]  # only the crashed call ran again
+    assert len(await checkpoint_names(absurd_dsn, absurd_queue, str(spawned["task_id"]))) == 4
