@@ -12,6 +12,7 @@ from pydantic import JsonValue
 from pydantic_ai.durable_exec import ExternalEventError, ExternalEventWaiter
 from pydantic_ai.exceptions import UserError
 
+from ._backend import encode_checkpoint
 from ._context import RunScope, execution_state, step_body_scope
 from ._sdk_private import begin_step
 from ._step_names import escape
@@ -73,7 +74,8 @@ class AbsurdEventWaiter(ExternalEventWaiter):
 
 
 def _encode(value: JsonValue) -> dict[str, JsonValue] | None:
-    return None if value is None else {_VALUE_KEY: json.dumps(value, ensure_ascii=False, separators=(",", ":"))}
+    # Stored as JSON text like every checkpoint, so an answer replays with its keys in their original order.
+    return None if value is None else dict(encode_checkpoint(value)[0])
 
 
 def _decode(state: object) -> JsonValue:
