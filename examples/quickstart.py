@@ -204,7 +204,7 @@ def run() -> None:
     dsn = os.environ.get("ABSURD_DATABASE_URL")
     server = None
     if not dsn:
-        from pydantic_ai_absurd import EmbeddedPostgres
+        from pydantic_ai_absurd.embedded import EmbeddedPostgres
 
         server = EmbeddedPostgres()
         dsn = server.start()

@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from pydantic_ai_absurd._embedded import EmbeddedPostgres
+from pydantic_ai_absurd.embedded import EmbeddedPostgres
 
 
 def dsn_for_database(dsn: str, dbname: str) -> str:

@@ -259,7 +259,7 @@ def matrix_main(dsn: str, queue: str, state: Path, processes: int, claim_timeout
 def chaos_main() -> None:
     import logging
 
-    from pydantic_ai_absurd._worker import run_worker
+    from pydantic_ai_absurd.worker import run_worker
 
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(levelname)s %(message)s")
     env = os.environ

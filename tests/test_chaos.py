@@ -261,7 +261,7 @@ async def test_a_stalled_worker_loses_its_expired_lease_to_another(
 
 
 async def test_all_tasks_complete_across_a_postgres_restart(state: Path, workers: Workers) -> None:
-    from pydantic_ai_absurd._embedded import default_embedded_dir, start_embedded
+    from pydantic_ai_absurd.embedded import default_embedded_dir, start_embedded
 
     # A server of our own, in a directory of its own: the shared test server is never restarted.
     server = await asyncio.to_thread(

@@ -11,13 +11,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pydantic_ai_absurd import ABSURD_SCHEMA_VERSION, redact_dsn
-from pydantic_ai_absurd._cli import build_parser, main
-from pydantic_ai_absurd._embedded import EmbeddedPostgres
+from pydantic_ai_absurd.cli import build_parser, main
+from pydantic_ai_absurd.embedded import EmbeddedPostgres
+from pydantic_ai_absurd.schema import ABSURD_SCHEMA_VERSION, redact_dsn
 
 from .infra_support import fresh_database, pid_alive, server_root
 
-CLI = [sys.executable, "-c", "import sys; from pydantic_ai_absurd._cli import main; sys.exit(main())"]
+CLI = [sys.executable, "-c", "import sys; from pydantic_ai_absurd.cli import main; sys.exit(main())"]
 
 
 @pytest.fixture

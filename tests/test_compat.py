@@ -13,9 +13,9 @@ from pydantic_ai import Agent
 from pydantic_ai.durable_exec import BaseDurabilityCapability, CallableOperationBackend
 from pydantic_ai.messages import TextPart
 
-from pydantic_ai_absurd._context import current_task_context
+from pydantic_ai_absurd._absurd import claim_timeout_of
 from pydantic_ai_absurd._durability import AbsurdDurability
-from pydantic_ai_absurd._sdk_private import claim_timeout_of
+from pydantic_ai_absurd._execution import current_task_context
 
 from .support import Script, checkpoints, run_until_done
 
@@ -65,7 +65,7 @@ async def test_stored_model_responses_carry_the_run_provenance(
 async def test_begin_step_is_answered_from_the_preloaded_checkpoints(absurd_client: AsyncAbsurd) -> None:
     from absurd_sdk import AsyncTaskContext
 
-    from pydantic_ai_absurd._sdk_private import begin_step
+    from pydantic_ai_absurd._absurd import begin_step
 
     assert callable(getattr(AsyncTaskContext, "_get_checkpoint_name", None)), "AsyncTaskContext changed"
     seen: list[tuple[bool, object]] = []

@@ -13,8 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pydantic_ai_absurd import DatabaseConnectionError, EmbeddedPostgresError, check_schema_sync, start_embedded
-from pydantic_ai_absurd._embedded import EmbeddedPostgres, default_embedded_dir
+from pydantic_ai_absurd.embedded import EmbeddedPostgres, default_embedded_dir, start_embedded
+from pydantic_ai_absurd.errors import DatabaseConnectionError, EmbeddedPostgresError
+from pydantic_ai_absurd.schema import check_schema_sync
 
 from .infra_support import pid_alive, server_root
 
@@ -70,7 +71,7 @@ def test_dsn_works_from_another_process_which_attaches(root: Path) -> None:
     dsn = server.start()
     try:
         code = (
-            "import json, sys; from pydantic_ai_absurd._embedded import EmbeddedPostgres; import psycopg\n"
+            "import json, sys; from pydantic_ai_absurd.embedded import EmbeddedPostgres; import psycopg\n"
             "s = EmbeddedPostgres(sys.argv[1]); dsn = s.start()\n"
             "with psycopg.connect(sys.argv[2]) as c: one = c.execute('select 1').fetchone()[0]\n"
             "print(json.dumps({'started': s.started, 'pid': s.pid, 'same': dsn == sys.argv[2], 'one': one,"
@@ -92,7 +93,7 @@ def test_dsn_works_from_another_process_which_attaches(root: Path) -> None:
 
 def test_server_left_by_killed_process_is_reused(root: Path) -> None:
     code = (
-        "import os, signal, sys; from pydantic_ai_absurd._embedded import EmbeddedPostgres\n"
+        "import os, signal, sys; from pydantic_ai_absurd.embedded import EmbeddedPostgres\n"
         "s = EmbeddedPostgres(sys.argv[1]); s.start(); print(s.pid, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)"
     )
@@ -224,7 +225,7 @@ def test_missing_package_is_a_clear_error(root: Path, monkeypatch: pytest.Monkey
 
 def test_concurrent_starts_share_one_server(root: Path) -> None:
     code = (
-        "import json, sys; from pydantic_ai_absurd._embedded import EmbeddedPostgres\n"
+        "import json, sys; from pydantic_ai_absurd.embedded import EmbeddedPostgres\n"
         "s = EmbeddedPostgres(sys.argv[1]); s.start(); sys.stdout.write(json.dumps([s.started, s.pid]) + '\\n')\n"
         "sys.stdout.flush(); sys.stdin.read(); s.close()"
     )

@@ -7,9 +7,9 @@ import psycopg
 import pytest
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 
-from pydantic_ai_absurd import check_schema_sync
-from pydantic_ai_absurd.pytest_plugin import TEST_DATABASE_ENV, provision_test_database
+from pydantic_ai_absurd.schema import check_schema_sync
 from pydantic_ai_absurd.testing import run_queued
+from pydantic_ai_absurd.testing.pytest_plugin import TEST_DATABASE_ENV, provision_test_database
 
 from .infra_support import fresh_database
 

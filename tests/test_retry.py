@@ -11,7 +11,7 @@ import pytest
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 from pydantic_ai.exceptions import UserError
 
-from pydantic_ai_absurd._retry import (
+from pydantic_ai_absurd.worker._retry import (
     AGENT_RETRY_STRATEGY,
     NonRetryableError,
     RetryPolicy,

@@ -10,24 +10,27 @@ import absurdctl  # pyright: ignore[reportMissingTypeStubs]
 import psycopg
 import pytest
 
-from pydantic_ai_absurd import (
-    ABSURD_SCHEMA_VERSION,
+from pydantic_ai_absurd import setup
+from pydantic_ai_absurd._dsn import connection_error
+from pydantic_ai_absurd.errors import (
     DatabaseConnectionError,
     QueueNameError,
     QueueNotFoundError,
     SchemaNotInstalledError,
     SchemaVersionError,
+)
+from pydantic_ai_absurd.schema import (
+    ABSURD_SCHEMA_VERSION,
     check_schema,
     check_schema_sync,
+    create_queue_sync,
+    drop_queue_sync,
     ensure_queue_exists,
     ensure_queue_exists_sync,
     redact_dsn,
     resolve_dsn,
-    setup,
     setup_sync,
 )
-from pydantic_ai_absurd._dsn import connection_error
-from pydantic_ai_absurd._schema import create_queue_sync, drop_queue_sync
 
 from .infra_support import dsn_for_database, fake_schema_version, fresh_database
 
@@ -89,7 +92,7 @@ async def test_async_setup_and_check(empty_db: str) -> None:
 
 async def test_concurrent_setup_from_tasks_and_processes(empty_db: str) -> None:
     code = (
-        "import sys; from pydantic_ai_absurd import setup_sync; "
+        "import sys; from pydantic_ai_absurd.schema import setup_sync; "
         "print(setup_sync(sys.argv[1], queues=['shared', sys.argv[2]]).action)"
     )
     procs = [

@@ -9,9 +9,7 @@ import pydantic
 import pytest
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 
-from pydantic_ai_absurd import QueueNotFoundError
-from pydantic_ai_absurd._retry import AGENT_RETRY_STRATEGY, NonRetryableError
-from pydantic_ai_absurd._spawn import (
+from pydantic_ai_absurd.client import (
     TaskCancelledError,
     TaskFailedError,
     TaskNotFoundError,
@@ -21,6 +19,8 @@ from pydantic_ai_absurd._spawn import (
     spawn_task,
     wait_for_result,
 )
+from pydantic_ai_absurd.errors import QueueNotFoundError
+from pydantic_ai_absurd.worker._retry import AGENT_RETRY_STRATEGY, NonRetryableError
 
 from .worker_support import WAIT, running_worker, task_state
 

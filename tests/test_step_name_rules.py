@@ -24,7 +24,7 @@ from pydantic_ai.messages import FunctionToolCallEvent, PartStartEvent, TextPart
 from pydantic_ai.models.test import TestModel
 from pydantic_ai.usage import RunUsage
 
-from pydantic_ai_absurd._step_names import escape, step_name
+from pydantic_ai_absurd._naming import escape, step_name
 
 BASE_CTX: RunContext[None] = RunContext(deps=None, model=TestModel(), usage=RunUsage())
 

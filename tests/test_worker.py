@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext, get_current_context
 
-from pydantic_ai_absurd._worker import Worker, WorkerConfig, WorkerHealth
+from pydantic_ai_absurd.worker import Worker, WorkerConfig, WorkerHealth
 
 from .worker_support import WAIT, eventually, running_worker, runs, task_state
 
@@ -252,7 +252,7 @@ async def test_logs_claim_and_completion_with_task_id_name_attempt(
 
 
 async def test_missing_queue_fails_fast(absurd_dsn: str) -> None:
-    from pydantic_ai_absurd import QueueNotFoundError
+    from pydantic_ai_absurd.errors import QueueNotFoundError
 
     client = AsyncAbsurd(absurd_dsn, queue_name="no_such_queue_for_worker")
     try:
@@ -264,7 +264,7 @@ async def test_missing_queue_fails_fast(absurd_dsn: str) -> None:
 
 
 def test_cli_reports_a_bad_target(capsys: pytest.CaptureFixture[str]) -> None:
-    from pydantic_ai_absurd._cli import main
+    from pydantic_ai_absurd.cli import main
 
     assert main(["worker", "no_such_module_xyz:absurd"]) == 2
     assert "Cannot import module 'no_such_module_xyz'" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from absurd_sdk import AsyncAbsurd
 
-from pydantic_ai_absurd._worker import APPLICATION_NAME_PREFIX
+from pydantic_ai_absurd.worker import APPLICATION_NAME_PREFIX
 
 from .worker_app import EFFECTS_TABLE
 from .worker_support import WAIT, eventually, runs, task_state
@@ -145,7 +145,7 @@ async def test_cli_worker_sigterm_lets_in_flight_tasks_finish_within_the_drain(
 ) -> None:
     dsn = effects
     spawned = await absurd_client.spawn("steps", {"steps": 2, "step_seconds": 0.5}, queue=absurd_queue)
-    cli = [sys.executable, "-m", "pydantic_ai_absurd._cli", "worker", "tests.worker_app:absurd"]
+    cli = [sys.executable, "-m", "pydantic_ai_absurd.cli", "worker", "tests.worker_app:absurd"]
     cli += ["--concurrency", "2", "--claim-timeout", "10", "--drain-timeout", str(WAIT), "--poll-interval", "0.1"]
     a = _start(workers, dsn, absurd_queue, tmp_path, command=cli)
     await eventually(lambda: _seen(dsn, absurd_queue, spawned["task_id"], "s0", "start"))
@@ -196,8 +196,8 @@ async def test_worker_survives_killed_connections(
 
 
 async def test_worker_survives_a_postgres_restart(tmp_path: Path, workers: list[WorkerProcess]) -> None:
-    from pydantic_ai_absurd._embedded import EmbeddedPostgres, default_embedded_dir
-    from pydantic_ai_absurd._schema import setup
+    from pydantic_ai_absurd.embedded import EmbeddedPostgres, default_embedded_dir
+    from pydantic_ai_absurd.schema import setup
 
     # A server of our own: the shared test server is never restarted.
     # A directory of its own per run: two pytest sessions at once must not share (and restart) it.

@@ -7,7 +7,7 @@ import inspect
 import psycopg
 from absurd_sdk import AsyncAbsurd
 
-from pydantic_ai_absurd._sdk_private import (
+from pydantic_ai_absurd._absurd import (
     client_conninfo,
     client_hooks,
     client_queue_name,

@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 
-from pydantic_ai_absurd._worker import run_worker
+from pydantic_ai_absurd.worker import run_worker
 
 DSN = os.environ.get("WORKER_DSN", "")
 QUEUE = os.environ.get("WORKER_QUEUE", "default")

@@ -12,7 +12,7 @@ import psycopg
 from absurd_sdk import AsyncAbsurd
 from psycopg import sql
 
-from pydantic_ai_absurd._worker import Worker, WorkerConfig
+from pydantic_ai_absurd.worker import Worker, WorkerConfig
 
 WAIT = 20.0
 """Generous bound (seconds) for anything the tests wait for; never a performance assertion."""

@@ -1,104 +1,64 @@
-"""Durable execution for Pydantic AI agents on Postgres alone, through the Absurd workflow engine."""
+"""Durable execution for Pydantic AI agents on Postgres alone, through the Absurd workflow engine.
+
+The names here are what an application needs first; specialised ones live in their module:
+`pydantic_ai_absurd.worker` (worker settings, retry policy), `pydantic_ai_absurd.client` (spawning and
+results), `pydantic_ai_absurd.schema` (schema and queues), `pydantic_ai_absurd.embedded` (a local
+Postgres for development) and `pydantic_ai_absurd.testing` (pytest plugin and helpers).
+"""
 
 from __future__ import annotations
 
-from ._agent import AbsurdAgent
-from ._backend import UnserializableResultError
-from ._dsn import redact_dsn, resolve_dsn
-from ._durability import TOOL_METADATA_KEY, AbsurdDurability
-from ._embedded import EmbeddedPostgres, start_embedded
-from ._errors import (
-    DatabaseConnectionError,
-    EmbeddedPostgresError,
-    PydanticAIAbsurdError,
-    QueueNameError,
-    QueueNotFoundError,
-    SchemaInstallError,
-    SchemaNotInstalledError,
-    SchemaVersionError,
-)
-from ._events import TOKEN_PREFIX, fail_event_token, resolve_event_token
-from ._retry import (
-    AGENT_RETRY_STRATEGY,
-    NonRetryableError,
-    RetryPolicy,
-    TaskResultNotSerializableError,
-    agent_retry_hooks,
-)
-from ._schema import (
-    ABSURD_SCHEMA_VERSION,
-    SchemaInfo,
-    check_schema,
-    check_schema_sync,
-    ensure_queue_exists,
-    ensure_queue_exists_sync,
-    setup,
-    setup_sync,
-)
-from ._spawn import (
-    SpawnedTask,
-    TaskCancelledError,
-    TaskFailedError,
-    TaskNotFoundError,
-    TaskResultTimeoutError,
-    TaskStatus,
-    UnregisteredTaskError,
-    fetch_result,
-    spawn_task,
-    wait_for_result,
-)
-from ._worker import Worker, WorkerConfig, WorkerHealth, WorkerTargetError, run_worker
-from .testing import run_queued
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__: list[str] = [
+if TYPE_CHECKING:
+    from ._agent import AbsurdAgent
+    from ._durability import TOOL_METADATA_KEY, AbsurdDurability
+    from .errors import NonRetryableError, PydanticAIAbsurdError, ReplayDivergenceError, UnserializableResultError
+    from ._waits import fail_event_token, resolve_event_token
+    from .schema import setup
+    from .worker import WorkerConfig, run_worker
+
+# Loaded on first use, so `pydantic-ai-absurd init --help` does not import all of Pydantic AI.
+_EXPORTS: dict[str, str] = {
+    "AbsurdAgent": "._agent",
+    "AbsurdDurability": "._durability",
+    "TOOL_METADATA_KEY": "._durability",
+    "NonRetryableError": ".errors",
+    "PydanticAIAbsurdError": ".errors",
+    "ReplayDivergenceError": ".errors",
+    "UnserializableResultError": ".errors",
+    "fail_event_token": "._waits",
+    "resolve_event_token": "._waits",
+    "setup": ".schema",
+    "WorkerConfig": ".worker",
+    "run_worker": ".worker",
+}
+
+__all__ = [
+    "TOOL_METADATA_KEY",
     "AbsurdAgent",
     "AbsurdDurability",
-    "TOKEN_PREFIX",
-    "TOOL_METADATA_KEY",
+    "NonRetryableError",
+    "PydanticAIAbsurdError",
+    "ReplayDivergenceError",
     "UnserializableResultError",
+    "WorkerConfig",
     "fail_event_token",
     "resolve_event_token",
-    # setup, errors, embedded server, testing (infrastructure)
-    "ABSURD_SCHEMA_VERSION",
-    "DatabaseConnectionError",
-    "EmbeddedPostgres",
-    "EmbeddedPostgresError",
-    "PydanticAIAbsurdError",
-    "QueueNameError",
-    "QueueNotFoundError",
-    "SchemaInfo",
-    "SchemaInstallError",
-    "SchemaNotInstalledError",
-    "SchemaVersionError",
-    "check_schema",
-    "check_schema_sync",
-    "ensure_queue_exists",
-    "ensure_queue_exists_sync",
-    "redact_dsn",
-    "resolve_dsn",
-    "run_queued",
-    "setup",
-    "setup_sync",
-    "start_embedded",
-    # worker, retries, spawning
-    "AGENT_RETRY_STRATEGY",
-    "NonRetryableError",
-    "RetryPolicy",
-    "SpawnedTask",
-    "TaskCancelledError",
-    "TaskFailedError",
-    "TaskNotFoundError",
-    "TaskResultNotSerializableError",
-    "TaskResultTimeoutError",
-    "TaskStatus",
-    "UnregisteredTaskError",
-    "Worker",
-    "WorkerConfig",
-    "WorkerHealth",
-    "WorkerTargetError",
-    "agent_retry_hooks",
-    "fetch_result",
     "run_worker",
-    "spawn_task",
-    "wait_for_result",
+    "setup",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

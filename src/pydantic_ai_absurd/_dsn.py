@@ -7,7 +7,7 @@ import re
 
 import psycopg
 
-from ._errors import DatabaseConnectionError
+from .errors import DatabaseConnectionError
 
 __all__ = ["DEFAULT_DSN", "connect", "connect_async", "connection_error", "redact_dsn", "resolve_dsn"]
 

@@ -27,11 +27,12 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT, RunContext
 from pydantic_ai.toolsets import AbstractToolset
 
+from ._absurd import check_private_names
 from ._backend import AbsurdStepBackend, StepConfig, UnserializableValue
-from ._context import current_task_context, execution_state, in_step, run_scope
-from ._events import AbsurdEventWaiter
-from ._sleep import checkpointed_sleep, run_start_time
-from ._step_names import check_identifier
+from ._execution import current_task_context, execution_state, in_step, run_scope
+from ._naming import check_identifier
+from ._time import checkpointed_sleep, run_start_time
+from ._waits import AbsurdEventWaiter
 
 TOOL_METADATA_KEY = "absurd"
 """Tool metadata key for per-tool step settings: `metadata={"absurd": False}` runs a pure tool without a step."""
@@ -96,6 +97,7 @@ class AbsurdDurability(BaseDurabilityCapability[AgentDepsT]):
                 model step, and each tool event runs in a step of its own, so it sees every event once.
             name: The name used in step names. Defaults to the agent's `name`, which must then be set.
         """
+        check_private_names()
         if name is not None:
             check_identifier("agent name", name)
         for model_id in models or {}:
@@ -146,7 +148,7 @@ class AbsurdDurability(BaseDurabilityCapability[AgentDepsT]):
     def get_durable_operation_backend(self) -> AbsurdStepBackend:
         """The step backend for this bound capability."""
         backend = self._backend
-        if backend is None or backend._agent_name != self.name:  # pyright: ignore[reportPrivateUsage]
+        if backend is None or backend.agent_name != self.name:
             backend = AbsurdStepBackend(
                 agent_name=self.name,
                 default_model_id=self.default_model_id,

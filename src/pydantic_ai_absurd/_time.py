@@ -6,9 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from ._context import RunScope, execution_state, require_task_context
-from ._sdk_private import begin_step
-from ._step_names import escape
+from ._execution import RunScope, require_task_context, run_body, run_step
+from ._naming import escape
 
 
 def _now() -> datetime:
@@ -16,13 +15,11 @@ def _now() -> datetime:
 
 
 async def _recorded_time(step: str, compute: Callable[[], datetime]) -> datetime:
-    task_ctx = require_task_context()
-    handle = await begin_step(task_ctx, step)
-    if handle.done and isinstance(handle.state, str):
-        return datetime.fromisoformat(handle.state)
-    value = compute()
-    await task_ctx.complete_step(handle, value.isoformat())
-    return value
+    async def body() -> str:
+        return compute().isoformat()
+
+    outcome = await run_step(step, body)
+    return datetime.fromisoformat(str(outcome.value))
 
 
 async def run_start_time(agent_name: str, run_id: str) -> datetime:
@@ -43,6 +40,6 @@ def checkpointed_sleep(scope: RunScope) -> Callable[[float], Awaitable[None]]:
         )
         remaining = (wake_at - _now()).total_seconds()
         if remaining > 0:
-            await execution_state(require_task_context()).lease.run(lambda: asyncio.sleep(remaining))
+            await run_body(require_task_context(), lambda: asyncio.sleep(remaining))
 
     return sleep

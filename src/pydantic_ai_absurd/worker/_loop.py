@@ -29,20 +29,17 @@ Differences from `AsyncAbsurd.start_worker()`:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import functools
-import importlib
 import inspect
 import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -50,128 +47,32 @@ import psycopg
 from absurd_sdk import AbsurdHooks, AsyncAbsurd, AsyncTaskContext, CancelledTask, ClaimedTask, FailedTask, SuspendTask
 from psycopg_pool import AsyncConnectionPool
 
-from ._dsn import redact_dsn, resolve_dsn
-from ._errors import PydanticAIAbsurdError
-from ._retry import RetryPolicy, check_json_result, record_task_failure
-from ._schema import ensure_queue_exists
-from ._sdk_private import client_conninfo, client_hooks, client_queue_name, execute_claimed_task, is_registered
-
-__all__ = [
-    "DEFAULT_CLAIM_TIMEOUT",
-    "DEFAULT_CONCURRENCY",
-    "DEFAULT_DRAIN_TIMEOUT",
-    "DEFAULT_POLL_INTERVAL",
-    "Worker",
-    "WorkerConfig",
-    "WorkerHealth",
-    "WorkerTargetError",
-    "add_worker_subcommand",
-    "load_client",
-    "run_worker",
-]
+from .._absurd import (
+    client_conninfo,
+    client_hooks,
+    client_queue_name,
+    end_state_of,
+    execute_claimed_task,
+    extend_claim,
+    is_registered,
+    schedule_run_now,
+)
+from .._dsn import redact_dsn, resolve_dsn
+from ..errors import PydanticAIAbsurdError, one_line
+from ..schema import ensure_queue_exists
+from ._config import (
+    APPLICATION_NAME_PREFIX,
+    DEFAULT_CLAIM_TIMEOUT,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_POLL_INTERVAL,
+    WorkerConfig,
+    WorkerHealth,
+)
+from ._failure import record_task_failure
+from ._retry import check_json_result
 
 logger = logging.getLogger("pydantic_ai_absurd.worker")
-
-DEFAULT_CONCURRENCY = 10
-"""Tasks run at once per worker process. Agent tasks mostly wait on the network, so more than one per CPU."""
-
-DEFAULT_CLAIM_TIMEOUT = 10
-"""Seconds a claim lasts without a heartbeat: how soon a task of a dead worker is picked up elsewhere.
-
-Recovery after a SIGKILL takes about `claim_timeout` + `poll_interval` + the remaining work (every
-checkpoint write extends the claim to a full `claim_timeout`), so 10 s keeps it under 15 s.
-"""
-
-DEFAULT_DRAIN_TIMEOUT = 25.0
-"""Seconds in-flight tasks get to finish after SIGTERM; below Kubernetes' default 30 s grace period."""
-
-DEFAULT_POLL_INTERVAL = 0.5
-"""Seconds between two claim attempts while the queue is empty."""
-
-APPLICATION_NAME_PREFIX = "pydantic-ai-absurd worker "
-"""Prefix of the `application_name` of worker connections (find them in `pg_stat_activity`)."""
-
-_SQLSTATE_CANCELLED = "AB001"
-_SQLSTATE_FAILED = "AB002"
-
-
-class WorkerTargetError(PydanticAIAbsurdError):
-    """`pydantic-ai-absurd worker MODULE:ATTRIBUTE` could not load an `AsyncAbsurd` client from the target."""
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Settings of a `Worker` (all have production defaults).
-
-    Attributes:
-        concurrency: Tasks run at once; each holds one pooled connection while it runs.
-        claim_timeout: Seconds of a claim (lease); extended every third of it while the task runs.
-        drain_timeout: Seconds in-flight tasks get to finish after the first SIGTERM/SIGINT.
-        poll_interval: Seconds between claims while the queue is empty.
-        worker_id: Name recorded as `claimed_by` (default `host:pid`).
-        dsn: Database to connect the pool to (default: where the client connects, else the
-            `ABSURD_DATABASE_URL` resolution).
-        queue: Queue to work (default: the client's queue).
-        retry_policy: Backoff and non-retryable errors (see `RetryPolicy`).
-        heartbeat: Extend claims of in-flight tasks from the worker (recommended with short leases).
-        health_file: Path touched (mtime and a timestamp) after every successful poll; removed on stop.
-        on_poll: Called after every successful poll with the worker's `WorkerHealth`.
-        handle_signals: Install SIGTERM/SIGINT handlers while the worker runs.
-        reconnect_max_delay: Largest backoff, in seconds, between two attempts to reach Postgres.
-        connect_timeout: Seconds to wait for a connection (pool checkout and libpq connect).
-    """
-
-    concurrency: int = DEFAULT_CONCURRENCY
-    claim_timeout: int = DEFAULT_CLAIM_TIMEOUT
-    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
-    poll_interval: float = DEFAULT_POLL_INTERVAL
-    worker_id: str | None = None
-    dsn: str | None = None
-    queue: str | None = None
-    retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
-    heartbeat: bool = True
-    health_file: str | os.PathLike[str] | None = None
-    on_poll: Callable[[WorkerHealth], None] | None = None
-    handle_signals: bool = True
-    reconnect_max_delay: float = 10.0
-    connect_timeout: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
-        if self.claim_timeout < 1:
-            raise ValueError("claim_timeout must be >= 1 second")
-        if self.drain_timeout < 0 or self.poll_interval <= 0:
-            raise ValueError("drain_timeout must be >= 0 and poll_interval > 0")
-
-
-@dataclass
-class WorkerHealth:
-    """Readiness and liveness of a running `Worker` (read `Worker.health`).
-
-    Attributes:
-        ready: The last claim attempt reached Postgres (false while reconnecting and once stopping).
-        stopping: A stop was requested; no more claims.
-        last_poll: `time.time()` of the last successful claim attempt (0 before the first).
-        in_flight: Tasks running now.
-        claimed, completed, suspended, retried, failed, handed_back: Counters since start.
-    """
-
-    ready: bool = False
-    stopping: bool = False
-    last_poll: float = 0.0
-    in_flight: int = 0
-    claimed: int = 0
-    completed: int = 0
-    suspended: int = 0
-    retried: int = 0
-    failed: int = 0
-    handed_back: int = 0
-
-    def is_alive(self, max_age: float = 60.0) -> bool:
-        """Whether the worker polled Postgres within `max_age` seconds (a liveness probe)."""
-        return self.last_poll > 0 and time.time() - self.last_poll <= max_age
-
 
 _Outcome = Literal["completed", "suspended", "retry", "failed", "cancelled", "lost"]
 
@@ -286,7 +187,7 @@ class Worker:
             except PydanticAIAbsurdError:
                 raise
             except (psycopg.Error, OSError) as err:
-                logger.warning("cannot reach Postgres (%s); retrying in %.1fs", _one_line(err), delay)
+                logger.warning("cannot reach Postgres (%s); retrying in %.1fs", one_line(err, with_type=True), delay)
                 await self._sleep_unless_stopped(delay)
                 delay = min(delay * 2, self.config.reconnect_max_delay)
         return False
@@ -307,7 +208,12 @@ class Worker:
                     )
             except (psycopg.Error, OSError) as err:
                 self.health.ready = False
-                logger.warning("cannot claim from queue %s (%s); retrying in %.1fs", self.queue, _one_line(err), delay)
+                logger.warning(
+                    "cannot claim from queue %s (%s); retrying in %.1fs",
+                    self.queue,
+                    one_line(err, with_type=True),
+                    delay,
+                )
                 await self._sleep_unless_stopped(delay)
                 delay = min(delay * 2, self.config.reconnect_max_delay)
                 continue
@@ -377,7 +283,9 @@ class Worker:
             await self._hand_back(running, "its database connection was lost")
         except (psycopg.Error, OSError) as err:
             if conn is None or conn.broken or conn.closed:
-                logger.warning("database connection lost while running %s: %s", running.describe(), _one_line(err))
+                logger.warning(
+                    "database connection lost while running %s: %s", running.describe(), one_line(err, with_type=True)
+                )
                 await self._hand_back(running, "its database connection was lost")
             else:
                 logger.exception("error outside the handler of %s; its lease will expire", running.describe())
@@ -418,10 +326,11 @@ class Worker:
                 try:
                     running.outcome, running.reason = await record_task_failure(conn, self.queue, task, err, policy)
                 except psycopg.Error as db_err:
-                    if db_err.sqlstate == _SQLSTATE_CANCELLED:
+                    ended = end_state_of(db_err)
+                    if ended == "cancelled":
                         running.outcome = "cancelled"
                         raise CancelledTask() from err
-                    if db_err.sqlstate == _SQLSTATE_FAILED:
+                    if ended == "failed":
                         running.outcome = "lost"
                         raise FailedTask() from err
                     if conn.broken or conn.closed:
@@ -471,10 +380,7 @@ class Worker:
         while True:
             try:
                 async with self._connection() as conn:
-                    await conn.execute(
-                        "select absurd.schedule_run(%s, %s, absurd.current_time())",
-                        (self.queue, running.task["run_id"]),
-                    )
+                    await schedule_run_now(conn, self.queue, running.task["run_id"])
             except psycopg.errors.RaiseException:
                 logger.info("not handing back %s: the run is no longer running", running.describe())
                 return
@@ -483,7 +389,7 @@ class Worker:
                     logger.warning(
                         "could not hand back %s (%s); it is claimable again once its lease expires",
                         running.describe(),
-                        _one_line(err),
+                        one_line(err, with_type=True),
                     )
                     return
                 await asyncio.sleep(delay)
@@ -507,19 +413,17 @@ class Worker:
                     for job, running in jobs:
                         await self._extend(conn, job, running)
             except (psycopg.Error, OSError) as err:
-                logger.debug("heartbeat failed: %s", _one_line(err))
+                logger.debug("heartbeat failed: %s", one_line(err, with_type=True))
 
     async def _extend(self, conn: psycopg.AsyncConnection[Any], job: asyncio.Task[None], running: _Running) -> None:
         try:
-            await conn.execute(
-                "select absurd.extend_claim(%s, %s, %s)",
-                (self.queue, running.task["run_id"], self.config.claim_timeout),
-            )
+            await extend_claim(conn, self.queue, running.task["run_id"], self.config.claim_timeout)
         except psycopg.Error as err:
             if conn.broken:
                 raise
-            if err.sqlstate in (_SQLSTATE_CANCELLED, _SQLSTATE_FAILED) and not job.done():
-                running.stop_reason = "cancelled" if err.sqlstate == _SQLSTATE_CANCELLED else "failed"
+            ended = end_state_of(err)
+            if ended is not None and not job.done():
+                running.stop_reason = ended
                 job.cancel()
             # Otherwise the run just left `running` (completed, suspended): nothing to extend.
 
@@ -594,13 +498,8 @@ async def _wait_any(*events: asyncio.Event) -> None:
             waiter.cancel()
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def _describe_error(err: BaseException | None) -> str:
-    return "?" if err is None else _one_line(err)
+    return "?" if err is None else one_line(err, with_type=True)
 
 
 async def run_worker(
@@ -638,105 +537,3 @@ async def run_worker(
         **options,
     )
     await Worker(absurd, cfg).run()
-
-
-# -- CLI -------------------------------------------------------------------------------------
-
-
-def load_client(target: str) -> AsyncAbsurd | Callable[[], Any]:
-    """Import `module:attribute` (cwd on `sys.path`) and return the `AsyncAbsurd` or a factory for one.
-
-    Raises `WorkerTargetError` with a one-line message when the target cannot be loaded.
-    """
-    module_name, sep, attribute = target.partition(":")
-    if not sep or not module_name or not attribute:
-        raise WorkerTargetError(
-            f"Worker target {target!r} is not MODULE:ATTRIBUTE; e.g. `pydantic-ai-absurd worker myapp.tasks:absurd`."
-        )
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise WorkerTargetError(
-            f"Cannot import module {module_name!r} for worker target {target!r}: {err}. "
-            "Run the command from your project directory or install the package."
-        ) from err
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError as err:
-            raise WorkerTargetError(
-                f"Module {module_name!r} has no attribute {attribute!r} (worker target {target!r})."
-            ) from err
-    if isinstance(obj, AsyncAbsurd):
-        return obj
-    if callable(obj):
-        return cast("Callable[[], Any]", obj)
-    raise WorkerTargetError(
-        f"Worker target {target!r} is a {type(obj).__name__}, not an absurd_sdk.AsyncAbsurd "
-        "(or a function returning one)."
-    )
-
-
-async def _resolve_client(target: str) -> AsyncAbsurd:
-    loaded = load_client(target)
-    if isinstance(loaded, AsyncAbsurd):
-        return loaded
-    made = loaded()
-    if inspect.isawaitable(made):
-        made = await made
-    if not isinstance(made, AsyncAbsurd):
-        raise WorkerTargetError(
-            f"Worker target {target!r} returned a {type(made).__name__}, not an absurd_sdk.AsyncAbsurd."
-        )
-    return made
-
-
-def add_worker_subcommand(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `worker MODULE:ATTRIBUTE [options]` to an argparse subparsers object (`handler` runs it)."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "worker",
-        help="run a worker for the tasks registered on an AsyncAbsurd client",
-        description=(
-            "Run the tasks registered on MODULE:ATTRIBUTE (an absurd_sdk.AsyncAbsurd, or a function "
-            "returning one). SIGTERM/SIGINT drains in-flight tasks, then hands the rest back to other workers."
-        ),
-    )
-    parser.add_argument("target", metavar="MODULE:ATTRIBUTE", help="e.g. myapp.tasks:absurd")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="tasks run at once")
-    parser.add_argument("--claim-timeout", type=int, default=DEFAULT_CLAIM_TIMEOUT, help="lease in seconds")
-    parser.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT, help="seconds to drain")
-    parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL, help="seconds between polls")
-    parser.add_argument("--worker-id", default=None, help="name recorded as claimed_by (default host:pid)")
-    parser.add_argument("--queue", default=None, help="queue to work (default: the client's queue)")
-    parser.add_argument("--dsn", default=None, help="database URL (default: the client's)")
-    parser.add_argument("--health-file", default=None, help="file touched after every successful poll")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    parser.set_defaults(handler=worker_command)
-    return parser
-
-
-async def worker_command(args: argparse.Namespace) -> int:
-    """Run the `worker` subcommand from parsed arguments (the CLI awaits it); returns the exit code."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    absurd = await _resolve_client(args.target)
-    try:
-        await run_worker(
-            absurd,
-            config=WorkerConfig(
-                concurrency=args.concurrency,
-                claim_timeout=args.claim_timeout,
-                drain_timeout=args.drain_timeout,
-                poll_interval=args.poll_interval,
-                worker_id=args.worker_id,
-                queue=args.queue,
-                dsn=args.dsn,
-                health_file=args.health_file,
-            ),
-        )
-    finally:
-        await absurd.close()
-    return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from absurd_sdk import AsyncAbsurd
 
-from ._sdk_private import execute_task
+from .._absurd import execute_task
 
 __all__ = ["run_queued"]
 

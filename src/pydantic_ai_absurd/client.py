@@ -22,8 +22,8 @@ import pydantic
 from absurd_sdk import AsyncAbsurd, CancellationPolicy, RetryStrategy, TaskResultSnapshot, TaskResultState
 from absurd_sdk import TimeoutError as AbsurdTimeoutError
 
-from ._errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError
-from ._sdk_private import client_queue_name, is_registered
+from ._absurd import client_queue_name, is_registered
+from .errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError
 
 __all__ = [
     "SpawnedTask",

@@ -23,9 +23,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 import pytest
 from absurd_sdk import AsyncAbsurd
 
-from ._errors import PydanticAIAbsurdError
-from ._schema import create_queue_sync, drop_queue_sync, setup_sync
-from .testing import run_queued
+from ..errors import PydanticAIAbsurdError
+from ..schema import create_queue_sync, drop_queue_sync, setup_sync
+from . import run_queued
 
 __all__ = ["absurd_client", "absurd_dsn", "absurd_queue", "run_queued"]
 
@@ -34,7 +34,7 @@ TEST_DATABASE_ENV = "ABSURD_TEST_DATABASE_URL"
 
 
 def _embedded(stack: contextlib.ExitStack) -> str:
-    from ._embedded import EmbeddedPostgres, default_embedded_dir
+    from ..embedded import EmbeddedPostgres, default_embedded_dir
 
     server = EmbeddedPostgres(default_embedded_dir("pytest"))
     server.start()

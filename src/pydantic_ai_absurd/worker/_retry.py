@@ -24,14 +24,13 @@ import json
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import pydantic
-from absurd_sdk import AbsurdHooks, ClaimedTask, RetryStrategy, SpawnOptions
-from psycopg import AsyncConnection, sql
+from absurd_sdk import AbsurdHooks, RetryStrategy, SpawnOptions
 from pydantic_ai.exceptions import UserError
 
-from ._errors import PydanticAIAbsurdError
+from ..errors import NonRetryableError
 
 __all__ = [
     "AGENT_RETRY_STRATEGY",
@@ -43,8 +42,6 @@ __all__ = [
     "agent_retry_hooks",
     "check_json_result",
     "failure_reason",
-    "fail_task_permanently",
-    "record_task_failure",
 ]
 
 AGENT_RETRY_STRATEGY: RetryStrategy = {"kind": "exponential", "base_seconds": 5.0, "factor": 3.0, "max_seconds": 300.0}
@@ -54,14 +51,6 @@ With Absurd's default of 5 attempts a task rides out about 3.3 minutes of provid
 outage before it fails, instead of failing five times within a second (Absurd's own default is an
 immediate retry).
 """
-
-
-class NonRetryableError(PydanticAIAbsurdError):
-    """Base for errors that can never succeed on retry: raise (a subclass of) it in a task to fail it at once.
-
-    The task is failed for good with the error recorded as its failure reason, whatever attempts
-    are left; no attempt is burned and no side effect is repeated.
-    """
 
 
 class TaskResultNotSerializableError(NonRetryableError, TypeError):
@@ -132,66 +121,6 @@ class RetryPolicy:
         if isinstance(err, UserError):
             return "user_error"
         return "non_retryable_type"
-
-
-async def fail_task_permanently(
-    conn: AsyncConnection[Any], queue_name: str, run_id: str, reason: dict[str, Any]
-) -> None:
-    """Fail the run `run_id` and its task for good, recording `reason`, whatever attempts are left.
-
-    Absurd has no SQL function for this. In one transaction we lock the run (the same lock order as
-    `absurd.fail_run` and `absurd.cancel_task`: run, then task), lower the task's `max_attempts` to the
-    run's attempt, and call `absurd.fail_run`, which then sees the attempts exhausted: the task
-    ends in state `failed` with `reason` as failure reason and `absurd.retry_task` can still retry it.
-    Writes to Absurd's `t_<queue>` table (columns `task_id`, `max_attempts`) and reads `r_<queue>`
-    (`run_id`, `task_id`, `attempt`); `tests/test_retry.py` pins that.
-    """
-    runs = sql.Identifier(f"r_{queue_name}")
-    tasks = sql.Identifier(f"t_{queue_name}")
-    async with conn.transaction():
-        cur = await conn.execute(
-            sql.SQL("select task_id, attempt from absurd.{} where run_id = %s for update").format(runs), (run_id,)
-        )
-        row = await cur.fetchone()
-        if row is not None:
-            task_id, attempt = cast("tuple[Any, int]", row)
-            await conn.execute(
-                sql.SQL("update absurd.{} set max_attempts = %s where task_id = %s").format(tasks), (attempt, task_id)
-            )
-        await conn.execute(
-            "select absurd.fail_run(%s, %s, %s::jsonb, null)", (queue_name, run_id, json.dumps(reason, default=str))
-        )
-
-
-async def record_task_failure(
-    conn: AsyncConnection[Any], queue_name: str, task: ClaimedTask, err: BaseException, policy: RetryPolicy
-) -> tuple[FailureOutcome, str | None]:
-    """Fail the run of `task` after `err`: for good if `err` is non-retryable, else per the retry strategy.
-
-    Returns the outcome and, for non-retryable errors, the reason. A retryable failure of a task that
-    has no `retry_strategy` of its own is rescheduled after `policy.default_strategy`'s delay
-    (computed by Absurd's `absurd.retry_delay_seconds`).
-    """
-    reason = policy.non_retryable_reason(err)
-    if reason is not None:
-        await fail_task_permanently(
-            conn, queue_name, task["run_id"], failure_reason(err, retryable=False, reason=reason)
-        )
-        return "failed", reason
-    payload = json.dumps(failure_reason(err, retryable=True), default=str)
-    strategy = policy.default_strategy
-    if task.get("retry_strategy") is None and strategy is not None:
-        await conn.execute(
-            "select absurd.fail_run(%s, %s, %s::jsonb, absurd.current_time()"
-            " + make_interval(secs => absurd.retry_delay_seconds(%s::jsonb, %s)))",
-            (queue_name, task["run_id"], payload, json.dumps(strategy), task["attempt"]),
-        )
-    else:
-        await conn.execute("select absurd.fail_run(%s, %s, %s::jsonb, null)", (queue_name, task["run_id"], payload))
-    max_attempts = task.get("max_attempts")
-    if max_attempts is not None and task["attempt"] >= max_attempts:
-        return "failed", None
-    return "retry", None
 
 
 def agent_retry_hooks(hooks: AbsurdHooks | None = None, *, strategy: RetryStrategy | None = None) -> AbsurdHooks:

@@ -41,7 +41,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from ._errors import EmbeddedPostgresError
+from .errors import EmbeddedPostgresError
 
 if sys.platform != "win32":  # importable everywhere; usable on Linux and macOS only
     import fcntl
@@ -365,7 +365,7 @@ def start_embedded(
     Returns the running `EmbeddedPostgres`; its `.dsn` is usable by other processes. Call
     `.close()` when done.
     """
-    from ._schema import setup_sync
+    from .schema import setup_sync
 
     server = EmbeddedPostgres(root, database=database)
     server.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import cast
 
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 from absurd_sdk import TimeoutError as AbsurdTimeoutError
@@ -12,16 +13,16 @@ from pydantic import JsonValue
 from pydantic_ai.durable_exec import ExternalEventError, ExternalEventWaiter
 from pydantic_ai.exceptions import UserError
 
-from ._backend import encode_checkpoint
-from ._context import RunScope, execution_state, step_body_scope
-from ._sdk_private import begin_step
-from ._step_names import escape
+from . import _checkpoint
+from ._execution import RunScope, begin, commit, remember_end, run_body
+from ._naming import escape
+
+__all__ = ["TOKEN_PREFIX", "AbsurdEventWaiter", "fail_event_token", "resolve_event_token"]
 
 TOKEN_PREFIX = "pydantic-ai-absurd:"
 """Every resume token handed out by a durable run starts with this."""
 
-_VALUE_KEY = "json"
-_ERROR_KEY = "error"
+_FAILURE_KEY = "error"
 
 
 class AbsurdEventWaiter(ExternalEventWaiter):
@@ -45,43 +46,46 @@ class AbsurdEventWaiter(ExternalEventWaiter):
         """Hand a token to `ask` once, then return its answer or the payload the token is resolved with."""
         task_ctx = self._task_ctx
         base = f"{self._scope.prefix}__external_event:{escape(name)}"
-        handle = await begin_step(task_ctx, base)
-        token = f"{TOKEN_PREFIX}{task_ctx.task_id}:{handle.checkpoint_name}"
+        handle = await begin(task_ctx, base)
+        token = token_for(task_ctx, handle.checkpoint_name)
         if handle.done:
-            answer = _decode(handle.state)
+            answer = None if handle.state is None else _checkpoint.decode(handle.state, step=handle.checkpoint_name)
         else:
-
-            async def call_ask() -> JsonValue:
-                with step_body_scope():
-                    return await ask(token)
-
-            answer = await execution_state(task_ctx).lease.run(call_ask)
-            await task_ctx.complete_step(handle, _encode(answer))
+            answer = await run_body(task_ctx, lambda: ask(token))
+            checkpoint, answer = _checkpoint.encode(answer)
+            await commit(task_ctx, handle, checkpoint)
         if answer is not None:
-            return answer
-        timed_out = await begin_step(task_ctx, f"{base}.timed_out")
+            return cast(JsonValue, answer)
+        timed_out = await begin(task_ctx, f"{base}.timed_out")
         if timed_out.done:
             raise ExternalEventError(f"Timed out waiting for {name!r}")
         seconds = None if timeout is None else max(int(timeout.total_seconds()), 1)
         try:
-            payload = await task_ctx.await_event(token, step_name=f"{base}.event", timeout=seconds)
+            payload = await remember_end(
+                task_ctx, task_ctx.await_event(token, step_name=f"{base}.event", timeout=seconds)
+            )
         except AbsurdTimeoutError:
-            await task_ctx.complete_step(timed_out, True)
+            await commit(task_ctx, timed_out, _checkpoint.encode(True)[0])
             raise ExternalEventError(f"Timed out waiting for {name!r}") from None
-        if isinstance(payload, dict) and isinstance(reason := payload.get(_ERROR_KEY), str):
+        return event_payload(payload)
+
+
+def token_for(task_ctx: AsyncTaskContext, checkpoint_name: str) -> str:
+    """The resume token of the wait whose ask step is `checkpoint_name` in the task of `task_ctx`."""
+    return f"{TOKEN_PREFIX}{task_ctx.task_id}:{checkpoint_name}"
+
+
+def event_payload(payload: object) -> JsonValue:
+    """The answer an event carries: this package's envelope, a failure, or a plain JSON payload."""
+    if isinstance(payload, dict):
+        entries = cast(dict[str, object], payload)
+        reason = entries.get(_FAILURE_KEY)
+        if isinstance(reason, str) and len(entries) == 1:
             raise ExternalEventError(reason)
-        return _decode(payload)
-
-
-def _encode(value: JsonValue) -> dict[str, JsonValue] | None:
-    # Stored as JSON text like every checkpoint, so an answer replays with its keys in their original order.
-    return None if value is None else dict(encode_checkpoint(value)[0])
-
-
-def _decode(state: object) -> JsonValue:
-    if isinstance(state, dict) and isinstance(text := state.get(_VALUE_KEY), str):  # pyright: ignore[reportUnknownMemberType,reportUnknownVariableType]
-        return json.loads(text)
-    return None
+        text = entries.get(_checkpoint.VALUE_KEY)
+        if isinstance(text, str) and len(entries) == 1:
+            return cast(JsonValue, json.loads(text))
+    return cast(JsonValue, payload)
 
 
 def _check_token(token: str) -> None:
@@ -98,14 +102,15 @@ async def resolve_event_token(
     """Resume the durable run waiting on `token` (from `RequestInput` or `wait_for_external_event`) with `payload`.
 
     Call it from any process, such as the web handler your approval UI posts to. The first resolution
-    wins; later ones are ignored. `queue_name` defaults to the client's queue.
+    wins; later ones are ignored. `queue_name` defaults to the client's queue. A plain JSON payload sent
+    with `absurd.emit_event(token, {...})` or `absurdctl emit-event` is accepted too.
     """
     _check_token(token)
-    envelope: dict[str, JsonValue] = _encode(payload) or {_VALUE_KEY: "null"}
+    envelope, _ = _checkpoint.encode(payload)
     await absurd.emit_event(token, envelope, queue_name=queue_name)
 
 
 async def fail_event_token(absurd: AsyncAbsurd, token: str, reason: str, *, queue_name: str | None = None) -> None:
     """End the durable wait on `token` with an `ExternalEventError` carrying `reason`."""
     _check_token(token)
-    await absurd.emit_event(token, {_ERROR_KEY: reason}, queue_name=queue_name)
+    await absurd.emit_event(token, {_FAILURE_KEY: reason}, queue_name=queue_name)

@@ -17,14 +17,16 @@ from typing import Any, Literal, cast
 import absurdctl  # pyright: ignore[reportMissingTypeStubs]
 import psycopg
 
-from ._dsn import connect, connect_async, redact_dsn, resolve_dsn
-from ._errors import (
+from .._dsn import connect, connect_async, redact_dsn, resolve_dsn
+from ..errors import (
     QueueNameError,
     QueueNotFoundError,
     SchemaInstallError,
     SchemaNotInstalledError,
     SchemaVersionError,
+    one_line,
 )
+from ._tables import OWN_SCHEMA, apply_own_migrations
 
 __all__ = [
     "ABSURD_SCHEMA_VERSION",
@@ -81,6 +83,8 @@ class SchemaInfo:
     """Queues that did not exist and were created."""
     queues_existing: tuple[str, ...] = field(default=())
     """Queues that were requested and already existed."""
+    own_migrations: tuple[str, ...] = ()
+    """Migrations of this package's own tables (schema `pydantic_ai_absurd`) applied now."""
 
     def describe(self) -> list[str]:
         """One human-readable line per action taken (used by `pydantic-ai-absurd init`)."""
@@ -95,6 +99,8 @@ class SchemaInfo:
             lines = [f"Absurd schema already at {self.version} in {self.database}"]
         lines += [f"Created queue {q!r}" for q in self.queues_created]
         lines += [f"Queue {q!r} already exists" for q in self.queues_existing]
+        if self.own_migrations:
+            lines.append(f"Applied {OWN_SCHEMA} migrations: {', '.join(self.own_migrations)}")
         return lines
 
 
@@ -109,10 +115,6 @@ def validate_queue_name(queue_name: str) -> str:
             f"{MAX_QUEUE_NAME_BYTES} bytes (UTF-8). Use a shorter name."
         )
     return queue_name
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _installed_version(conn: psycopg.Connection[Any]) -> str | None:
@@ -166,7 +168,7 @@ def _setup_in_transaction(
             conn.execute(absurdctl.BUNDLED_SCHEMA_SQL.encode())
         except psycopg.Error as exc:
             raise SchemaInstallError(
-                f"Installing the Absurd schema {ABSURD_SCHEMA_VERSION} in {where} failed: {_one_line(exc)} "
+                f"Installing the Absurd schema {ABSURD_SCHEMA_VERSION} in {where} failed: {one_line(exc)} "
                 "(nothing was changed; connect as a role that may create schemas, e.g. the database owner)."
             ) from exc
         action: Action = "installed"
@@ -192,7 +194,7 @@ def _setup_in_transaction(
                 except psycopg.Error as exc:
                     raise SchemaVersionError(
                         f"Migration {name} of the Absurd schema in {where} (from {current}) failed: "
-                        f"{_one_line(exc)} (nothing was changed; is the recorded version {current} right?)."
+                        f"{one_line(exc)} (nothing was changed; is the recorded version {current} right?)."
                     ) from exc
                 applied.append(name)
             after = _installed_version(conn)
@@ -218,6 +220,7 @@ def _setup_in_transaction(
         migrations=tuple(applied),
         queues_created=tuple(created),
         queues_existing=tuple(existing),
+        own_migrations=tuple(apply_own_migrations(conn, where)),
     )
 
 

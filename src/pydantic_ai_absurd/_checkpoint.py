@@ -1,0 +1,196 @@
+"""The one checkpoint format every step kind stores, and the digest of what a step was asked.
+
+A checkpoint is a JSON object:
+
+- `{"json": "<text>"}`: the step's value as JSON *text*, not a `jsonb` object: `jsonb` reorders object
+  keys, and the replayed messages would then differ byte for byte from the first run's, missing
+  provider prompt caches after every recovery. The run continues with the decoded text on the first
+  run too, so the first run and a replay see exactly the same value.
+- `"digest"` and `"asked"` (optional, beside `"json"`): a hash and a one-line summary of what the step
+  was asked (model + messages, tool + arguments). A replay whose request hashes differently fails with
+  `ReplayDivergenceError` instead of returning the stored result to the wrong call.
+- `{"error": "<message>"}`: a journaled failure (a value that could not be stored as JSON).
+
+Checkpoints written before this format (a bare ISO time string, a bare `true` for a timed-out wait)
+are still read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, TypeGuard, cast
+
+from pydantic_ai.durable_exec import (
+    DurableOperationId,
+    ModelRequestId,
+    ToolsetCallToolId,
+    ToolsetValidateToolArgumentsId,
+)
+from pydantic_ai.exceptions import UserError
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
+from pydantic_ai.tools import RunContext
+from pydantic_core import to_jsonable_python
+
+from .errors import ReplayDivergenceError, UnserializableResultError
+
+__all__ = [
+    "Asked",
+    "asked_for",
+    "check_digest",
+    "decode",
+    "encode",
+    "encode_error",
+    "is_checkpoint",
+]
+
+VALUE_KEY = "json"
+ERROR_KEY = "error"
+DIGEST_KEY = "digest"
+ASKED_KEY = "asked"
+
+_ASKED_PREVIEW = 160
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a step was asked: a stable digest of the request and a short human summary of it."""
+
+    digest: str
+    summary: str
+
+    @classmethod
+    def of(cls, request: object, summary: str) -> Asked:
+        """Digest `request` (JSON-compatible data; object keys sorted, so dict order does not matter)."""
+        text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+        digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        one_line = " ".join(summary.split())
+        if len(one_line) > _ASKED_PREVIEW:
+            one_line = one_line[: _ASKED_PREVIEW - 1] + "…"
+        return cls(digest, one_line)
+
+
+def encode(payload: object, *, asked: Asked | None = None) -> tuple[dict[str, str], Any]:
+    """The checkpoint stored for `payload`, and the value the run continues with."""
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    checkpoint = {VALUE_KEY: text}
+    if asked is not None:
+        checkpoint[DIGEST_KEY] = asked.digest
+        checkpoint[ASKED_KEY] = asked.summary
+    return checkpoint, json.loads(text)
+
+
+def encode_error(message: str) -> dict[str, str]:
+    """The checkpoint of a journaled failure: a retry raises `UnserializableResultError(message)` again."""
+    return {ERROR_KEY: message}
+
+
+def is_checkpoint(state: object) -> bool:
+    """Whether `state` is a checkpoint written by this package (any of its formats)."""
+    return isinstance(state, dict) and (VALUE_KEY in state or ERROR_KEY in state)
+
+
+def decode(state: object, *, step: str) -> Any:
+    """The value stored in a checkpoint, or the journaled failure raised again."""
+    if isinstance(state, dict):
+        text: object = state.get(VALUE_KEY)  # pyright: ignore[reportUnknownMemberType]
+        if isinstance(text, str):
+            return json.loads(text)
+        message: object = state.get(ERROR_KEY)  # pyright: ignore[reportUnknownMemberType]
+        if isinstance(message, str):
+            raise UnserializableResultError(message)
+    elif isinstance(state, str | bool):  # formats of 0.1.0 development builds: a time, a timed-out flag
+        return state
+    raise UserError(
+        f"The checkpoint of step {step!r} was not written by pydantic-ai-absurd (or by an incompatible "
+        "version of it), so it cannot be replayed. Cancel the task, or retry it with `spawn_new=True`."
+    )
+
+
+def check_digest(state: object, asked: Asked | None, *, step: str) -> None:
+    """Raise `ReplayDivergenceError` when the checkpoint was recorded for another request than `asked`.
+
+    Checkpoints without a digest (older ones, kinds that record none) are not checked.
+    """
+    if asked is None or not isinstance(state, dict):
+        return
+    recorded: object = state.get(DIGEST_KEY)  # pyright: ignore[reportUnknownMemberType]
+    if not isinstance(recorded, str) or recorded == asked.digest:
+        return
+    summary: object = state.get(ASKED_KEY)  # pyright: ignore[reportUnknownMemberType]
+    recorded_summary = summary if isinstance(summary, str) else f"digest {recorded}"
+    raise ReplayDivergenceError(
+        f"Replay diverged at step {step!r}: it was recorded for {recorded_summary}, but the code now asks "
+        f"for {asked.summary}. The code changed since the task started, or concurrent agent runs in one "
+        "task started in another order; see 'Replay diverged' in the troubleshooting docs.",
+        step=step,
+        recorded=recorded_summary,
+        requested=asked.summary,
+    )
+
+
+_UNSTABLE_FIELDS = frozenset({"timestamp", "run_id", "conversation_id"})
+"""Message fields that differ between a first run and its replay (or a fork) without changing the request."""
+
+
+def _stable(value: object) -> object:
+    if isinstance(value, dict):
+        return {
+            key: _stable(item) for key, item in cast(dict[str, object], value).items() if key not in _UNSTABLE_FIELDS
+        }
+    if isinstance(value, list):
+        return [_stable(item) for item in cast(list[object], value)]
+    return value
+
+
+def _preview(value: object, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _last_text(messages: list[ModelMessage]) -> str:
+    for message in reversed(messages):
+        for part in reversed(message.parts):
+            content = getattr(part, "content", None)
+            if content is not None:
+                return f"{part.part_kind} {_preview(content)}"
+            tool_name = getattr(part, "tool_name", None)
+            if isinstance(tool_name, str):
+                return f"{part.part_kind} {tool_name}"
+    return "no parts"
+
+
+def asked_for(operation_id: DurableOperationId, cache_key: tuple[object, ...]) -> Asked | None:
+    """What a model request or tool call is asked, from the operation's cache key (searched by type).
+
+    A model request is identified by its model and messages (without timestamps and run identifiers,
+    which differ on every attempt and in a fork); a tool call or argument validation by the tool's name
+    and arguments. Other operations carry no digest.
+    """
+    if isinstance(operation_id, ModelRequestId):
+        messages = next((item for item in cache_key if _is_message_list(item)), None)
+        if messages is None:
+            return None
+        model = operation_id.model_id or "default"
+        dumped = _stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
+        summary = f"a request to model {model!r} with {len(messages)} message(s), the last {_last_text(messages)}"
+        return Asked.of({"model": model, "messages": dumped}, summary)
+    if isinstance(operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId):
+        run_context = next((item for item in cache_key if isinstance(item, RunContext)), None)
+        tool = cast("RunContext[object] | None", run_context)
+        tool_name = tool.tool_name if tool is not None else None
+        args = next((item for item in cache_key if isinstance(item, dict)), None)
+        jsonable = to_jsonable_python(args, fallback=str)
+        return Asked.of(
+            {"tool": tool_name, "args": jsonable}, f"tool {tool_name!r} with arguments {_preview(jsonable, 100)}"
+        )
+    return None
+
+
+def _is_message_list(item: object) -> TypeGuard[list[ModelMessage]]:
+    if not isinstance(item, list):
+        return False
+    entries = cast(list[object], item)
+    return bool(entries) and all(isinstance(entry, ModelRequest | ModelResponse) for entry in entries)

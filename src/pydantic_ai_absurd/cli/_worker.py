@@ -1,0 +1,121 @@
+"""The `worker` subcommand: load the user's `AsyncAbsurd` client and run a worker for it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, cast
+
+from absurd_sdk import AsyncAbsurd
+
+from ..errors import PydanticAIAbsurdError
+
+
+class WorkerTargetError(PydanticAIAbsurdError):
+    """`pydantic-ai-absurd worker MODULE:ATTRIBUTE` could not load an `AsyncAbsurd` client from the target."""
+
+
+def load_client(target: str) -> AsyncAbsurd | Callable[[], Any]:
+    """Import `module:attribute` (cwd on `sys.path`) and return the `AsyncAbsurd` or a factory for one.
+
+    Raises `WorkerTargetError` with a one-line message when the target cannot be loaded.
+    """
+    module_name, sep, attribute = target.partition(":")
+    if not sep or not module_name or not attribute:
+        raise WorkerTargetError(
+            f"Worker target {target!r} is not MODULE:ATTRIBUTE; e.g. `pydantic-ai-absurd worker myapp.tasks:absurd`."
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise WorkerTargetError(
+            f"Cannot import module {module_name!r} for worker target {target!r}: {err}. "
+            "Run the command from your project directory or install the package."
+        ) from err
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as err:
+            raise WorkerTargetError(
+                f"Module {module_name!r} has no attribute {attribute!r} (worker target {target!r})."
+            ) from err
+    if isinstance(obj, AsyncAbsurd):
+        return obj
+    if callable(obj):
+        return cast("Callable[[], Any]", obj)
+    raise WorkerTargetError(
+        f"Worker target {target!r} is a {type(obj).__name__}, not an absurd_sdk.AsyncAbsurd "
+        "(or a function returning one)."
+    )
+
+
+async def _resolve_client(target: str) -> AsyncAbsurd:
+    loaded = load_client(target)
+    if isinstance(loaded, AsyncAbsurd):
+        return loaded
+    made = loaded()
+    if inspect.isawaitable(made):
+        made = await made
+    if not isinstance(made, AsyncAbsurd):
+        raise WorkerTargetError(
+            f"Worker target {target!r} returned a {type(made).__name__}, not an absurd_sdk.AsyncAbsurd."
+        )
+    return made
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add `worker MODULE:ATTRIBUTE [options]` to the CLI (options left out keep `WorkerConfig`'s defaults)."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "worker",
+        help="run a worker for the tasks registered on an AsyncAbsurd client",
+        description=(
+            "Run the tasks registered on MODULE:ATTRIBUTE (an absurd_sdk.AsyncAbsurd, or a function "
+            "returning one). SIGTERM/SIGINT drains in-flight tasks, then hands the rest back to other workers."
+        ),
+    )
+    parser.add_argument("target", metavar="MODULE:ATTRIBUTE", help="e.g. myapp.tasks:absurd")
+    parser.add_argument("--concurrency", type=int, help="tasks run at once (default 10)")
+    parser.add_argument("--claim-timeout", type=int, help="lease in seconds (default 10)")
+    parser.add_argument("--drain-timeout", type=float, help="seconds to drain after SIGTERM (default 25)")
+    parser.add_argument("--poll-interval", type=float, help="seconds between polls (default 0.5)")
+    parser.add_argument("--worker-id", help="name recorded as claimed_by (default host:pid)")
+    parser.add_argument("--queue", help="queue to work (default: the client's queue)")
+    parser.add_argument("--dsn", help="database URL (default: the client's)")
+    parser.add_argument("--health-file", help="file touched after every successful poll")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    parser.set_defaults(handler=worker_command)
+
+
+_CONFIG_OPTIONS = (
+    "concurrency",
+    "claim_timeout",
+    "drain_timeout",
+    "poll_interval",
+    "worker_id",
+    "queue",
+    "dsn",
+    "health_file",
+)
+
+
+async def worker_command(args: argparse.Namespace) -> int:
+    """Run the `worker` subcommand from parsed arguments (the CLI awaits it); returns the exit code."""
+    from ..worker import WorkerConfig, run_worker
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    given = {name: getattr(args, name) for name in _CONFIG_OPTIONS if getattr(args, name) is not None}
+    absurd = await _resolve_client(args.target)
+    try:
+        await run_worker(absurd, config=WorkerConfig(**given))
+    finally:
+        await absurd.close()
+    return 0

@@ -1,0 +1,58 @@
+"""The tables of pydantic-ai-absurd itself, in the Postgres schema `pydantic_ai_absurd`, and their migrations.
+
+Each product layer that needs a table ships a numbered migration file, `migrations/NNN_name.sql`,
+applied in order by `setup()` inside its transaction and under its advisory lock, and recorded in
+`pydantic_ai_absurd.migrations`. Re-running `setup()` applies only what is missing. Files are never
+edited once released: a change is a new file.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any
+
+import psycopg
+
+from ..errors import SchemaInstallError, one_line
+
+__all__ = ["OWN_SCHEMA", "apply_own_migrations", "own_migrations"]
+
+OWN_SCHEMA = "pydantic_ai_absurd"
+"""The Postgres schema holding this package's tables (never inside Absurd's `absurd` schema)."""
+
+_FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
+
+
+def own_migrations() -> list[tuple[str, str]]:
+    """Every shipped migration as `(name, sql)`, in order."""
+    folder = resources.files(__package__).joinpath("migrations")
+    found = sorted(entry.name for entry in folder.iterdir() if _FILE_NAME.match(entry.name))
+    return [(name.removesuffix(".sql"), folder.joinpath(name).read_text(encoding="utf-8")) for name in found]
+
+
+def apply_own_migrations(conn: psycopg.Connection[Any], where: str) -> list[str]:
+    """Create the schema and apply the migrations it lacks; returns the names applied now.
+
+    Runs in the caller's transaction, which holds `setup()`'s advisory lock.
+    """
+    conn.execute(f"create schema if not exists {OWN_SCHEMA}")
+    conn.execute(
+        f"create table if not exists {OWN_SCHEMA}.migrations ("
+        " name text primary key, applied_at timestamptz not null default now())"
+    )
+    done = {str(row[0]) for row in conn.execute(f"select name from {OWN_SCHEMA}.migrations").fetchall()}
+    applied: list[str] = []
+    for name, sql in own_migrations():
+        if name in done:
+            continue
+        try:
+            conn.execute(sql.encode())
+        except psycopg.Error as exc:
+            raise SchemaInstallError(
+                f"Migration {name} of the {OWN_SCHEMA} schema in {where} failed: {one_line(exc)} "
+                "(nothing was changed; connect as a role that may create schemas and tables)."
+            ) from exc
+        conn.execute(f"insert into {OWN_SCHEMA}.migrations (name) values (%s)", (name,))
+        applied.append(name)
+    return applied

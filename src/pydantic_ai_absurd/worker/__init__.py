@@ -1,0 +1,41 @@
+"""A production worker for the tasks registered on an `absurd_sdk.AsyncAbsurd` client.
+
+`run_worker(absurd)` (or `pydantic-ai-absurd worker MODULE:ATTRIBUTE`) claims tasks with slot refill,
+runs each on its own pooled connection, keeps their leases, applies a `RetryPolicy`, drains on
+SIGTERM and hands unfinished runs back to other workers.
+"""
+
+from ._config import (
+    APPLICATION_NAME_PREFIX,
+    DEFAULT_CLAIM_TIMEOUT,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_POLL_INTERVAL,
+    WorkerConfig,
+    WorkerHealth,
+)
+from ._loop import Worker, run_worker
+from ._retry import (
+    AGENT_RETRY_STRATEGY,
+    NonRetryableError,
+    RetryPolicy,
+    TaskResultNotSerializableError,
+    agent_retry_hooks,
+)
+
+__all__ = [
+    "AGENT_RETRY_STRATEGY",
+    "APPLICATION_NAME_PREFIX",
+    "DEFAULT_CLAIM_TIMEOUT",
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_DRAIN_TIMEOUT",
+    "DEFAULT_POLL_INTERVAL",
+    "NonRetryableError",
+    "RetryPolicy",
+    "TaskResultNotSerializableError",
+    "Worker",
+    "WorkerConfig",
+    "WorkerHealth",
+    "agent_retry_hooks",
+    "run_worker",
+]
