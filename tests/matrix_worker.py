@@ -7,8 +7,10 @@ Two modes:
     one task at a time (`work_batch(batch_size=1)`), and forks a replacement for every child that dies,
     so a SIGKILLed worker is replaced at once without paying Python's start-up again. Stops when the file
     `<state dir>/stop` exists. Each task's params say where to kill it: `{"label", "when", "k"}` with
-    `when` in `"before"` / `"after"`: the worker SIGKILLs itself just before (after) the `k`-th checkpoint
-    of that task commits. Test code patches the SDK for this: `AsyncTaskContext.complete_step`.
+    `when` in `"before"` / `"after"` and `at` a checkpoint name: the worker SIGKILLs itself just before
+    (after) that checkpoint commits, keyed by name because parallel tool calls commit in no fixed order.
+    It first writes which side effects had run without their checkpoint committed (`<label>/in_flight`):
+    exactly those run again. Test code patches the SDK for this: `AsyncTaskContext.complete_step`.
 
 `python -m tests.matrix_worker chaos` (settings from `CHAOS_*` environment variables)
     A production worker (`run_worker`) with task `chaos`: a short agent run.
@@ -27,6 +29,7 @@ import signal
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -171,7 +174,7 @@ SPEC: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("spec")
 
 
 def patch_complete_step(state: Path) -> None:
-    """Kill this process just before / after the k-th checkpoint of the current task commits."""
+    """Kill this process just before / after the checkpoint named `at` of the current task commits."""
     original = AsyncTaskContext.complete_step
     lock = asyncio.Lock()
 
@@ -180,20 +183,28 @@ def patch_complete_step(state: Path) -> None:
         if spec is None or handle.done:
             return await original(self, handle, value)
         folder = state / spec["label"]
-        async with lock:  # parallel steps commit one at a time, so "the k-th commit" is well defined
-            number = len(read_lines(folder / "commits")) + 1
+        async with lock:  # parallel steps commit one at a time: the in-flight set at a kill is well defined
+            here = handle.checkpoint_name == spec["at"]
             killed = folder / "killed"
-            if spec["when"] == "before" and number == spec["k"] and not killed.exists():
-                append(killed, f"before {handle.checkpoint_name}")
-                os.kill(os.getpid(), signal.SIGKILL)
+            if spec["when"] == "before" and here and not killed.exists():
+                kill(folder, f"before {handle.checkpoint_name}")
             result = await original(self, handle, value)
             append(folder / "commits", handle.checkpoint_name)
-            if spec["when"] == "after" and number == spec["k"] and not killed.exists():
-                append(killed, f"after {handle.checkpoint_name}")
-                os.kill(os.getpid(), signal.SIGKILL)
+            if spec["when"] == "after" and here and not killed.exists():
+                kill(folder, f"after {handle.checkpoint_name}")
             return result
 
     AsyncTaskContext.complete_step = complete_step  # type: ignore[method-assign]
+
+
+def kill(folder: Path, what: str) -> None:
+    """Record the side effects that ran but whose checkpoint has not committed, then die like an OOM kill."""
+    ran = Counter(read_lines(folder / "effects"))
+    ran.subtract(Counter(e for c in read_lines(folder / "commits") if (e := effect_of(c))))
+    for effect in sorted((+ran).elements()):
+        append(folder / "in_flight", effect)
+    append(folder / "killed", what)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def matrix_child(dsn: str, queue: str, state: Path, claim_timeout: int, parent: int) -> None:

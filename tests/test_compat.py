@@ -1,4 +1,4 @@
-"""Guards for the private upstream details the engine relies on (DESIGN.md §5): each fails loudly when upstream changes it.
+"""Guards for the private upstream details the engine relies on (docs: Compatibility): each fails loudly when upstream changes it.
 
 The worker's private `absurd_sdk` names are pinned in `tests/test_worker_sdk_private.py`.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent
 from pydantic_ai.durable_exec import BaseDurabilityCapability, CallableOperationBackend
@@ -16,6 +17,7 @@ from pydantic_ai.messages import TextPart
 from pydantic_ai_absurd._absurd import claim_timeout_of
 from pydantic_ai_absurd._durability import AbsurdDurability
 from pydantic_ai_absurd._execution import current_task_context
+from pydantic_ai_absurd._pydantic_ai import PrivateHooks, check_private_names
 
 from .support import Script, checkpoints, run_until_done
 
@@ -37,7 +39,8 @@ async def test_async_task_context_exposes_its_claim_timeout(absurd_client: Async
 
 def test_stamp_response_hook_still_exists_and_is_overridden() -> None:
     assert "_stamp_response" in vars(BaseDurabilityCapability), "BaseDurabilityCapability._stamp_response is gone"
-    assert "_stamp_response" in vars(AbsurdDurability)
+    assert "_stamp_response" in vars(PrivateHooks)
+    assert issubclass(AbsurdDurability, PrivateHooks)
     params = list(inspect.signature(BaseDurabilityCapability._stamp_response).parameters)  # pyright: ignore[reportPrivateUsage]
     assert params == ["self", "response", "messages"]
 
@@ -89,3 +92,53 @@ async def test_begin_step_is_answered_from_the_preloaded_checkpoints(absurd_clie
     spawned = await absurd_client.spawn("t", {})
     await run_until_done(absurd_client, spawned["task_id"])
     assert seen == [(False, None), (True, {"v": 1})]
+
+
+def test_runtime_toolset_guard_hook_still_exists_and_is_overridden() -> None:
+    assert "_reject_runtime_toolsets" in vars(BaseDurabilityCapability), "the runtime-toolset guard moved"
+    params = list(inspect.signature(BaseDurabilityCapability._reject_runtime_toolsets).parameters)  # pyright: ignore[reportPrivateUsage]
+    assert params == ["self", "toolset"]
+    assert "_reject_runtime_toolsets" in vars(PrivateHooks)
+
+
+def test_a_missing_private_hook_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic_ai_absurd.errors import IncompatibleSdkError
+
+    check_private_names()
+    monkeypatch.delattr(BaseDurabilityCapability, "_reject_runtime_toolsets")
+    with pytest.raises(IncompatibleSdkError, match="_reject_runtime_toolsets"):
+        AbsurdDurability[None]()
+
+
+def test_journal_operation_names_keep_their_format() -> None:
+    """Persisted step names start from upstream's `JournalOperationNamer`: a change there strands tasks."""
+    from pydantic_ai.durable_exec import (
+        CapabilityOperationId,
+        EventStreamHandlerId,
+        JournalOperationNamer,
+        ModelRequestId,
+        ToolsetCallToolId,
+        ToolsetGetToolsId,
+        ToolsetValidateToolArgumentsId,
+    )
+
+    namer = JournalOperationNamer("agent", default_model_id="default")
+
+    def name(operation_id: Any, label: str | None = None) -> str:
+        return namer.invocation_name(operation_id, label=label).operation_name
+
+    assert name(ModelRequestId(model_id=None, streaming=False, model_name="m")) == "agent__model.request"
+    assert name(ModelRequestId(model_id="other", streaming=True, model_name="m")) == "agent__model.request_stream.other"
+    assert name(EventStreamHandlerId()) == "agent__event_stream_handler"
+    assert name(ToolsetGetToolsId("function", toolset_id="tools")) == "agent__function_toolset__tools.get_tools"
+    assert name(ToolsetGetToolsId("mcp", toolset_id="docs")) == "agent__mcp_server__docs.get_tools"
+    assert (
+        name(ToolsetValidateToolArgumentsId("function", toolset_id="tools"))
+        == "agent__function_toolset__tools.validate_args"
+    )
+    assert (
+        name(ToolsetCallToolId("function", toolset_id="tools"), "charge")
+        == "agent__function_toolset__tools.call_tool:charge"
+    )
+    assert name(ToolsetCallToolId("mcp", toolset_id="docs"), "search") == "agent__mcp_server__docs.call_tool"
+    assert name(CapabilityOperationId("cap", operation="op")) == "agent__capability__cap.op"

@@ -70,23 +70,47 @@ async def test_toolset_added_at_run_time_is_refused_in_a_task(absurd_client: Asy
     assert (await agent.run("x", toolsets=[late])).output == "ok"
 
 
-async def test_toolset_registered_after_construction_gets_a_clear_error(absurd_client: AsyncAbsurd) -> None:
-    # Known limitation (see docs/tools.md): Pydantic AI counts `@agent.toolset` functions as added after
-    # construction, so pass `DynamicToolset(func, id=...)` in `toolsets=` at construction instead.
-    inner = text_agent()
+async def test_agent_toolset_decorators_are_durable_like_any_toolset(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
+) -> None:
+    """`@agent.toolset` functions of the wrapped agent run as steps; run-time additions stay refused."""
+    from pydantic_ai.messages import ToolCallPart
+
+    from .support import SimulatedCrash, checkpoint_names
+
+    script = Script(
+        turns=[lambda _: [ToolCallPart("lookup", {"key": "k"}, tool_call_id="l1")], lambda _: [TextPart("ok")]]
+    )
+    inner = Agent(script.model(), name="decorated")
+    effects: list[str] = []
+    crash = {"armed": True}
+    extra = FunctionToolset[None](id="decorated-tools")
+
+    @extra.tool_plain
+    def lookup(key: str) -> str:
+        effects.append(key)
+        return f"value of {key}"
 
     @inner.toolset(id="decorated-dynamic")
-    def extra(ctx: Any) -> FunctionToolset[None]:
-        return FunctionToolset[None](id="decorated")
+    def tools(ctx: Any) -> FunctionToolset[None]:
+        return extra
 
     agent = AbsurdAgent(inner)
 
+    @absurd_client.register_task(name="t")
     async def handler(params: Any, ctx: Any) -> str:
-        return (await agent.run("x")).output
+        output = (await agent.run("x")).output
+        if crash["armed"]:
+            crash["armed"] = False
+            raise SimulatedCrash("after the run")
+        return output
 
-    message = await failure_of(absurd_client, handler)
-    assert "DynamicToolset 'decorated-dynamic' cannot be added at runtime with Absurd" in message
-    assert "@agent.toolset" in message
+    spawned = await absurd_client.spawn("t", {})
+    snapshot = await run_until_done(absurd_client, spawned["task_id"])
+    assert snapshot.result == "ok", snapshot.failure
+    assert effects == ["k"]  # the replay took the tool's result from its checkpoint
+    names = await checkpoint_names(absurd_dsn, absurd_queue, str(spawned["task_id"]))
+    assert "decorated__dynamic_toolset__decorated-dynamic.call_tool:lookup@l1" in names, names
 
 
 def test_sync_task_context_is_refused(absurd_dsn: str, absurd_queue: str) -> None:

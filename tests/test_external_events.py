@@ -140,3 +140,50 @@ async def test_a_timeout_is_journaled_and_denies_the_call(
     assert len(tokens) == 1
     names = await checkpoint_names(absurd_dsn, absurd_queue, str(spawned["task_id"]))
     assert "support__external_event:approve_refund.timed_out" in names
+
+
+@pytest.mark.parametrize("sender", ["absurd.emit_event", "absurdctl emit-event"])
+async def test_a_plain_json_payload_resumes_the_run(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, sender: str
+) -> None:
+    """The documented shape: the JSON form of `DeferredToolResults`, without this package's envelope."""
+    import asyncio
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tokens: list[str] = []
+    agent, refunds = refund_agent(tokens, [])
+
+    @absurd_client.register_task(name="support")
+    async def task(params: Any, ctx: Any) -> str:
+        return (await agent.run("refund me")).output
+
+    spawned = await absurd_client.spawn("support", {})
+    await absurd_client.work_batch(claim_timeout=30)
+    payload = {"approvals": {"r1": True}}
+    if sender == "absurd.emit_event":
+        await absurd_client.emit_event(tokens[0], payload)
+    else:
+        absurdctl = Path(sys.executable).with_name("absurdctl")
+        completed = await asyncio.to_thread(
+            subprocess.run,
+            [
+                str(absurdctl),
+                "emit-event",
+                tokens[0],
+                "-d",
+                absurd_dsn,
+                "-q",
+                absurd_queue,
+                "--payload",
+                '{"approvals": {"r1": true}}',
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+    snapshot = await run_until_done(absurd_client, spawned["task_id"])
+    assert snapshot.result == "refunded 5", snapshot.failure
+    assert refunds == [5]

@@ -96,3 +96,39 @@ async def test_graph_sleep_keeps_its_wake_time_across_a_resume(
     assert snapshot.result == "awake"
     stored = await checkpoints(absurd_dsn, absurd_queue, str(spawned["task_id"]))
     assert list(stored) == ["sleeper__graph.sleep"]  # recorded once; the resume reused the wake time
+
+
+async def test_the_keeper_owns_its_bodies_a_cancelled_caller_waits_for_the_body_to_stop() -> None:
+    lease = keeper(FakeTaskContext([]))
+    entered = asyncio.Event()
+    cleanup_may_finish = asyncio.Event()
+    log: list[str] = []
+
+    async def body() -> None:
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await cleanup_may_finish.wait()  # e.g. a tool closing a connection
+            log.append("body stopped")
+            raise
+
+    caller = asyncio.ensure_future(lease.run(body))
+    await entered.wait()
+    caller.cancel()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not caller.done()  # still waiting for its body
+    cleanup_may_finish.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert log == ["body stopped"]
+
+
+async def test_a_held_execution_is_cancelled_when_the_run_ends_between_steps() -> None:
+    ctx = FakeTaskContext([CancelledTask()])
+    lease = keeper(ctx)
+    with pytest.raises(asyncio.CancelledError):
+        async with lease.hold():
+            await asyncio.sleep(30)  # user code between steps, not a step body
+    assert isinstance(lease.ended, CancelledTask)

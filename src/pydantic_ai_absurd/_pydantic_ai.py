@@ -1,0 +1,70 @@
+"""The only place where this package touches private names of `pydantic_ai`.
+
+Both are hooks of `BaseDurabilityCapability` (pydantic-ai-slim 2.68), overridden here, checked by
+`check_private_names()` when a capability is created and pinned by `tests/test_compat.py`:
+
+- `_stamp_response(response, messages)`: the graph stamps `run_id` / `conversation_id` on a model
+  response only after the durable unit returns, so without this override the stored response would
+  lack them and a replay would differ from the first run.
+- `_reject_runtime_toolsets(toolset)`: the guard against toolsets added at run time. It counts the
+  wrapped agent's `@agent.toolset` functions as added after construction, because a capability bound
+  at construction never wrapped them. Ours binds on every run (`AbsurdAgent` adds it per run), after
+  the decorators ran, so those toolsets *were* wrapped: they are let through, and every other leaf is
+  judged by the base guard as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic_ai.agent.abstract import AbstractAgent
+from pydantic_ai.durable_exec import BaseDurabilityCapability
+from pydantic_ai.messages import ModelMessage, ModelResponse
+from pydantic_ai.tools import AgentDepsT
+from pydantic_ai.toolsets import AbstractToolset, CombinedToolset
+
+from .errors import IncompatibleSdkError
+
+__all__ = ["PrivateHooks", "check_private_names"]
+
+_OVERRIDDEN = ("_stamp_response", "_reject_runtime_toolsets")
+
+
+def check_private_names() -> None:
+    """Refuse to run on a Pydantic AI whose durability base class lacks a hook this package overrides."""
+    missing = [name for name in _OVERRIDDEN if not callable(getattr(BaseDurabilityCapability, name, None))]
+    if missing:
+        raise IncompatibleSdkError(
+            f"The installed pydantic-ai-slim lacks BaseDurabilityCapability.{', .'.join(missing)}, which "
+            "pydantic-ai-absurd overrides; install a supported version (see the Compatibility page of the docs)."
+        )
+
+
+class PrivateHooks(BaseDurabilityCapability[AgentDepsT]):
+    """`BaseDurabilityCapability` with this package's overrides of its private hooks."""
+
+    _bound_leaves: frozenset[int] = frozenset()
+
+    def remember_bound_leaves(self, agent: AbstractAgent[AgentDepsT, Any]) -> None:
+        """Record the leaf toolsets `agent` has now, all of which binding wraps (decorator toolsets included)."""
+        leaves: set[int] = set()
+        for toolset in agent.toolsets:
+            toolset.apply(lambda leaf: leaves.add(id(leaf)))
+        self._bound_leaves = frozenset(leaves)
+
+    def _reject_runtime_toolsets(self, toolset: AbstractToolset[AgentDepsT]) -> None:
+        leftovers: list[AbstractToolset[AgentDepsT]] = []
+
+        def collect(leaf: AbstractToolset[AgentDepsT]) -> None:
+            if id(leaf) not in self._bound_leaves:
+                leftovers.append(leaf)
+
+        toolset.apply(collect)
+        if leftovers:
+            super()._reject_runtime_toolsets(CombinedToolset(leftovers))  # pyright: ignore[reportPrivateUsage]
+
+    def _stamp_response(self, response: ModelResponse, messages: list[ModelMessage]) -> None:
+        if messages:
+            final = messages[-1]
+            response.run_id = response.run_id or final.run_id
+            response.conversation_id = response.conversation_id or final.conversation_id
