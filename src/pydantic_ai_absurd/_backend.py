@@ -14,8 +14,8 @@ from pydantic_ai.durable_exec import (
 )
 from pydantic_ai.tools import RunContext
 
-from ._checkpoint import asked_for
-from ._execution import current_run_scope, run_step
+from ._checkpoint import DigestChain, asked_for
+from ._execution import current_run_scope, execution_state, require_task_context, run_step
 from ._naming import step_name
 
 
@@ -74,10 +74,12 @@ class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[Fal
             agent_name=self.agent_name,
             run_prefix=scope.prefix if scope is not None else self.agent_name,
         )
+        chains = execution_state(require_task_context()).digest_chains
+        chain = chains.setdefault(scope.prefix if scope is not None else self.agent_name, DigestChain())
         outcome = await run_step(
             step,
             body,
-            asked=asked_for(operation_id, cache_key),
+            asked=asked_for(operation_id, cache_key, chain),
             on_unencodable=_unserializable_message(operation_id, cache_key),
         )
         record_durable_unit(executed=outcome.executed)

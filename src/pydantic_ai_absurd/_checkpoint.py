@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeGuard, cast
 
 from pydantic_ai.durable_exec import (
@@ -65,10 +65,12 @@ class Asked:
         """Digest `request` (JSON-compatible data; object keys sorted, so dict order does not matter)."""
         text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
         digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-        one_line = " ".join(summary.split())
-        if len(one_line) > _ASKED_PREVIEW:
-            one_line = one_line[: _ASKED_PREVIEW - 1] + "…"
-        return cls(digest, one_line)
+        return cls(digest, _one_line(summary))
+
+
+def _one_line(summary: str) -> str:
+    text = " ".join(summary.split())
+    return text if len(text) <= _ASKED_PREVIEW else text[: _ASKED_PREVIEW - 1] + "…"
 
 
 def encode(payload: object, *, asked: Asked | None = None) -> tuple[dict[str, str], Any]:
@@ -94,10 +96,11 @@ def is_checkpoint(state: object) -> bool:
 def decode(state: object, *, step: str) -> Any:
     """The value stored in a checkpoint, or the journaled failure raised again."""
     if isinstance(state, dict):
-        text: object = state.get(VALUE_KEY)  # pyright: ignore[reportUnknownMemberType]
+        entries = cast(dict[str, object], state)
+        text = entries.get(VALUE_KEY)
         if isinstance(text, str):
             return json.loads(text)
-        message: object = state.get(ERROR_KEY)  # pyright: ignore[reportUnknownMemberType]
+        message = entries.get(ERROR_KEY)
         if isinstance(message, str):
             raise UnserializableResultError(message)
     elif isinstance(state, str | bool):  # formats of 0.1.0 development builds: a time, a timed-out flag
@@ -115,10 +118,11 @@ def check_digest(state: object, asked: Asked | None, *, step: str) -> None:
     """
     if asked is None or not isinstance(state, dict):
         return
-    recorded: object = state.get(DIGEST_KEY)  # pyright: ignore[reportUnknownMemberType]
+    entries = cast(dict[str, object], state)
+    recorded = entries.get(DIGEST_KEY)
     if not isinstance(recorded, str) or recorded == asked.digest:
         return
-    summary: object = state.get(ASKED_KEY)  # pyright: ignore[reportUnknownMemberType]
+    summary = entries.get(ASKED_KEY)
     recorded_summary = summary if isinstance(summary, str) else f"digest {recorded}"
     raise ReplayDivergenceError(
         f"Replay diverged at step {step!r}: it was recorded for {recorded_summary}, but the code now asks "
@@ -130,18 +134,40 @@ def check_digest(state: object, asked: Asked | None, *, step: str) -> None:
     )
 
 
-_UNSTABLE_FIELDS = frozenset({"timestamp", "run_id", "conversation_id"})
-"""Message fields that differ between a first run and its replay (or a fork) without changing the request."""
+# Message fields that differ between a first run and its replay (or a fork) without changing the request.
+_UNSTABLE = {"timestamp": True, "run_id": True, "conversation_id": True, "parts": {"__all__": {"timestamp"}}}
+_MESSAGE_EXCLUDE: Any = {"__all__": _UNSTABLE}
 
 
-def _stable(value: object) -> object:
-    if isinstance(value, dict):
-        return {
-            key: _stable(item) for key, item in cast(dict[str, object], value).items() if key not in _UNSTABLE_FIELDS
-        }
-    if isinstance(value, list):
-        return [_stable(item) for item in cast(list[object], value)]
-    return value
+@dataclass
+class DigestChain:
+    """The messages of a run's previous model request and the hash state after them.
+
+    A run's requests grow by a response and a request each time, so each digest hashes only the messages
+    added since the previous request: the cost per step stays flat however long the conversation gets.
+    A replay meets the same requests in the same order, so it builds the same chain.
+    """
+
+    messages: list[ModelMessage] = field(default_factory=list[ModelMessage])
+    hasher: Any = None
+
+
+def _messages_digest(messages: list[ModelMessage], chain: DigestChain | None) -> Any:
+    previous = chain.messages if chain is not None else []
+    start: Any = chain.hasher if chain is not None else None
+    extends = len(previous) <= len(messages) and all(old is new for old, new in zip(previous, messages, strict=False))
+    if start is not None and extends:
+        hasher = start.copy()
+        added = messages[len(previous) :]
+    else:
+        hasher = hashlib.blake2b(digest_size=16)
+        added = messages
+    if added:
+        hasher.update(ModelMessagesTypeAdapter.dump_json(added, exclude=_MESSAGE_EXCLUDE))
+    if chain is not None:
+        chain.messages = list(messages)
+        chain.hasher = hasher.copy()
+    return hasher
 
 
 def _preview(value: object, limit: int = 60) -> str:
@@ -162,26 +188,33 @@ def _last_text(messages: list[ModelMessage]) -> str:
     return "no parts"
 
 
-def asked_for(operation_id: DurableOperationId, cache_key: tuple[object, ...]) -> Asked | None:
+def asked_for(
+    operation_id: DurableOperationId, cache_key: tuple[object, ...], chain: DigestChain | None = None
+) -> Asked | None:
     """What a model request or tool call is asked, from the operation's cache key (searched by type).
 
     A model request is identified by its model and messages (without timestamps and run identifiers,
     which differ on every attempt and in a fork); a tool call or argument validation by the tool's name
-    and arguments. Other operations carry no digest.
+    and arguments. Other operations carry no digest. `chain` (one per agent run) makes a model request's
+    digest cost only the messages added since the run's previous request.
     """
     if isinstance(operation_id, ModelRequestId):
         messages = next((item for item in cache_key if _is_message_list(item)), None)
         if messages is None:
             return None
         model = operation_id.model_id or "default"
-        dumped = _stable(ModelMessagesTypeAdapter.dump_python(messages, mode="json"))
+        hasher = _messages_digest(messages, chain)
+        hasher.update(b"\x00model:" + model.encode())
         summary = f"a request to model {model!r} with {len(messages)} message(s), the last {_last_text(messages)}"
-        return Asked.of({"model": model, "messages": dumped}, summary)
+        return Asked(hasher.hexdigest(), _one_line(summary))
     if isinstance(operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId):
-        run_context = next((item for item in cache_key if isinstance(item, RunContext)), None)
-        tool = cast("RunContext[object] | None", run_context)
-        tool_name = tool.tool_name if tool is not None else None
-        args = next((item for item in cache_key if isinstance(item, dict)), None)
+        tool_name: str | None = None
+        args: object = None
+        for item in cast(tuple[Any, ...], cache_key):
+            if isinstance(item, RunContext) and tool_name is None:
+                tool_name = cast(RunContext[Any], item).tool_name
+            elif isinstance(item, dict) and args is None:
+                args = cast(dict[str, Any], item)
         jsonable = to_jsonable_python(args, fallback=str)
         return Asked.of(
             {"tool": tool_name, "args": jsonable}, f"tool {tool_name!r} with arguments {_preview(jsonable, 100)}"
