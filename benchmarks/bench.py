@@ -42,6 +42,9 @@ from pydantic_ai.usage import UsageLimits
 
 from pydantic_ai_absurd import AbsurdAgent, run_worker, setup
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_events import bench_events, render_events, with_events_section
+
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "bench"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -71,6 +74,32 @@ def scripted_agent(turns: int, *, name: str, tool_sleep: float = 0.0, on_tool: C
         return f"result {i}"
 
     return inner, AbsurdAgent(inner)
+
+
+def bench_digest(turns: int, reps: int) -> dict[str, Any]:
+    """Time `asked_for` (the replay digest) for every model request and tool call of a finished run."""
+    from pydantic_ai.durable_exec import ModelRequestId, ToolsetCallToolId
+    from pydantic_ai.messages import ModelRequest
+
+    from pydantic_ai_absurd._checkpoint import DigestChain, asked_for
+
+    inner, _ = scripted_agent(turns, name="digest")
+    messages = inner.run_sync("go", usage_limits=NO_LIMITS).all_messages()
+    model_id = ModelRequestId(model_id=None, streaming=False, model_name="scripted")
+    tool_id = ToolsetCallToolId("function", toolset_id="<agent>")
+    # The engine hands each request the run's growing history: the same message objects, one more turn each.
+    requests = [messages[: i + 1] for i, m in enumerate(messages) if isinstance(m, ModelRequest)]
+    calls = [part.args_as_dict() for m in messages if isinstance(m, ModelResponse) for part in m.tool_calls]
+    per_run: list[float] = []
+    for _ in range(reps):
+        chain = DigestChain()  # one per agent run, as in the engine
+        start = time.perf_counter()
+        for prefix in requests:
+            asked_for(model_id, (None, prefix, None, None), chain)
+        for args in calls:
+            asked_for(tool_id, ("work", args))
+        per_run.append(time.perf_counter() - start)
+    return {"per_run": summary(per_run), "steps": len(requests) + len(calls)}
 
 
 # -- statistics -------------------------------------------------------------------------------------------------
@@ -483,6 +512,215 @@ async def bench_crash_recovery(dsn: str, cfg: dict[str, Any], state: Path) -> di
     return {"to_done": summary(to_done), "to_claim": summary(to_claim) if to_claim else None, "raw": to_done}
 
 
+# -- inbox: pending() with 10,000 waiting requests ---------------------------------------------------------------
+
+INBOX_QUEUE = "bench_inbox"
+
+
+async def bench_inbox(dsn: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """`Inbox.pending()` / `get()` / `approve()` over N open requests of N live tasks, plus N answered rows."""
+    from pydantic_ai_absurd import Inbox
+
+    n = cfg["inbox_requests"]
+    reps = cfg["inbox_reps"]
+    await setup(dsn, queues=[INBOX_QUEUE])
+    requests = json.dumps(
+        {"calls": [], "approvals": [{"tool_name": "delete_file", "args": {"path": "/tmp/x"}, "tool_call_id": "c1"}]}
+    )
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "select absurd.spawn_task(%s, 'ops', '{}'::jsonb) from generate_series(1, %s)", (INBOX_QUEUE, n)
+        )
+        tasks = sql.Identifier(f"t_{INBOX_QUEUE}")
+        insert = sql.SQL(
+            "insert into pydantic_ai_absurd.inbox_requests (token, queue_name, task_id, task_name, agent_name,"
+            " wait_name, requests, scope, asked_at, answered_at)"
+            " select %s || t.task_id, %s, t.task_id, 'ops', 'ops', 'approve', %s::jsonb,"
+            " 'tenant-' || (row_number() over () %% 100), now() - interval '1 day' + row_number() over () * interval '1 ms',"
+            " {} from absurd.{} t"
+        )
+        await conn.execute(insert.format(sql.SQL("null"), tasks), ("pydantic-ai-absurd:", INBOX_QUEUE, requests))
+        await conn.execute(insert.format(sql.SQL("now()"), tasks), ("answered:", INBOX_QUEUE, requests))
+        await conn.execute("analyze pydantic_ai_absurd.inbox_requests")
+        cur = await conn.execute(
+            "select token, task_id::text from pydantic_ai_absurd.inbox_requests where answered_at is null"
+            " order by asked_at desc limit %s",
+            (reps,),
+        )
+        sample = [(str(row[0]), str(row[1])) for row in await cur.fetchall()]
+    absurd = AsyncAbsurd(dsn, queue_name=INBOX_QUEUE)
+    inbox = Inbox(absurd)
+
+    async def timed(make: Callable[[int], Any], count: int) -> tuple[list[float], Any]:
+        values: list[float] = []
+        result: Any = None
+        for i in range(count):
+            start = time.perf_counter()
+            result = await make(i)
+            values.append(time.perf_counter() - start)
+        return values, result
+
+    try:
+        await inbox.pending(limit=1)  # warm up
+        page, page_result = await timed(lambda i: inbox.pending(limit=100), reps)
+        scoped, scoped_result = await timed(lambda i: inbox.pending(scope=f"tenant-{i % 100}"), reps)
+        by_task, _ = await timed(lambda i: inbox.pending(task_id=sample[i][1]), reps)
+        got, _ = await timed(lambda i: inbox.get(sample[i][0]), reps)
+        everything, all_result = await timed(lambda i: inbox.pending(), max(reps // 4, 2))
+        approved, _ = await timed(lambda i: inbox.approve(sample[i][0], answered_by="bench"), reps)
+    finally:
+        await absurd.close()
+    assert len(page_result) == 100 and len(all_result) == n - len(sample) + len(sample)
+    return {
+        "n": n,
+        "page": summary(page),
+        "scope": summary(scoped),
+        "scope_rows": len(scoped_result),
+        "task": summary(by_task),
+        "get": summary(got),
+        "all": summary(everything),
+        "approve": summary(approved),
+    }
+
+
+def render_inbox(r: dict[str, Any]) -> str:
+    """The inbox section of docs/benchmarks.md."""
+
+    def met(s: dict[str, float]) -> str:
+        return "met" if s["median"] < 0.050 else "**missed**"
+
+    rows = [
+        ("`pending(limit=100)`, oldest first", r["page"], "100 rows returned", met(r["page"])),
+        ("`pending(scope=...)`", r["scope"], f"{r['scope_rows']} rows of one of 100 scopes", met(r["scope"])),
+        ("`pending(task_id=...)`", r["task"], "1 row", met(r["task"])),
+        ("`get(token)`", r["get"], "1 row", met(r["get"])),
+        ("`approve(token)`", r["approve"], "lock, validate, mark answered, emit the event: one transaction", ""),
+        ("`pending()`, every request", r["all"], f"{r['n']} rows, each parsed into a `PendingRequest`", ""),
+    ]
+    table = ["| call | median (p10 - p90) | notes | target < 50 ms |", "|---|---|---|---|"]
+    table += [f"| {a} | {ms(b)} ms | {c} | {d} |" for a, b, c, d in rows]
+    return f"""## Inbox
+
+`Inbox` calls with {r["n"]:,} waiting requests (each of its own live task) and {r["n"]:,} answered ones in
+the table. Each call opens its own connection (included: about 3 ms locally); the query joins Absurd's
+task table of each queue that has open requests and reads the partial index on open rows
+(`inbox_requests_open`, `inbox_requests_open_scope`).
+
+{chr(10).join(table)}
+
+"""
+
+
+# -- inspect: a task with 1,000 steps, and the task listing ------------------------------------------------------
+
+INSPECT_QUEUE = "bench_inspect"
+
+
+async def bench_inspect(dsn: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """`inspect_task` on a task of 1,001 steps (crashed half way, resumed) and `list_tasks` over 10,000 tasks."""
+    from pydantic_ai_absurd.inspection import inspect_task, list_tasks
+    from pydantic_ai_absurd.inspection._render import render_timeline
+
+    turns = cfg["inspect_turns"]
+    reps = cfg["inspect_reps"]
+    await setup(dsn, queues=[INSPECT_QUEUE])
+    calls = [0]
+
+    def crash_once() -> None:  # the first attempt fails half way; the second replays the first half
+        calls[0] += 1
+        if calls[0] == turns // 2:
+            raise RuntimeError("simulated crash half way")
+
+    _, agent = scripted_agent(turns, name="inspected", on_tool=crash_once)
+    absurd = AsyncAbsurd(dsn, queue_name=INSPECT_QUEUE)
+
+    @absurd.register_task(name="long")
+    async def long(params: dict[str, Any], ctx: AsyncTaskContext) -> dict[str, Any]:
+        return {"output": (await agent.run("go", usage_limits=NO_LIMITS)).output}
+
+    async def timed(make: Callable[[], Any], count: int) -> tuple[list[float], Any]:
+        values: list[float] = []
+        result: Any = None
+        for _ in range(count):
+            start = time.perf_counter()
+            result = await make()
+            values.append(time.perf_counter() - start)
+        return values, result
+
+    try:
+        spawned = await absurd.spawn("long", {})
+        task_id = str(spawned["task_id"])
+        await drain(absurd, task_id)
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(
+                "select absurd.spawn_task(%s, 'other', '{}'::jsonb) from generate_series(1, %s)",
+                (INSPECT_QUEUE, cfg["inspect_tasks"]),
+            )
+            await conn.execute(sql.SQL("analyze absurd.{}").format(sql.Identifier(f"t_{INSPECT_QUEUE}")))
+            await inspect_task(conn, task_id, queue=INSPECT_QUEUE)  # warm up
+            query, timeline = await timed(lambda: inspect_task(conn, task_id, queue=INSPECT_QUEUE), reps)
+            listing, rows = await timed(lambda: list_tasks(conn, queue=INSPECT_QUEUE, limit=50), reps)
+        connected, _ = await timed(lambda: inspect_task(dsn, task_id, queue=INSPECT_QUEUE), reps)
+        rendered, _ = await timed(lambda: _async(render_timeline, timeline), reps)
+    finally:
+        await absurd.close()
+    assert len(rows) == 50 and timeline.totals.steps == 2 * turns + 1
+    return {
+        "steps": timeline.totals.steps,
+        "replayed": timeline.totals.steps_replayed,
+        "attempts": len(timeline.attempts),
+        "tasks": cfg["inspect_tasks"] + 1,
+        "query": summary(query),
+        "connected": summary(connected),
+        "render": summary(rendered),
+        "listing": summary(listing),
+    }
+
+
+async def _async(function: Callable[[Any], Any], value: Any) -> Any:
+    return function(value)
+
+
+def render_inspect(r: dict[str, Any]) -> str:
+    """The inspect section of docs/benchmarks.md."""
+
+    def met(s: dict[str, float]) -> str:
+        return "met" if s["median"] < 0.200 else "**missed**"
+
+    rows = [
+        (
+            f"`inspect_task` on an open connection, {r['steps']:,} steps",
+            r["query"],
+            f"{r['attempts']} attempts, {r['replayed']} steps replayed; 3 queries + decoding every step",
+            met(r["query"]),
+        ),
+        (
+            "`inspect_task(dsn, ...)` (connects first)",
+            r["connected"],
+            "what `pydantic-ai-absurd inspect` does",
+            met(r["connected"]),
+        ),
+        ("human report of that timeline", r["render"], "`render_timeline`", ""),
+        (
+            f"`list_tasks(limit=50)` of {r['tasks']:,} tasks",
+            r["listing"],
+            "newest first, with each task's last step",
+            "",
+        ),
+    ]
+    table = ["| call | median (p10 - p90) | notes | target < 200 ms |", "|---|---|---|---|"]
+    table += [f"| {a} | {ms(b)} ms | {c} | {d} |" for a, b, c, d in rows]
+    return f"""## Inspect
+
+A durable run of {r["steps"]:,} steps (model request + tool call per turn) that failed half way and was
+resumed by a second attempt, read back with `inspect_task`: the task and run rows, every checkpoint
+(`absurd.get_task_checkpoint_states`), each model response decoded through Pydantic AI's message adapter.
+
+{chr(10).join(table)}
+
+"""
+
+
 # -- report -----------------------------------------------------------------------------------------------------
 
 
@@ -543,6 +781,9 @@ def render(r: dict[str, Any], info: dict[str, str], cfg: dict[str, Any], wall: f
     def verdict(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
+    digest = r["digest"]
+    digest_per_step = digest["per_run"]["median"] / digest["steps"]
+    digest_share = digest_per_step / per_step
     rows = [
         (
             "1. plain `agent.run` (outside a task)",
@@ -551,6 +792,12 @@ def render(r: dict[str, Any], info: dict[str, str], cfg: dict[str, Any], wall: f
             "",
         ),
         ("2. durable run (handler time)", f"{ms(r['durable'])} ms", f"{steps} new steps", ""),
+        (
+            "2. replay digest per step (`asked_for`, model + tool steps)",
+            f"{digest_per_step * 1e6:.1f} µs",
+            f"{digest_share:.1%} of the per-step overhead; target < 5%",
+            verdict(digest_share < 0.05),
+        ),
         (
             "2. overhead per step = (durable - plain) / steps",
             f"{per_step * 1000:.3f} ms",
@@ -607,6 +854,8 @@ def render(r: dict[str, Any], info: dict[str, str], cfg: dict[str, Any], wall: f
     table = ["| measure | median (p10 - p90) | notes | target |", "|---|---|---|---|"]
     table += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
 
+    inbox_section = render_inbox(r["inbox"]) if "inbox" in r else ""
+    inbox_section += render_inspect(r["inspect"]) if "inspect" in r else ""
     return f"""# Benchmarks
 
 What durability costs on a local PostgreSQL, measured by `benchmarks/bench.py` with scripted models
@@ -640,14 +889,14 @@ checkpoint preload at task start and the completion of the run are outside that 
 Time per statement during the durable runs of item 2 (client side, median (p10 - p90)):
 
 {chr(10).join(f"- `{k}`: {ms(v, digits=3)} ms ({v['n']} calls)" for k, v in sorted(r["sql_by_statement"].items()))}
-## What the numbers mean
+{inbox_section}## What the numbers mean
 
 - **Per-step overhead** is the extra time a step costs inside a task: checkpoint encoding, the SQL round
   trips of `begin_step` / `complete_step` (each `set_task_checkpoint_state` is a PL/pgSQL function that
   reads the run, extends the claim and upserts the checkpoint, all in one transaction, so it costs more than
   a bare single-row insert), and the engine's bookkeeping.
 - **One statement per new step.** The SDK preloads every checkpoint of the task when a run starts, so
-  the engine answers `begin_step` from that cache (`_sdk_private.begin_step`) and a new step costs only its
+  the engine answers `begin_step` from that cache (`_absurd.begin_step`) and a new step costs only its
   `set_task_checkpoint_state` write. Replayed steps are served from the same cache: zero statements.
 - **Throughput** covers spawn, claim, three steps, completion, with workers already running
   (`run_worker`, concurrency 4 each, `poll_interval=0.1`) and {cfg["tasks"]} tasks spawned one by one from
@@ -677,6 +926,26 @@ and drops it at the end. Add `--no-docs` to print the table without rewriting th
 # -- main -------------------------------------------------------------------------------------------------------
 
 
+async def inbox_only(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    dbname = f"bench_{secrets.token_hex(4)}"
+    dsn = scratch_dsn(args.dsn, dbname)
+    await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
+    try:
+        print(render_inbox(await bench_inbox(dsn, cfg)))
+    finally:
+        await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
+
+
+async def inspect_only(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
+    dbname = f"bench_{secrets.token_hex(4)}"
+    dsn = scratch_dsn(args.dsn, dbname)
+    await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
+    try:
+        print(render_inspect(await bench_inspect(dsn, cfg)))
+    finally:
+        await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
+
+
 async def main_async(args: argparse.Namespace) -> None:
     quick = args.quick
     cfg: dict[str, Any] = {
@@ -690,7 +959,18 @@ async def main_async(args: argparse.Namespace) -> None:
         "tasks": 60 if quick else 200,
         "throughput_trials": 1 if quick else 3,
         "crash_trials": 1 if quick else 3,
+        "inbox_requests": 10_000,
+        "inbox_reps": 10 if quick else 40,
+        "inspect_turns": 500,
+        "inspect_reps": 5 if quick else 20,
+        "inspect_tasks": 10_000,
     }
+    if args.inbox_only:
+        await inbox_only(args, cfg)
+        return
+    if args.inspect_only:
+        await inspect_only(args, cfg)
+        return
     dbname = f"bench_{secrets.token_hex(4)}"
     dsn = scratch_dsn(args.dsn, dbname)
     started = time.perf_counter()
@@ -702,15 +982,22 @@ async def main_async(args: argparse.Namespace) -> None:
         info = machine_info(dsn)
         print(f"benchmarking on database {dbname} ({'quick' if quick else 'full'} run)", flush=True)
         results = await bench_in_process(dsn, cfg, counter)
+        results["digest"] = bench_digest(cfg["turns"], 200 if quick else 1000)
         print("in-process items done", flush=True)
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
             results["throughput"] = await bench_throughput(dsn, cfg, Path(tmp))
             print("throughput done", flush=True)
             results["crash"] = await bench_crash_recovery(dsn, cfg, Path(tmp))
+        results["events"] = await bench_events(dsn, quick)
+        print("events done", flush=True)
+        results["inbox"] = await bench_inbox(dsn, cfg)
+        print("inbox done", flush=True)
+        results["inspect"] = await bench_inspect(dsn, cfg)
+        print("inspect done", flush=True)
     finally:
         await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     wall = time.perf_counter() - started
-    page = render(results, info, cfg, wall)
+    page = with_events_section(render(results, info, cfg, wall), render_events(results["events"]))
     table_start = page.index("## Results")
     print(page[table_start : page.index("## What the numbers mean")])
     print(f"wall time: {wall:.1f} s")
@@ -727,6 +1014,8 @@ def main() -> None:
     parser.add_argument("--dsn", default=os.environ.get("BENCH_DSN", DEFAULT_DSN), help="server to benchmark on")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (< 40 s)")
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    parser.add_argument("--inbox-only", action="store_true", help="run only the inbox section and print it")
+    parser.add_argument("--inspect-only", action="store_true", help="run only the inspect section and print it")
     args = parser.parse_args()
     asyncio.run(main_async(args))
 

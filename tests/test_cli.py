@@ -29,10 +29,14 @@ def empty_db(absurd_dsn: str) -> Iterator[str]:
 def test_init_prints_one_line_per_action(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init", "--database", empty_db, "--queue", "a", "-q", "b"]) == 0
     where = redact_dsn(empty_db)
+    from pydantic_ai_absurd.schema._tables import own_migrations
+
+    migrations = ", ".join(name for name, _ in own_migrations())
     assert capsys.readouterr().out.splitlines() == [
         f"Installed Absurd schema {ABSURD_SCHEMA_VERSION} in {where}",
         "Created queue 'a'",
         "Created queue 'b'",
+        f"Applied pydantic_ai_absurd migrations: {migrations}",
     ]
     assert main(["init", "--database", empty_db, "--queue", "a"]) == 0
     assert capsys.readouterr().out.splitlines() == [
@@ -132,3 +136,16 @@ def test_dev_serves_until_signal_then_stops_server(sig: signal.Signals) -> None:
         assert "Stopped embedded Postgres." in out
         assert not EmbeddedPostgres(root).is_running()
         assert not pid_alive(pid)
+
+
+def test_the_cli_parser_does_not_import_pydantic_ai() -> None:
+    """`pydantic-ai-absurd init --help` stays fast: subcommands import their layers only when they run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pydantic_ai_absurd.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('pydantic_ai', 'pydantic_ai_absurd._agent') if m in sys.modules))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert completed.stdout.strip() == "[]", completed.stdout
