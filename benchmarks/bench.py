@@ -43,6 +43,7 @@ from pydantic_ai.usage import UsageLimits
 from pydantic_ai_absurd import AbsurdAgent, run_worker, setup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_conversations import bench_conversations, render_conversations, with_conversations_section
 from bench_events import bench_events, render_events, with_events_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -509,7 +510,13 @@ async def bench_crash_recovery(dsn: str, cfg: dict[str, Any], state: Path) -> di
     finally:
         workers.stop_all()
         await absurd.close()
-    return {"to_done": summary(to_done), "to_claim": summary(to_claim) if to_claim else None, "raw": to_done}
+    return {
+        "to_done": summary(to_done),
+        "to_claim": summary(to_claim) if to_claim else None,
+        "max_done": max(to_done),
+        "max_claim": max(to_claim) if to_claim else None,
+        "raw": to_done,
+    }
 
 
 # -- inbox: pending() with 10,000 waiting requests ---------------------------------------------------------------
@@ -836,19 +843,20 @@ def render(r: dict[str, Any], info: dict[str, str], cfg: dict[str, Any], wall: f
         ),
         (
             "7. SIGKILL → task completed on another worker",
-            f"{crash['to_done']['median']:.1f} s ({crash['to_done']['p10']:.1f} - {crash['to_done']['p90']:.1f})",
-            f"claim_timeout=10 s, {crash['to_done']['n']} trials; target ≤ 15 s",
-            verdict(crash["to_done"]["median"] <= 15),
+            f"{crash['to_done']['median']:.2f} s ({crash['to_done']['p10']:.2f} - {crash['to_done']['p90']:.2f})",
+            f"fast takeover, defaults (claim_timeout=10 s, poll 0.5 s), {crash['to_done']['n']} trials, "
+            f"max {crash['max_done']:.2f} s; includes ~1.5 s of remaining tool work",
+            "",
         ),
     ]
     if crash["to_claim"]:
         c = crash["to_claim"]
         rows.append(
             (
-                "7. SIGKILL → handler restarted on another worker",
-                f"{c['median']:.1f} s ({c['p10']:.1f} - {c['p90']:.1f})",
-                "",
-                "",
+                "7. SIGKILL → handler resumed on another worker",
+                f"{c['median']:.2f} s ({c['p10']:.2f} - {c['p90']:.2f})",
+                f"max {crash['max_claim']:.2f} s; target p50 ≤ 2 s without waiting for the lease",
+                verdict(c["median"] <= 2),
             )
         )
     table = ["| measure | median (p10 - p90) | notes | target |", "|---|---|---|---|"]
@@ -902,13 +910,13 @@ Time per statement during the durable runs of item 2 (client side, median (p10 -
   (`run_worker`, concurrency 4 each, `poll_interval=0.1`) and {cfg["tasks"]} tasks spawned one by one from
   the benchmark process. On a 2-core machine Postgres and the workers share the CPUs, so more processes
   mostly compete for them.
-- **Crash recovery** uses `run_worker` defaults (`claim_timeout=10`, claims extended every ~3.3 s, poll
-  every 0.5 s), two workers, and a task of 4 tool calls of 0.5 s each; the worker that claimed it is
-  SIGKILLed 0.75 s into its tool calls, right after a checkpoint. Every checkpoint write extends the claim
-  to `claim_timeout` from that moment, so the dead worker's claim expires up to `claim_timeout` after the
-  kill; the next poll of the other worker then fails the dead run (`$ClaimTimeout`), claims a new one,
-  replays the finished steps and runs the rest (here ~1.5 s of tool work). Time to completion ≈
-  `claim_timeout` + poll interval + the remaining work.
+- **Crash recovery** uses `run_worker` defaults (`claim_timeout=10`, poll every 0.5 s), two workers, and
+  a task of 4 tool calls of 0.5 s each; the worker that claimed it is SIGKILLed 0.75 s into its tool
+  calls. Its backends end with the process, so its liveness lock is released at once; the other
+  worker's next takeover check (every poll interval) finds the run claimed by a worker that holds no
+  lock, hands it back with `absurd.schedule_run` (no attempt used), claims it, replays the finished steps
+  and runs the rest (~1.5 s of tool work, the interrupted call included). The lease (10 s) is not waited
+  for; it stays the fallback for lost machines and poolers (see Running in production).
 
 ## Reproduce
 
@@ -958,7 +966,7 @@ async def main_async(args: argparse.Namespace) -> None:
         "long_reps": 1 if quick else 3,
         "tasks": 60 if quick else 200,
         "throughput_trials": 1 if quick else 3,
-        "crash_trials": 1 if quick else 3,
+        "crash_trials": 5,
         "inbox_requests": 10_000,
         "inbox_reps": 10 if quick else 40,
         "inspect_turns": 500,
@@ -994,16 +1002,33 @@ async def main_async(args: argparse.Namespace) -> None:
         print("inbox done", flush=True)
         results["inspect"] = await bench_inspect(dsn, cfg)
         print("inspect done", flush=True)
+        results["conversations"] = await bench_conversations(dsn, quick)
+        print("conversations done", flush=True)
     finally:
         await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     wall = time.perf_counter() - started
     page = with_events_section(render(results, info, cfg, wall), render_events(results["events"]))
+    page = with_conversations_section(page, render_conversations(results["conversations"]))
     table_start = page.index("## Results")
     print(page[table_start : page.index("## What the numbers mean")])
     print(f"wall time: {wall:.1f} s")
     if not args.no_docs:
         (ROOT / "docs" / "benchmarks.md").write_text(page)
         print("wrote docs/benchmarks.md")
+
+
+async def main_takeover(args: argparse.Namespace) -> None:
+    """Run only item 7 (SIGKILL -> resumed / completed elsewhere) in a scratch database and print it."""
+    dbname = f"bench_{secrets.token_hex(4)}"
+    dsn = scratch_dsn(args.dsn, dbname)
+    await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
+    try:
+        await setup(dsn, queues=[QUEUE])
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+            crash = await bench_crash_recovery(dsn, {"crash_trials": 5}, Path(tmp))
+    finally:
+        await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
+    print(json.dumps(crash, indent=2))
 
 
 def main() -> None:
@@ -1016,7 +1041,11 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
     parser.add_argument("--inbox-only", action="store_true", help="run only the inbox section and print it")
     parser.add_argument("--inspect-only", action="store_true", help="run only the inspect section and print it")
+    parser.add_argument("--takeover-only", action="store_true", help="run only item 7 (SIGKILL takeover), print it")
     args = parser.parse_args()
+    if args.takeover_only:
+        asyncio.run(main_takeover(args))
+        return
     asyncio.run(main_async(args))
 
 

@@ -197,7 +197,9 @@ async def test_200_tasks_survive_a_chaos_loop_of_sigkilled_workers(
             sql.Identifier(f"r_{absurd_queue}")
         ),
     )
-    assert lost[0][0] >= 1, "no kill landed while a task was running"
+    # A kill that lands mid-run shows as a run failed by lease expiry, or (fast takeover) as a run a peer took over.
+    taken_over = sum(w.log.read_text().count("took over task_id=") for w in workers.started)
+    assert lost[0][0] + taken_over >= 1, "no kill landed while a task was running"
     for _, worker in alive:
         worker.proc.send_signal(signal.SIGTERM)
     for _, worker in alive:

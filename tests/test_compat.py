@@ -37,6 +37,22 @@ async def test_async_task_context_exposes_its_claim_timeout(absurd_client: Async
     assert seen == [7.0]
 
 
+async def test_async_task_context_exposes_its_queue_and_task_name(absurd_client: AsyncAbsurd) -> None:
+    from pydantic_ai_absurd._absurd import client_queue_name, task_identity
+
+    seen: list[tuple[str, str]] = []
+
+    @absurd_client.register_task(name="named")
+    async def task(params: Any, ctx: Any) -> None:
+        task_ctx = current_task_context()
+        assert task_ctx is not None
+        seen.append(task_identity(task_ctx))  # AsyncTaskContext._queue_name and ._task["task_name"]
+
+    spawned = await absurd_client.spawn("named", {})
+    await run_until_done(absurd_client, spawned["task_id"])
+    assert seen == [(client_queue_name(absurd_client), "named")]
+
+
 def test_stamp_response_hook_still_exists_and_is_overridden() -> None:
     assert "_stamp_response" in vars(BaseDurabilityCapability), "BaseDurabilityCapability._stamp_response is gone"
     assert "_stamp_response" in vars(PrivateHooks)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -19,44 +17,19 @@ from absurd_sdk import AsyncAbsurd
 from pydantic_ai_absurd.worker import APPLICATION_NAME_PREFIX
 
 from .worker_app import EFFECTS_TABLE
-from .worker_support import WAIT, eventually, runs, task_state
+from .worker_support import (
+    WAIT,
+    WorkerProcess,
+    count_events,
+    effect_events,
+    eventually,
+    is_completed,
+    runs,
+    seen_event,
+    task_state,
+)
 
 pytestmark = pytest.mark.crash
-
-APP = Path(__file__).with_name("worker_app.py")
-ROOT = Path(__file__).parent.parent
-
-
-class WorkerProcess:
-    def __init__(self, dsn: str, queue: str, log: Path, *, command: list[str] | None = None, **settings: Any) -> None:
-        env = {**os.environ, "WORKER_DSN": dsn, "WORKER_QUEUE": queue}
-        env.update({f"WORKER_{k.upper()}": str(v) for k, v in settings.items()})
-        self.log = log
-        self._out = log.open("wb")
-        self.proc = subprocess.Popen(
-            command or [sys.executable, str(APP)], env=env, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    async def wait_exit(self) -> int:
-        for _ in range(int(WAIT / 0.05)):
-            code = self.proc.poll()
-            if code is not None:
-                return code
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"worker {self.pid} did not exit:\n{self.output()}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
 
 
 @pytest.fixture
@@ -87,26 +60,10 @@ def _start(
     return w
 
 
-async def _events(dsn: str, queue: str, task_id: str) -> list[tuple[str, str, int]]:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "select step, event, pid from worker_effects where queue = %s and task_id = %s order by at",
-            (queue, str(task_id)),
-        )
-        return [(str(r[0]), str(r[1]), int(r[2])) for r in await cur.fetchall()]
-
-
-def _count(events: list[tuple[str, str, int]], step: str, event: str) -> int:
-    return sum(1 for s, e, _ in events if (s, e) == (step, event))
-
-
-async def _seen(dsn: str, queue: str, task_id: str, step: str, event: str) -> bool:
-    return _count(await _events(dsn, queue, task_id), step, event) > 0
-
-
-async def _completed(absurd: AsyncAbsurd, task_id: str) -> bool:
-    snapshot = await absurd.fetch_task_result(task_id)
-    return snapshot is not None and snapshot.state == "completed"
+_events = effect_events
+_count = count_events
+_seen = seen_event
+_completed = is_completed
 
 
 async def test_sigterm_hands_back_and_another_worker_resumes_at_once(
@@ -158,6 +115,34 @@ async def test_cli_worker_sigterm_lets_in_flight_tasks_finish_within_the_drain(
     assert (await task_state(dsn, absurd_queue, later["task_id"]))["state"] == "pending"  # never claimed
     assert "handed back" not in a.output()
     assert "concurrency=2 claim_timeout=10s" in a.output()
+
+
+async def test_cli_worker_queue_option_runs_the_tasks_of_that_queue(
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    from pydantic_ai_absurd.schema import create_queue_sync, drop_queue_sync
+
+    dsn = effects
+    other = f"other_{uuid.uuid4().hex[:10]}"
+    await asyncio.to_thread(create_queue_sync, dsn, other)
+    try:
+        spawner = AsyncAbsurd(dsn, queue_name=other)
+        try:
+            spawned = await spawner.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=other)
+            # The worker's client is bound to absurd_queue; `--queue` makes it work (and execute on) `other`.
+            cli = [sys.executable, "-m", "pydantic_ai_absurd.cli", "worker", "tests.worker_app:absurd"]
+            cli += ["--queue", other, "--poll-interval", "0.1", "--no-fast-takeover"]
+            w = _start(workers, dsn, absurd_queue, tmp_path, command=cli)
+            await eventually(lambda: _completed(spawner, spawned["task_id"]))
+            assert (await task_state(dsn, other, spawned["task_id"]))["attempts"] == 1
+            w.proc.send_signal(signal.SIGTERM)
+            assert await w.wait_exit() == 0
+            assert f"on queue {other}" in w.output()
+            assert "fast takeover" not in w.output()
+        finally:
+            await spawner.close()
+    finally:
+        await asyncio.to_thread(drop_queue_sync, dsn, other)
 
 
 async def _kill_worker_backends(dsn: str) -> int:

@@ -13,6 +13,7 @@ from pydantic_ai_absurd._absurd import (
     client_queue_name,
     execute_claimed_task,
     is_registered,
+    registered_queue,
     registered_task_names,
 )
 
@@ -38,6 +39,8 @@ def test_private_names_exist_with_the_expected_shapes() -> None:
     assert is_registered(client, "t")
     assert not is_registered(client, "other")
     assert registered_task_names(client) == ["t"]
+    assert registered_queue(client, "t") == "q1"
+    assert registered_queue(client, "other") is None
     assert client_hooks(client) == {}
     assert client_queue_name(client) == "q1"
     assert client_conninfo(client) == "postgresql://u:secret@example.invalid/db"

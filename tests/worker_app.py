@@ -10,15 +10,18 @@ Also loadable as a CLI target: `pydantic-ai-absurd worker tests.worker_app:absur
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 
-from pydantic_ai_absurd.worker import run_worker
+from pydantic_ai_absurd.worker import WorkerHealth, run_worker
 
 DSN = os.environ.get("WORKER_DSN", "")
 QUEUE = os.environ.get("WORKER_QUEUE", "default")
@@ -53,9 +56,24 @@ async def steps(params: dict[str, Any], ctx: AsyncTaskContext) -> dict[str, Any]
     return {"steps": params["steps"], "pid": os.getpid()}
 
 
+def write_health(path: str, health: WorkerHealth) -> None:
+    """Write the worker's health as JSON to `path` (atomically: readers never see a partial file)."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(health)))
+    tmp.replace(path)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(levelname)s %(message)s")
     env = os.environ
+    health_log = env.get("WORKER_HEALTH_LOG")
+    options: dict[str, Any] = {"fast_takeover": env.get("WORKER_FAST_TAKEOVER", "1") == "1"}
+    if health_log:
+
+        def on_poll(health: WorkerHealth) -> None:
+            write_health(health_log, health)
+
+        options["on_poll"] = on_poll
 
     async def run() -> None:
         try:
@@ -66,6 +84,7 @@ def main() -> None:
                 drain_timeout=float(env.get("WORKER_DRAIN_TIMEOUT", "25")),
                 poll_interval=float(env.get("WORKER_POLL_INTERVAL", "0.1")),
                 worker_id=env.get("WORKER_ID"),
+                **options,
             )
         finally:
             await absurd.close()

@@ -14,14 +14,30 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._agent import AbsurdAgent
     from ._durability import TOOL_METADATA_KEY, AbsurdDurability
-    from .errors import NonRetryableError, PydanticAIAbsurdError, ReplayDivergenceError, UnserializableResultError
     from ._waits import fail_event_token, resolve_event_token
+    from .conversations import PostgresConversationStore
+    from .errors import (
+        ConversationConflictError,
+        InvalidAnswerError,
+        NonRetryableError,
+        PydanticAIAbsurdError,
+        ReplayDivergenceError,
+        RequestNotPendingError,
+        UnserializableResultError,
+    )
+    from .events import TaskEvent, event_stream_response, stream_events
+    from .inbox import Inbox, PendingRequest
+    from .inspection import TaskTimeline, inspect_task
     from .schema import setup
+    from .telemetry import otel_hooks
+    from .verify import fork_task, verify_replay
     from .worker import WorkerConfig, run_worker
 
 # Loaded on first use, so `pydantic-ai-absurd init --help` does not import all of Pydantic AI.
 _EXPORTS: dict[str, str] = {
     "AbsurdAgent": "._agent",
+    "PostgresConversationStore": ".conversations",
+    "ConversationConflictError": ".errors",
     "AbsurdDurability": "._durability",
     "TOOL_METADATA_KEY": "._durability",
     "NonRetryableError": ".errors",
@@ -29,16 +45,39 @@ _EXPORTS: dict[str, str] = {
     "ReplayDivergenceError": ".errors",
     "UnserializableResultError": ".errors",
     "fail_event_token": "._waits",
+    "Inbox": ".inbox",
+    "PendingRequest": ".inbox",
+    "InvalidAnswerError": ".errors",
+    "RequestNotPendingError": ".errors",
     "resolve_event_token": "._waits",
     "setup": ".schema",
+    "TaskEvent": ".events",
+    "event_stream_response": ".events",
+    "stream_events": ".events",
     "WorkerConfig": ".worker",
     "run_worker": ".worker",
+    "fork_task": ".verify",
+    "verify_replay": ".verify",
+    "TaskTimeline": ".inspection",
+    "inspect_task": ".inspection",
+    "otel_hooks": ".telemetry",
 }
 
 __all__ = [
+    "fork_task",
+    "verify_replay",
+    "TaskEvent",
+    "event_stream_response",
+    "stream_events",
     "TOOL_METADATA_KEY",
     "AbsurdAgent",
     "AbsurdDurability",
+    "ConversationConflictError",
+    "PostgresConversationStore",
+    "Inbox",
+    "InvalidAnswerError",
+    "PendingRequest",
+    "RequestNotPendingError",
     "NonRetryableError",
     "PydanticAIAbsurdError",
     "ReplayDivergenceError",
@@ -48,6 +87,9 @@ __all__ = [
     "resolve_event_token",
     "run_worker",
     "setup",
+    "TaskTimeline",
+    "inspect_task",
+    "otel_hooks",
 ]
 
 

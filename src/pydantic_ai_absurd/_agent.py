@@ -4,17 +4,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, overload
 
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai.agent import AbstractAgent, AgentRun, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.conversation_store import ConversationStore
 from pydantic_ai.exceptions import UserError
+from pydantic_ai.messages import UserContent
 from pydantic_ai.models import Model
-from pydantic_ai.output import OutputDataT
+from pydantic_ai.output import OutputDataT, OutputSpec
+from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT
 
 from ._durability import AbsurdDurability
+from .conversations._turn import begin_turn, run_scope_override, uses_store
+from .events._writer import announce_execution, publishing_handler
 
 
 class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
@@ -33,6 +38,9 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         name: str | None = None,
         models: Mapping[str, Model] | None = None,
         event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
+        conversation_store: ConversationStore | None = None,
+        conversation_limit: int | None = None,
+        publish_events: bool = False,
     ) -> None:
         """Wrap `wrapped`.
 
@@ -42,6 +50,12 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             name: Overrides the agent's name in step names.
             models: Extra models runs may select with `run(model=...)`, keyed by ID.
             event_stream_handler: A durable event stream handler (each tool event is a step of its own).
+            conversation_store: Where conversations live: a run given `conversation_id=` loads it from here (or
+                starts it) and saves what it added; inside a task the load and the save are steps.
+            conversation_limit: Load only the last `conversation_limit` messages of a stored conversation for
+                each run (the save still appends to the whole conversation). Default: all of them.
+            publish_events: Append every event of a durable run (and status events) to the task's event
+                log in Postgres, live, for `stream_events()` / `event_stream_response()` in any process.
         """
         super().__init__(wrapped)
         agent_name = name or wrapped.name
@@ -51,6 +65,11 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 "of every persisted step name, so a resumed run can find its checkpoints."
             )
         self._absurd = absurd
+        self._conversation_store = conversation_store
+        self._conversation_limit = conversation_limit
+        self._publish_events = publish_events
+        if publish_events:
+            event_stream_handler = publishing_handler(event_stream_handler)
         self._durability = AbsurdDurability[AgentDepsT](
             name=agent_name, models=models, event_stream_handler=event_stream_handler
         )
@@ -65,13 +84,73 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         """The capability added to each run."""
         return self._durability
 
+    @property
+    def conversation_store(self) -> ConversationStore | None:
+        """The store runs given `conversation_id=` load their conversation from and save it to."""
+        return self._conversation_store
+
+    @overload
+    async def run(
+        self,
+        user_prompt: str | Sequence[UserContent] | None = None,
+        *,
+        output_type: None = None,
+        scope: str | None = None,
+        **kwargs: Any,
+    ) -> AgentRunResult[OutputDataT]: ...
+
+    @overload
+    async def run(
+        self,
+        user_prompt: str | Sequence[UserContent] | None = None,
+        *,
+        output_type: OutputSpec[Any],
+        scope: str | None = None,
+        **kwargs: Any,
+    ) -> AgentRunResult[Any]: ...
+
+    async def run(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self, *args: Any, scope: str | None = None, **kwargs: Any
+    ) -> AgentRunResult[Any]:
+        """Run the agent; with a `conversation_store` and `conversation_id=`, continue that stored conversation.
+
+        `scope` (whose conversation it is, e.g. a user or tenant ID) is passed to the store's load and save.
+        """
+        token = run_scope_override.set(scope)
+        try:
+            return await super().run(*args, **kwargs)
+        finally:
+            run_scope_override.reset(token)
+
     @asynccontextmanager
     async def iter(  # pyright: ignore[reportIncompatibleMethodOverride]
         self,
         *args: Any,
         capabilities: Sequence[AbstractCapability[AgentDepsT]] | None = None,
+        scope: str | None = None,
         **kwargs: Any,
     ) -> AsyncGenerator[AgentRun[AgentDepsT, Any]]:
         """Iterate over the run's nodes, with the durability capability added to the run."""
+        if self._publish_events:
+            await announce_execution()
+        store = self._conversation_store
+        if store is not None and uses_store(store, kwargs):
+            turn = await begin_turn(
+                store,
+                agent_name=self._durability.name,
+                conversation_id=kwargs.pop("conversation_id"),
+                scope=scope if scope is not None else run_scope_override.get(),
+                durable=self._durability.in_durable_context,
+                limit=self._conversation_limit,
+            )
+            kwargs.pop("conversation", None)
+            capabilities = [*(capabilities or ()), self._durability]
+            async with self.wrapped.iter(
+                *args, conversation=turn.conversation, capabilities=capabilities, **kwargs
+            ) as run:
+                yield run
+            if run.result is not None:  # a run left early (or failed) saves nothing
+                await turn.save(run.result)
+            return
         async with self.wrapped.iter(*args, capabilities=[*(capabilities or ()), self._durability], **kwargs) as run:
             yield run

@@ -13,7 +13,6 @@ from pydantic_ai.agent.abstract import AbstractAgent
 from pydantic_ai.capabilities import AbstractCapability, WrapRunHandler
 from pydantic_ai.durable_exec import (
     JSON_CODEC,
-    BaseDurabilityCapability,
     DurabilityEngineSpec,
     DurableOperationId,
     RoleBasedOperationConfig,
@@ -21,7 +20,6 @@ from pydantic_ai.durable_exec import (
     external_event_scope,
     replay_scope,
 )
-from pydantic_ai.messages import ModelMessage, ModelResponse
 from pydantic_ai.models import Model
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT, RunContext
@@ -31,8 +29,11 @@ from ._absurd import check_private_names
 from ._backend import AbsurdStepBackend, StepConfig, UnserializableValue
 from ._execution import current_task_context, execution_state, in_step, run_scope
 from ._naming import check_identifier
+from ._pydantic_ai import PrivateHooks
+from ._pydantic_ai import check_private_names as check_pydantic_ai_private_names
 from ._time import checkpointed_sleep, run_start_time
 from ._waits import AbsurdEventWaiter
+from .telemetry import run_telemetry
 
 TOOL_METADATA_KEY = "absurd"
 """Tool metadata key for per-tool step settings: `metadata={"absurd": False}` runs a pure tool without a step."""
@@ -53,7 +54,7 @@ def _tool_config(operation_id: DurableOperationId, tool: object | None, tool_nam
     return {}
 
 
-class AbsurdDurability(BaseDurabilityCapability[AgentDepsT]):
+class AbsurdDurability(PrivateHooks[AgentDepsT]):
     """Checkpoints every model request, tool call, MCP call and event-handler call of an agent run as an Absurd step.
 
     Inside an async Absurd task (`@absurd.register_task` on an `AsyncAbsurd` client), each operation runs
@@ -98,6 +99,7 @@ class AbsurdDurability(BaseDurabilityCapability[AgentDepsT]):
             name: The name used in step names. Defaults to the agent's `name`, which must then be set.
         """
         check_private_names()
+        check_pydantic_ai_private_names()
         if name is not None:
             check_identifier("agent name", name)
         for model_id in models or {}:
@@ -120,6 +122,7 @@ class AbsurdDurability(BaseDurabilityCapability[AgentDepsT]):
             toolset.apply(collect)
         for toolset_id in toolset_ids:
             check_identifier("toolset ID", toolset_id)
+        self.remember_bound_leaves(agent)  # copied into the bound capability below
         return super().for_agent(agent)
 
     @property
@@ -170,13 +173,6 @@ class AbsurdDurability(BaseDurabilityCapability[AgentDepsT]):
             replay_scope(),
             external_event_scope(AbsurdEventWaiter(task_ctx, scope)),
             Agent.using_sleep(checkpointed_sleep(scope)),
+            run_telemetry(task_ctx, agent=self.name, prefix=scope.prefix, run_id=ctx.run_id),
         ):
             return await super().wrap_run(ctx, handler=handler)
-
-    def _stamp_response(self, response: ModelResponse, messages: list[ModelMessage]) -> None:
-        # Private hook (DESIGN.md §5, pinned in tests/test_compat.py): the graph stamps these only after the
-        # step returns, so without it the stored response would lack them.
-        if messages:
-            final = messages[-1]
-            response.run_id = response.run_id or final.run_id
-            response.conversation_id = response.conversation_id or final.conversation_id

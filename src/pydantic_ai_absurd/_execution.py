@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 from weakref import WeakKeyDictionary
 
 from absurd_sdk import AsyncTaskContext, CancelledTask, FailedTask, StepHandle, SuspendTask, TaskContext
@@ -26,7 +26,7 @@ from pydantic_ai.exceptions import UserError
 
 from . import _checkpoint
 from ._absurd import begin_step, claim_timeout_of
-from ._checkpoint import Asked
+from ._checkpoint import Asked, DigestChain
 from .errors import UnserializableResultError
 
 __all__ = [
@@ -35,11 +35,13 @@ __all__ = [
     "LeaseKeeper",
     "RunScope",
     "current_run_scope",
+    "current_step",
     "current_task_context",
     "execution_state",
     "in_step",
     "keep_lease",
     "remember_end",
+    "replay_only",
     "require_task_context",
     "run_scope",
     "run_step",
@@ -57,6 +59,7 @@ MIN_HEARTBEAT_INTERVAL = 0.2
 """Seconds; heartbeats are never sent more often than this, whatever the claim timeout."""
 
 _in_step: ContextVar[bool] = ContextVar("pydantic_ai_absurd.in_step", default=False)
+_body_id: ContextVar[object | None] = ContextVar("pydantic_ai_absurd.body_id", default=None)
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,7 @@ class LeaseKeeper:
             self._release()
 
     @asynccontextmanager
-    async def hold(self) -> AsyncIterator[None]:
+    async def hold(self) -> AsyncGenerator[None]:
         """Keep the claim alive for the code inside (the worker holds a whole execution this way).
 
         When a heartbeat reports an end state while no step body runs, the holding task is cancelled.
@@ -195,7 +198,11 @@ class ExecutionState:
     """A weak proxy of the context (states are values of a `WeakKeyDictionary` keyed by it)."""
     run_ids: dict[str, int] = field(default_factory=dict[str, int])
     run_scopes: dict[str, int] = field(default_factory=dict[str, int])
+    digest_chains: dict[str, DigestChain] = field(default_factory=dict[str, DigestChain])
+    """Per agent run (by step-name prefix): the chain that makes model-request digests incremental."""
     ended: BaseException | None = None
+    ended_in: object | None = None
+    """The step body the end state surfaced in (that body's result must not be committed), if any."""
     lease: LeaseKeeper = field(init=False)
 
     def __post_init__(self) -> None:
@@ -205,6 +212,7 @@ class ExecutionState:
         """Remember the first end state Absurd reported for this execution."""
         if self.ended is None:
             self.ended = ended
+            self.ended_in = _body_id.get()
 
     def raise_if_ended(self) -> None:
         """Raise the remembered end state again: nothing more may run in this execution."""
@@ -261,7 +269,7 @@ def execution_state(task_ctx: AsyncTaskContext) -> ExecutionState:
 
 
 @asynccontextmanager
-async def keep_lease(task_ctx: AsyncTaskContext) -> AsyncIterator[None]:
+async def keep_lease(task_ctx: AsyncTaskContext) -> AsyncGenerator[None]:
     """Heartbeat `task_ctx`'s claim for as long as the code inside runs (the worker wraps executions in it)."""
     async with execution_state(task_ctx).lease.hold():
         yield
@@ -274,6 +282,14 @@ async def remember_end(task_ctx: AsyncTaskContext, write: Awaitable[_T]) -> _T:
     except END_STATES as ended:
         execution_state(task_ctx).end(ended)
         raise
+
+
+_current_step: ContextVar[str | None] = ContextVar("pydantic_ai_absurd.current_step", default=None)
+
+
+def current_step() -> str | None:
+    """The checkpoint name of the step whose body the current code runs in (`run_step` bodies), else `None`."""
+    return _current_step.get()
 
 
 def in_step() -> bool:
@@ -330,12 +346,38 @@ def commit_hook(hook: Callable[[str], Awaitable[None]]) -> Generator[None]:
         _commit_hook.reset(token)
 
 
+_live_guard: ContextVar[Callable[[str | None], NoReturn] | None] = ContextVar(
+    "pydantic_ai_absurd.live_guard", default=None
+)
+
+
+@contextmanager
+def replay_only(guard: Callable[[str | None], NoReturn]) -> Generator[None]:
+    """Run the code inside as a replay that executes nothing (deploy verification).
+
+    Wherever a step body would run or a checkpoint would be written, `guard(checkpoint_name)` is called
+    instead (the name is `None` where it is not known); it must raise. Replayed steps are unaffected.
+    """
+    token = _live_guard.set(guard)
+    try:
+        yield
+    finally:
+        _live_guard.reset(token)
+
+
+def _refuse_live(step: str | None) -> None:
+    guard = _live_guard.get()
+    if guard is not None:
+        guard(step)
+
+
 async def commit(task_ctx: AsyncTaskContext, handle: StepHandle, checkpoint: object) -> None:
     """Write a checkpoint, shielded: once a body has returned, only process death can lose its result.
 
     When the caller is cancelled meanwhile (a sibling tool failed and the run is being torn down), the
     write still finishes before the cancellation propagates.
     """
+    _refuse_live(handle.checkpoint_name)
 
     async def write() -> None:
         hook = _commit_hook.get()
@@ -359,13 +401,29 @@ async def begin(task_ctx: AsyncTaskContext, step: str) -> StepHandle:
 
 
 async def run_body(task_ctx: AsyncTaskContext, body: Callable[[], Awaitable[_T]]) -> _T:
-    """Run a step body under the lease keeper, marked as a step body (agent runs inside join the step)."""
+    """Run a step body under the lease keeper, marked as a step body (agent runs inside join the step).
+
+    If Absurd reported an end state from inside this body and the body returned anyway, that end state is
+    raised instead of the value.
+    """
+    _refuse_live(None)
+    state = execution_state(task_ctx)
+    body_id = object()
 
     async def in_body() -> _T:
-        with step_body_scope():
-            return await body()
+        token = _body_id.set(body_id)
+        try:
+            with step_body_scope():
+                return await body()
+        finally:
+            _body_id.reset(token)
 
-    return await execution_state(task_ctx).lease.run(in_body)
+    value = await state.lease.run(in_body)
+    if state.ended is not None and state.ended_in is body_id:
+        # The body swallowed Absurd's end state (`except Exception:` around a wait, say): its result is
+        # not what the run would have produced, so it is never committed.
+        raise state.ended
+    return value
 
 
 async def run_step(
@@ -386,6 +444,8 @@ async def run_step(
     if handle.done:
         _checkpoint.check_digest(handle.state, asked, step=handle.checkpoint_name)
         return StepOutcome(_checkpoint.decode(handle.state, step=handle.checkpoint_name), False, handle.checkpoint_name)
+    _refuse_live(handle.checkpoint_name)
+    step_token = _current_step.set(handle.checkpoint_name)
     try:
         payload = await run_body(task_ctx, body)
     except Exception as error:
@@ -394,6 +454,8 @@ async def run_step(
             raise
         await commit(task_ctx, handle, _checkpoint.encode_error(message))
         raise UnserializableResultError(message) from error
+    finally:
+        _current_step.reset(step_token)
     checkpoint, value = _checkpoint.encode(payload, asked=asked)
     await commit(task_ctx, handle, checkpoint)
     return StepOutcome(value, True, handle.checkpoint_name)

@@ -11,6 +11,21 @@ Both are hooks of `BaseDurabilityCapability` (pydantic-ai-slim 2.68), overridden
   at construction never wrapped them. Ours binds on every run (`AbsurdAgent` adds it per run), after
   the decorators ran, so those toolsets *were* wrapped: they are let through, and every other leaf is
   judged by the base guard as before.
+
+And one module-level name, read by `active_run_usage()` for the OpenTelemetry layer (`telemetry.py`),
+pinned by `tests/test_otel.py`:
+
+- `pydantic_ai._usage_attribution._active`: the `RunUsage` the current agent run span reports as its
+  aggregated usage. A resumed attempt takes the usage of its replayed model requests off it, so the agent
+  run spans of all attempts together count each request once. Missing, the correction is skipped.
+
+And one method of `AgentRunResult`, used by the conversations layer, pinned by
+`tests/test_conversation_turns.py`:
+
+- `AgentRunResult._conversation_saved(revision)`: what `ConversationStore.save(result)` calls so the
+  result's `conversation` continues from the saved revision. A durable turn whose save step is replayed
+  from its checkpoint calls it too, so the result is the same as on the first attempt. Missing, the
+  replayed result keeps the loaded revision.
 """
 
 from __future__ import annotations
@@ -25,7 +40,7 @@ from pydantic_ai.toolsets import AbstractToolset, CombinedToolset
 
 from .errors import IncompatibleSdkError
 
-__all__ = ["PrivateHooks", "check_private_names"]
+__all__ = ["PrivateHooks", "active_run_usage", "check_private_names", "mark_result_saved"]
 
 _OVERRIDDEN = ("_stamp_response", "_reject_runtime_toolsets")
 
@@ -38,6 +53,16 @@ def check_private_names() -> None:
             f"The installed pydantic-ai-slim lacks BaseDurabilityCapability.{', .'.join(missing)}, which "
             "pydantic-ai-absurd overrides; install a supported version (see the Compatibility page of the docs)."
         )
+
+
+def active_run_usage() -> Any | None:
+    """The `RunUsage` the innermost agent run span will report (`pydantic_ai._usage_attribution._active`)."""
+    try:
+        from pydantic_ai import _usage_attribution  # pyright: ignore[reportPrivateUsage]
+
+        return _usage_attribution._active.get()  # pyright: ignore[reportPrivateUsage]
+    except (ImportError, AttributeError):  # pragma: no cover - a Pydantic AI without it
+        return None
 
 
 class PrivateHooks(BaseDurabilityCapability[AgentDepsT]):
@@ -68,3 +93,10 @@ class PrivateHooks(BaseDurabilityCapability[AgentDepsT]):
             final = messages[-1]
             response.run_id = response.run_id or final.run_id
             response.conversation_id = response.conversation_id or final.conversation_id
+
+
+def mark_result_saved(result: Any, revision: str) -> None:
+    """Make `result.conversation` continue from `revision` (`AgentRunResult._conversation_saved`)."""
+    saved = getattr(result, "_conversation_saved", None)
+    if callable(saved):
+        saved(revision)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import cast
 
@@ -17,12 +19,35 @@ from . import _checkpoint
 from ._execution import RunScope, begin, commit, remember_end, run_body
 from ._naming import escape
 
-__all__ = ["TOKEN_PREFIX", "AbsurdEventWaiter", "fail_event_token", "resolve_event_token"]
+__all__ = [
+    "TOKEN_PREFIX",
+    "AbsurdEventWaiter",
+    "CurrentWait",
+    "current_wait",
+    "fail_event_token",
+    "resolve_event_token",
+]
 
 TOKEN_PREFIX = "pydantic-ai-absurd:"
 """Every resume token handed out by a durable run starts with this."""
 
 _FAILURE_KEY = "error"
+
+
+@dataclass(frozen=True)
+class CurrentWait:
+    """The durable wait whose `ask` is running: its name and timeout (what `ask` itself is not given)."""
+
+    name: str
+    timeout: timedelta | None
+
+
+_CURRENT_WAIT: ContextVar[CurrentWait | None] = ContextVar("pydantic_ai_absurd_current_wait", default=None)
+
+
+def current_wait() -> CurrentWait | None:
+    """The wait whose `ask` is running in this context, or None outside an `ask` of a durable wait."""
+    return _CURRENT_WAIT.get()
 
 
 class AbsurdEventWaiter(ExternalEventWaiter):
@@ -51,7 +76,11 @@ class AbsurdEventWaiter(ExternalEventWaiter):
         if handle.done:
             answer = None if handle.state is None else _checkpoint.decode(handle.state, step=handle.checkpoint_name)
         else:
-            answer = await run_body(task_ctx, lambda: ask(token))
+            reset = _CURRENT_WAIT.set(CurrentWait(name, timeout))
+            try:
+                answer = await run_body(task_ctx, lambda: ask(token))
+            finally:
+                _CURRENT_WAIT.reset(reset)
             checkpoint, answer = _checkpoint.encode(answer)
             await commit(task_ctx, handle, checkpoint)
         if answer is not None:
@@ -107,7 +136,7 @@ async def resolve_event_token(
     """
     _check_token(token)
     envelope, _ = _checkpoint.encode(payload)
-    await absurd.emit_event(token, envelope, queue_name=queue_name)
+    await absurd.emit_event(token, cast(JsonValue, envelope), queue_name=queue_name)
 
 
 async def fail_event_token(absurd: AsyncAbsurd, token: str, reason: str, *, queue_name: str | None = None) -> None:

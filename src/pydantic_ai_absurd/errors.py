@@ -12,6 +12,14 @@ __all__ = [
     "ReplayDivergenceError",
     "UnserializableResultError",
     "EmbeddedPostgresError",
+    "EventLogError",
+    "ConversationConflictError",
+    "ConversationUsageError",
+    "ForkError",
+    "RecordingError",
+    "InvalidAnswerError",
+    "InvalidDurationError",
+    "RequestNotPendingError",
     "PydanticAIAbsurdError",
     "QueueNameError",
     "QueueNotFoundError",
@@ -61,6 +69,10 @@ class EmbeddedPostgresError(PydanticAIAbsurdError):
     """The embedded (pip-installed) Postgres server could not be started, attached to or stopped."""
 
 
+class EventLogError(PydanticAIAbsurdError):
+    """The event log (`publish_events=True`, `stream_events`) cannot be used: its table is not installed."""
+
+
 class IncompatibleSdkError(PydanticAIAbsurdError):
     """The installed `absurd_sdk` lacks a private name this package relies on (see the Compatibility page)."""
 
@@ -95,9 +107,52 @@ class ReplayDivergenceError(NonRetryableError):
         self.requested = requested
 
 
+class RequestNotPendingError(PydanticAIAbsurdError):
+    """No pending inbox request has this token (unknown, already answered, expired, its task ended, or out of scope).
+
+    `token` is the token that was answered.
+    """
+
+    def __init__(self, message: str, *, token: str) -> None:
+        super().__init__(message)
+        self.token = token
+
+
+class InvalidAnswerError(PydanticAIAbsurdError, ValueError):
+    """An answer does not fit the pending request: a tool call ID that is not pending, or a kind of answer it has no call for."""
+
+
+class RecordingError(PydanticAIAbsurdError):
+    """Recorded tasks could not be read for verification: an unknown task ID, or an unreadable export file."""
+
+
+class ForkError(PydanticAIAbsurdError, ValueError):
+    """A task cannot be forked as asked: unknown source task, or an `at_step` that is not a valid cut."""
+
+
+class ConversationConflictError(NonRetryableError):
+    """A durable turn could not save its conversation: another turn saved (or deleted) it since this one loaded it.
+
+    Nothing this turn produced was saved, and the task is not retried (the same save would conflict
+    again). `conversation_id` names the conversation; the store's `ConversationConflict` is the cause.
+    """
+
+    def __init__(self, message: str, *, conversation_id: str) -> None:
+        super().__init__(message)
+        self.conversation_id = conversation_id
+
+
+class ConversationUsageError(NonRetryableError):
+    """A run was asked to use the agent's conversation store in a way that cannot work (e.g. with `message_history=`)."""
+
+
 def one_line(err: BaseException, *, with_type: bool = False) -> str:
     """`str(err)` folded onto one line (the exception's type name when it says nothing)."""
     text = " ".join(str(err).split())
     if not text:
         return type(err).__name__
     return f"{type(err).__name__}: {text}" if with_type else text
+
+
+class InvalidDurationError(PydanticAIAbsurdError, ValueError):
+    """A duration option (`tasks --since`) is not a number of seconds or a span like `90s`, `15m`, `2h`, `7d`."""

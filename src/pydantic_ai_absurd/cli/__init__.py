@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import PydanticAIAbsurdError
-from . import _database, _worker
+from . import _database, _deploy, _inbox, _inspect, _worker
 
 __all__ = ["build_parser", "main"]
 
@@ -27,7 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=_PROG, description="Durable Pydantic AI agents on Postgres (Absurd).")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    for add_parsers in (_database.add_parsers, _worker.add_parsers):
+    for add_parsers in (
+        _database.add_parsers,
+        _worker.add_parsers,
+        _inspect.add_parsers,
+        _deploy.add_parsers,
+        _inbox.add_parsers,
+    ):
         add_parsers(subparsers)
     return parser
 

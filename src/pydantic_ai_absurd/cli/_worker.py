@@ -86,10 +86,17 @@ def add_parsers(subparsers: Any) -> None:
     parser.add_argument("--claim-timeout", type=int, help="lease in seconds (default 10)")
     parser.add_argument("--drain-timeout", type=float, help="seconds to drain after SIGTERM (default 25)")
     parser.add_argument("--poll-interval", type=float, help="seconds between polls (default 0.5)")
-    parser.add_argument("--worker-id", help="name recorded as claimed_by (default host:pid)")
+    parser.add_argument("--worker-id", help="worker name in logs and claimed_by (default host:pid)")
     parser.add_argument("--queue", help="queue to work (default: the client's queue)")
     parser.add_argument("--dsn", help="database URL (default: the client's)")
     parser.add_argument("--health-file", help="file touched after every successful poll")
+    parser.add_argument(
+        "--no-fast-takeover",
+        dest="fast_takeover",
+        action="store_false",
+        default=None,
+        help="hold no liveness lock: tasks of a dead worker resume only when their lease expires",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.set_defaults(handler=worker_command)
 
@@ -103,6 +110,7 @@ _CONFIG_OPTIONS = (
     "queue",
     "dsn",
     "health_file",
+    "fast_takeover",
 )
 
 

@@ -4,6 +4,7 @@
 once: everything runs in one transaction under an advisory lock.
 """
 
+from .._dsn import redact_dsn, resolve_dsn
 from ._install import (
     ABSURD_SCHEMA_VERSION,
     MAX_QUEUE_NAME_BYTES,
@@ -18,7 +19,6 @@ from ._install import (
     setup_sync,
     validate_queue_name,
 )
-from .._dsn import redact_dsn, resolve_dsn
 from ._tables import OWN_SCHEMA
 
 __all__ = [

@@ -26,7 +26,7 @@ _FILE_NAME = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 
 def own_migrations() -> list[tuple[str, str]]:
     """Every shipped migration as `(name, sql)`, in order."""
-    folder = resources.files(__package__).joinpath("migrations")
+    folder = resources.files("pydantic_ai_absurd.schema").joinpath("migrations")
     found = sorted(entry.name for entry in folder.iterdir() if _FILE_NAME.match(entry.name))
     return [(name.removesuffix(".sql"), folder.joinpath(name).read_text(encoding="utf-8")) for name in found]
 

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from absurd_sdk import AsyncAbsurd
 
 from .._absurd import execute_task
 
-__all__ = ["run_queued"]
+if TYPE_CHECKING:
+    from ._replays import assert_replays
+
+__all__ = ["assert_replays", "run_queued"]
+
+
+def __getattr__(name: str) -> Any:
+    # `assert_replays` imports the engine (Pydantic AI); loading the pytest plugin must not.
+    if name == "assert_replays":
+        from ._replays import assert_replays
+
+        return assert_replays
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 async def run_queued(

@@ -8,6 +8,9 @@ Fixtures:
   The DSN also works from subprocesses (it is a unix-socket or TCP DSN).
 - `absurd_queue` (function): a fresh queue created for the test, dropped afterwards.
 - `absurd_client` (function, async): `AsyncAbsurd(absurd_dsn, queue_name=absurd_queue)`, closed afterwards.
+  Declared with `pytest_asyncio.fixture`, so it works in pytest-asyncio's strict mode (the
+  default) as well as in auto mode. Without pytest-asyncio installed, requesting it fails with a
+  one-line message naming the missing package; the other fixtures work without it.
 
 Helper: `run_queued(absurd)` runs the queue until nothing is runnable (see `pydantic_ai_absurd.testing`).
 """
@@ -19,6 +22,7 @@ import os
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
 import pytest
 from absurd_sdk import AsyncAbsurd
@@ -139,11 +143,32 @@ def absurd_queue(absurd_dsn: str) -> Iterator[str]:
         drop_queue_sync(absurd_dsn, name)
 
 
-@pytest.fixture
-async def absurd_client(absurd_dsn: str, absurd_queue: str) -> AsyncIterator[AsyncAbsurd]:
+async def _absurd_client(absurd_dsn: str, absurd_queue: str) -> AsyncIterator[AsyncAbsurd]:
     """`AsyncAbsurd(absurd_dsn, queue_name=absurd_queue)`, closed at teardown."""
     client = AsyncAbsurd(absurd_dsn, queue_name=absurd_queue)
     try:
         yield client
     finally:
         await client.close()
+
+
+MISSING_ASYNCIO_PLUGIN = (
+    "The absurd_client fixture is async and needs pytest-asyncio: pip install pytest-asyncio "
+    "(or create AsyncAbsurd(absurd_dsn, queue_name=absurd_queue) in your own async fixture)."
+)
+"""Failure message of `absurd_client` when pytest-asyncio is not installed."""
+
+
+def _absurd_client_unavailable() -> AsyncAbsurd:
+    """Fails with `MISSING_ASYNCIO_PLUGIN`: pytest-asyncio is not installed."""
+    pytest.fail(MISSING_ASYNCIO_PLUGIN, pytrace=False)
+
+
+try:
+    import pytest_asyncio
+except ImportError:  # the plugin still loads; only the async fixture is unusable
+    absurd_client: Any = pytest.fixture(_absurd_client_unavailable, name="absurd_client")
+else:
+    # `pytest_asyncio.fixture`, not `pytest.fixture`: in strict mode (pytest-asyncio's default)
+    # pytest-asyncio does not run a plain fixture on an async generator.
+    absurd_client = pytest_asyncio.fixture(_absurd_client, name="absurd_client")

@@ -14,7 +14,7 @@ from ._config import (
     WorkerConfig,
     WorkerHealth,
 )
-from ._loop import Worker, run_worker
+from ._loop import Worker
 from ._retry import (
     AGENT_RETRY_STRATEGY,
     NonRetryableError,
@@ -22,6 +22,7 @@ from ._retry import (
     TaskResultNotSerializableError,
     agent_retry_hooks,
 )
+from ._run import run_worker
 
 __all__ = [
     "AGENT_RETRY_STRATEGY",

@@ -15,8 +15,9 @@ DEFAULT_CONCURRENCY = 10
 DEFAULT_CLAIM_TIMEOUT = 10
 """Seconds a claim lasts without a heartbeat: how soon a task of a dead worker is picked up elsewhere.
 
-Recovery after a SIGKILL takes about `claim_timeout` + `poll_interval` + the remaining work (every
-checkpoint write extends the claim to a full `claim_timeout`), so 10 s keeps it under 15 s.
+A task of a worker that died (SIGKILL, OOM) is taken over by a live worker at its next poll, without
+waiting for this lease (see fast takeover in the production docs); the lease is the fallback for lost
+machines, network partitions and connection poolers in transaction mode.
 """
 
 DEFAULT_DRAIN_TIMEOUT = 25.0
@@ -38,12 +39,17 @@ class WorkerConfig:
         claim_timeout: Seconds of a claim (lease); extended every third of it while the task runs.
         drain_timeout: Seconds in-flight tasks get to finish after the first SIGTERM/SIGINT.
         poll_interval: Seconds between claims while the queue is empty.
-        worker_id: Name recorded as `claimed_by` (default `host:pid`).
+        worker_id: Name of the worker in logs and in `claimed_by` (default `host:pid`); with fast
+            takeover, runs are claimed as `pydantic-ai-absurd:<worker_id>:<random per process>`.
         dsn: Database to connect the pool to (default: where the client connects, else the
             `ABSURD_DATABASE_URL` resolution).
         queue: Queue to work (default: the client's queue).
         retry_policy: Backoff and non-retryable errors (see `RetryPolicy`).
-        heartbeat: Extend claims of in-flight tasks from the worker (recommended with short leases).
+        heartbeat: Keep the claim of every in-flight task alive while it runs (the engine's lease keeper
+            heartbeats on the task's own connection every `claim_timeout / 3`, and notices a cancelled
+            task there). False: only the steps of durable agents and checkpoint writes extend it.
+        fast_takeover: Hold a liveness lock and hand back the runs of dead workers of this package at
+            every poll (see the production docs); false: rely on leases alone.
         health_file: Path touched (mtime and a timestamp) after every successful poll; removed on stop.
         on_poll: Called after every successful poll with the worker's `WorkerHealth`.
         handle_signals: Install SIGTERM/SIGINT handlers while the worker runs.
@@ -60,6 +66,7 @@ class WorkerConfig:
     queue: str | None = None
     retry_policy: RetryPolicy = field(default_factory=RetryPolicy)
     heartbeat: bool = True
+    fast_takeover: bool = True
     health_file: str | os.PathLike[str] | None = None
     on_poll: Callable[[WorkerHealth], None] | None = None
     handle_signals: bool = True
@@ -85,6 +92,11 @@ class WorkerHealth:
         last_poll: `time.time()` of the last successful claim attempt (0 before the first).
         in_flight: Tasks running now.
         claimed, completed, suspended, retried, failed, handed_back: Counters since start.
+        cancelled: Tasks stopped because they were cancelled (`absurd.cancel_task`).
+        lost: Tasks stopped because their run was failed or handed back elsewhere.
+        takeover_checks: Checks for runs of dead workers done since start.
+        taken_over: Runs of dead workers this worker handed back (made claimable at once).
+        fast_takeover: This worker holds its liveness lock: its tasks are taken over at once if it dies.
     """
 
     ready: bool = False
@@ -97,6 +109,11 @@ class WorkerHealth:
     retried: int = 0
     failed: int = 0
     handed_back: int = 0
+    cancelled: int = 0
+    lost: int = 0
+    takeover_checks: int = 0
+    taken_over: int = 0
+    fast_takeover: bool = False
 
     def is_alive(self, max_age: float = 60.0) -> bool:
         """Whether the worker polled Postgres within `max_age` seconds (a liveness probe)."""

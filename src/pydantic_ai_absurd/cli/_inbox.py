@@ -1,0 +1,176 @@
+"""The `inbox`, `approve`, `deny` and `answer` subcommands: list and answer the human input durable runs wait for."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..inbox import Inbox, PendingRequest
+
+__all__ = ["add_parsers"]
+
+_ARGS_WIDTH = 60
+
+
+def _add_database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database",
+        "-d",
+        metavar="DSN",
+        help="Postgres connection string (default: $ABSURD_DATABASE_URL, $PGDATABASE, postgresql://localhost/absurd)",
+    )
+    parser.add_argument("--queue", "-q", metavar="NAME", help="only requests of tasks on this queue (default: all)")
+    parser.add_argument("--scope", metavar="SCOPE", help="only requests of this scope (see `Inbox(scope=...)`)")
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Add `inbox`, `approve`, `deny` and `answer` to the CLI."""
+    listing = subparsers.add_parser("inbox", help="list the requests durable runs wait for (oldest first)")
+    _add_database_options(listing)
+    listing.add_argument("--task", metavar="TASK_ID", help="only requests of this task")
+    listing.add_argument("--limit", type=int, metavar="N", help="at most N requests")
+    listing.add_argument("--json", action="store_true", help="print JSON (one array) instead of a table")
+    listing.set_defaults(handler=_cmd_inbox)
+
+    approve = subparsers.add_parser("approve", help="approve pending calls of a request (default: all of them)")
+    _add_database_options(approve)
+    approve.add_argument("token", metavar="TOKEN")
+    approve.add_argument("--call", metavar="ID", action="append", help="tool call ID to approve (repeatable)")
+    approve.add_argument("--by", metavar="NAME", help="who answers (kept as `answered_by`)")
+    approve.set_defaults(handler=_cmd_approve)
+
+    deny = subparsers.add_parser("deny", help="deny pending calls of a request; the model is told the reason")
+    _add_database_options(deny)
+    deny.add_argument("token", metavar="TOKEN")
+    deny.add_argument("--reason", required=True, help="what the model is told")
+    deny.add_argument("--call", metavar="ID", action="append", help="tool call ID to deny (repeatable)")
+    deny.add_argument("--by", metavar="NAME", help="who answers (kept as `answered_by`)")
+    deny.set_defaults(handler=_cmd_deny)
+
+    answer = subparsers.add_parser("answer", help="answer a request with DeferredToolResults JSON")
+    _add_database_options(answer)
+    answer.add_argument("token", metavar="TOKEN")
+    answer.add_argument(
+        "--results",
+        required=True,
+        metavar="JSON",
+        help='DeferredToolResults as JSON, e.g. \'{"calls": {"call-1": "42"}, "approvals": {"call-2": true}}\'',
+    )
+    answer.set_defaults(handler=_cmd_answer)
+
+
+def _inbox(args: argparse.Namespace) -> Inbox:
+    from absurd_sdk import AsyncAbsurd
+
+    from .._dsn import resolve_dsn
+    from ..inbox import Inbox
+
+    dsn = resolve_dsn(args.database)
+    return Inbox(AsyncAbsurd(dsn, queue_name=args.queue or "default"), dsn=dsn)
+
+
+def _age(asked_at: datetime, now: datetime) -> str:
+    seconds = max(int((now - asked_at).total_seconds()), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _rows(request: PendingRequest, now: datetime) -> list[list[str]]:
+    rows: list[list[str]] = []
+    calls = [("approve", call) for call in request.approvals] + [("result", call) for call in request.calls]
+    for kind, call in calls:
+        args = call.args_as_json_str()
+        if len(args) > _ARGS_WIDTH:
+            args = args[: _ARGS_WIDTH - 1] + "…"
+        rows.append(
+            [request.token, kind, call.tool_name, call.tool_call_id, args, request.task_id, _age(request.asked_at, now)]
+        )
+    return rows
+
+
+def _as_json(request: PendingRequest) -> dict[str, Any]:
+    def call(part: Any) -> dict[str, Any]:
+        return {"tool_name": part.tool_name, "tool_call_id": part.tool_call_id, "args": part.args_as_dict()}
+
+    return {
+        "token": request.token,
+        "task_id": request.task_id,
+        "queue_name": request.queue_name,
+        "task_name": request.task_name,
+        "agent_name": request.agent_name,
+        "name": request.name,
+        "approvals": [call(part) for part in request.approvals],
+        "calls": [call(part) for part in request.calls],
+        "metadata": request.metadata,
+        "scope": request.scope,
+        "asked_at": request.asked_at.isoformat(),
+        "expires_at": None if request.expires_at is None else request.expires_at.isoformat(),
+    }
+
+
+async def _cmd_inbox(args: argparse.Namespace) -> int:
+    from datetime import UTC
+
+    if args.limit is not None and args.limit < 1:
+        from ..errors import InvalidAnswerError
+
+        raise InvalidAnswerError(f"--limit must be at least 1, got {args.limit}.")
+    requests = await _inbox(args).pending(task_id=args.task, scope=args.scope, limit=args.limit, queue_name=args.queue)
+    if args.json:
+        print(json.dumps([_as_json(request) for request in requests], indent=2, default=str))
+        return 0
+    if not requests:
+        print("No pending requests.")
+        return 0
+    now = datetime.now(UTC)
+    header = ["TOKEN", "KIND", "TOOL", "CALL", "ARGUMENTS", "TASK", "AGE"]
+    table = [header] + [row for request in requests for row in _rows(request, now)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _report(token: str, remaining: PendingRequest | None, verb: str) -> int:
+    if remaining is None:
+        print(f"{verb} {token}; the run continues.")
+    else:
+        print(f"{verb} {token}; still pending: {', '.join(remaining.tool_call_ids)}.")
+    return 0
+
+
+async def _cmd_approve(args: argparse.Namespace) -> int:
+    remaining = await _inbox(args).approve(
+        args.token, tool_call_ids=args.call, answered_by=args.by, scope=args.scope, queue_name=args.queue
+    )
+    return _report(args.token, remaining, "Approved")
+
+
+async def _cmd_deny(args: argparse.Namespace) -> int:
+    remaining = await _inbox(args).deny(
+        args.token,
+        reason=args.reason,
+        tool_call_ids=args.call,
+        answered_by=args.by,
+        scope=args.scope,
+        queue_name=args.queue,
+    )
+    return _report(args.token, remaining, "Denied")
+
+
+async def _cmd_answer(args: argparse.Namespace) -> int:
+    from ..errors import InvalidAnswerError
+    from ..inbox._answers import RESULTS_ADAPTER
+
+    try:
+        results = RESULTS_ADAPTER.validate_json(args.results)
+    except ValueError as exc:
+        detail = " ".join(str(exc).split())
+        raise InvalidAnswerError(f"--results is not DeferredToolResults JSON: {detail}") from exc
+    remaining = await _inbox(args).answer(args.token, results, scope=args.scope, queue_name=args.queue)
+    return _report(args.token, remaining, "Answered")

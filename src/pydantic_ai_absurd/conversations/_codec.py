@@ -1,0 +1,78 @@
+"""How records and entries are stored: messages as JSON text through Pydantic AI's message adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, cast
+
+import pydantic
+from pydantic_ai.conversation_store import ConversationEntry, ConversationRecord
+from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
+from pydantic_ai.tools import DeferredToolRequests
+from pydantic_ai.usage import RunUsage
+
+_USAGE: pydantic.TypeAdapter[RunUsage] = pydantic.TypeAdapter(RunUsage)
+_DEFERRED: pydantic.TypeAdapter[DeferredToolRequests] = pydantic.TypeAdapter(DeferredToolRequests)
+
+
+def message_text(message: ModelMessage) -> str:
+    """One message as JSON text, exactly as `ModelMessagesTypeAdapter` writes it inside a list."""
+    return ModelMessagesTypeAdapter.dump_json([message]).decode()[1:-1]
+
+
+def messages_from_texts(texts: Sequence[str]) -> list[ModelMessage]:
+    """The messages stored as `texts`, validated in one call."""
+    if not texts:
+        return []
+    return ModelMessagesTypeAdapter.validate_json("[" + ",".join(texts) + "]")
+
+
+def entries_from_rows(rows: Sequence[tuple[Any, ...]]) -> list[ConversationEntry]:
+    """Entries from `(entry_id, parent_id, kind, message, ...)` rows, oldest first."""
+    messages = messages_from_texts([str(row[3]) for row in rows])
+    return [
+        ConversationEntry(id=str(row[0]), parent_id=cast("str | None", row[1]), message=message, kind=row[2])
+        for row, message in zip(rows, messages, strict=True)
+    ]
+
+
+def record_params(record: ConversationRecord) -> dict[str, object]:
+    """The column values of `record`."""
+    deferred = record.deferred_tool_requests
+    return {
+        "conversation_id": record.conversation_id,
+        "head_id": record.head_id,
+        "revision": record.revision,
+        "scope": record.scope,
+        "usage": _USAGE.dump_json(record.usage).decode(),
+        "deferred": _DEFERRED.dump_json(deferred).decode() if deferred is not None else None,
+        "forked_from": record.forked_from,
+        "forked_at": record.forked_at,
+        "branches": list(record.branches),
+        "updated_at": record.updated_at,
+        "format_version": record.format_version,
+    }
+
+
+def record_from_row(row: tuple[Any, ...]) -> ConversationRecord:
+    """A record from a row of `RECORD_COLUMNS`."""
+    (conversation_id, head_id, revision, scope, usage, deferred, forked_from, forked_at, branches, updated_at, fmt) = (
+        row
+    )
+    if fmt != 1:
+        raise ValueError(f"Conversation {conversation_id!r} is stored in format {fmt}, which this version cannot read.")
+    updated: datetime = updated_at
+    return ConversationRecord(
+        conversation_id=str(conversation_id),
+        head_id=head_id,
+        usage=_USAGE.validate_json(usage),
+        deferred_tool_requests=_DEFERRED.validate_json(deferred) if deferred is not None else None,
+        scope=scope,
+        forked_from=forked_from,
+        forked_at=forked_at,
+        branches=list(branches or ()),
+        revision=str(revision),
+        updated_at=updated,
+        format_version=1,
+    )

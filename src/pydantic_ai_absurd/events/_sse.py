@@ -1,0 +1,239 @@
+"""Serving a task's event log as Server-Sent Events in Pydantic AI's UI protocols (Vercel AI, AG-UI).
+
+The protocol encoding is Pydantic AI's own (`pydantic_ai.ui`'s `VercelAIEventStream` / `AGUIEventStream`
+`transform_stream` + `encode_event`). What this module adds is the SSE `id` of every event: its `seq`.
+After the chunks of event `seq` an `id: seq` line is sent, so a browser's `EventSource` reconnects with
+`Last-Event-ID: seq` and continues exactly after it. A reconnect replays the log from its start through a
+fresh protocol stream and sends only what comes after `Last-Event-ID`, so the protocol's own state (open
+text parts, tool calls, message ids) continues where the first connection left off. Status events (run
+started, waiting for input, step interrupted, ...) are sent as the protocol's custom data events: a
+`data-absurd-status` part (Vercel AI) or a `CUSTOM` event named `absurd.status` (AG-UI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import psycopg
+from absurd_sdk import AsyncAbsurd
+
+from .._absurd import client_conninfo, client_queue_name
+from ..errors import EventLogError
+from ._model import STATUS_KINDS, RunFinishedEvent, TaskEvent, encode_event
+from ._reader import _parse_after, _task_uuid, stream_events  # pyright: ignore[reportPrivateUsage]
+
+if TYPE_CHECKING:
+    from starlette.responses import Response
+
+__all__ = ["STATUS_EVENT_NAME", "UIProtocol", "event_stream_response", "sse_events"]
+
+UIProtocol = Literal["vercel-ai", "ag-ui"]
+
+STATUS_EVENT_NAME = "absurd-status"
+"""Vercel AI: status events are `data-absurd-status` parts; AG-UI: `CUSTOM` events named `absurd.status`."""
+
+
+def _ui_stream(protocol: str, task_id: str, sdk_version: Literal[5, 6, 7]) -> Any:
+    namespace = uuid.UUID(task_id)
+    try:
+        if protocol == "vercel-ai":
+            from pydantic_ai.ui.vercel_ai import VercelAIEventStream
+
+            @dataclass
+            class _VercelStream(VercelAIEventStream[Any, Any]):
+                _ids: int = 0
+
+                def new_message_id(self) -> str:
+                    # The same ids on every connection, so a reconnect continues the same messages.
+                    self._ids += 1
+                    self.message_id = str(uuid.uuid5(namespace, f"message-{self._ids}"))
+                    return self.message_id
+
+            return _VercelStream(sdk_version=sdk_version, server_message_id=task_id, message_id=task_id)
+        if protocol == "ag-ui":
+            from pydantic_ai.ui.ag_ui import AGUIEventStream
+
+            @dataclass
+            class _AGUIStream(AGUIEventStream[Any, Any]):
+                _ids: int = 0
+                clock_ms: int = 0
+                """When the event being transformed was written: the timestamp of what it produces."""
+
+                def _get_timestamp(self) -> int:  # pyright: ignore[reportIncompatibleMethodOverride]
+                    # Timestamps from the log, not the clock, so a reconnect sends the very same events.
+                    return self.clock_ms
+
+                def new_message_id(self) -> str:
+                    self._ids += 1
+                    self.message_id = str(uuid.uuid5(namespace, f"message-{self._ids}"))
+                    return self.message_id
+
+            return _AGUIStream(thread_id=task_id, run_id=task_id, message_id=task_id)
+    except ImportError as error:
+        raise EventLogError(
+            f"event_stream_response(protocol={protocol!r}) needs the `web` extra: "
+            f"pip install 'pydantic-ai-absurd[web]' ({error})."
+        ) from error
+    raise EventLogError(f"Unknown protocol {protocol!r}: use 'vercel-ai' or 'ag-ui'.")
+
+
+def _status_chunk(protocol: str, value: Any) -> Any:
+    if protocol == "vercel-ai":
+        from pydantic_ai.ui.vercel_ai.response_types import DataChunk
+
+        return DataChunk(type=f"data-{STATUS_EVENT_NAME}", data=value)
+    from ag_ui.core import CustomEvent
+
+    return CustomEvent(name="absurd.status", value=value)
+
+
+async def sse_events(
+    absurd: AsyncAbsurd,
+    task_id: str,
+    *,
+    protocol: UIProtocol = "vercel-ai",
+    last_event_id: str | int | None = None,
+    queue_name: str | None = None,
+    sdk_version: Literal[5, 6, 7] = 5,
+) -> AsyncGenerator[str]:
+    """The SSE text of `task_id`'s event log in `protocol`, after `last_event_id`, live until the run finished."""
+    task = _task_uuid(task_id)
+    after = _parse_after(last_event_id)
+    ui = _ui_stream(protocol, task, sdk_version)
+    out: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue(maxsize=256)
+
+    items = stream_events(absurd, task, queue_name=queue_name).__aiter__()
+    first = await anext(items, None)
+
+    def clock(item: TaskEvent) -> None:
+        if item.created_at is not None and hasattr(ui, "clock_ms"):
+            ui.clock_ms = int(item.created_at.timestamp() * 1000)
+
+    if first is not None:
+        clock(first)
+
+    async def log() -> AsyncIterator[TaskEvent]:
+        if first is None:
+            return
+        yield first
+        async for item in items:
+            yield item
+
+    async def source() -> AsyncIterator[Any]:
+        async for item in log():
+            clock(item)
+            if item.kind in STATUS_KINDS:
+                await out.put(("status", item.seq, item.event))
+                continue
+            await out.put(("current", item.seq, None))
+            yield item.event
+            await out.put(("done", item.seq, None))
+
+    async def produce() -> None:
+        try:
+            async for chunk in ui.transform_stream(source()):
+                await out.put(("chunk", 0, chunk))
+        except Exception as error:
+            await out.put(("error", 0, error))
+            return
+        await out.put(("end", 0, None))
+
+    producer = asyncio.ensure_future(produce())
+    current = 0
+    final = 0
+    try:
+        while True:
+            kind, seq, payload = await out.get()
+            if kind == "chunk":
+                if current > after or after == 0:  # the protocol's opening chunks come before event 1
+                    yield ui.encode_event(payload)
+            elif kind == "current":
+                current = seq
+            elif kind == "done":
+                if seq > after:
+                    yield f"id: {seq}\n\n"
+            elif kind == "status":
+                if seq > after:
+                    chunk = ui.encode_event(_status_chunk(protocol, {"seq": seq, **encode_event(payload)[1]}))
+                    if isinstance(payload, RunFinishedEvent):
+                        yield chunk  # its id follows the protocol's closing chunks
+                    else:
+                        yield f"{chunk}id: {seq}\n\n"
+                current = seq
+                if isinstance(payload, RunFinishedEvent):
+                    final = seq
+            elif kind == "error":
+                raise payload
+            else:
+                if final > after:
+                    yield f"id: {final}\n\n"
+                return
+    finally:
+        producer.cancel()
+        await asyncio.gather(producer, return_exceptions=True)
+
+
+async def _finished_by(absurd: AsyncAbsurd, queue_name: str, task_id: str, after: int) -> bool:
+    conninfo = client_conninfo(absurd)
+    if after <= 0 or conninfo is None:
+        return False
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select exists (select 1 from pydantic_ai_absurd.events where queue_name = %s and task_id = %s"
+            " and kind = 'run_finished' and seq <= %s)",
+            (queue_name, task_id, after),
+        )
+        row = await cur.fetchone()
+        return bool(row and row[0])
+
+
+def event_stream_response(
+    absurd: AsyncAbsurd,
+    task_id: str,
+    *,
+    protocol: UIProtocol = "vercel-ai",
+    last_event_id: str | int | None = None,
+    queue_name: str | None = None,
+    sdk_version: Literal[5, 6, 7] = 5,
+) -> Response:
+    """A Starlette response streaming `task_id`'s run as Server-Sent Events in a Pydantic AI UI protocol.
+
+    Return it from a Starlette or FastAPI handler. Pass the request's `Last-Event-ID` header as
+    `last_event_id`: SSE ids are the log's sequence numbers, so a reconnect continues exactly after the
+    last event the client received. A client that has already received the finished run gets `204 No
+    Content`, which tells an `EventSource` to stop reconnecting.
+
+    Args:
+        absurd: A client of the task's database (and queue, unless `queue_name` is given).
+        task_id: The task, as `spawn` returned it.
+        protocol: `"vercel-ai"` (Vercel AI data stream, `VercelAIEventStream`) or `"ag-ui"` (`AGUIEventStream`).
+        last_event_id: The `Last-Event-ID` request header, if any.
+        queue_name: The task's queue when it is not the client's.
+        sdk_version: Vercel AI SDK version to target (Vercel AI protocol only).
+    """
+    try:
+        from starlette.responses import Response, StreamingResponse
+    except ImportError as error:
+        raise EventLogError(
+            f"event_stream_response needs the `web` extra: pip install 'pydantic-ai-absurd[web]' ({error})."
+        ) from error
+    task = _task_uuid(task_id)
+    after = _parse_after(last_event_id)
+    queue = queue_name or client_queue_name(absurd)
+    ui = _ui_stream(protocol, task, sdk_version)
+    headers = {**dict(ui.response_headers or {}), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    body = sse_events(absurd, task, protocol=protocol, last_event_id=after, queue_name=queue, sdk_version=sdk_version)
+
+    class _EventStreamResponse(StreamingResponse):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if await _finished_by(absurd, queue, task, after):
+                await body.aclose()
+                await Response(status_code=204)(scope, receive, send)
+                return
+            await super().__call__(scope, receive, send)
+
+    return _EventStreamResponse(body, media_type=ui.content_type, headers=headers)

@@ -1,0 +1,106 @@
+"""`PendingRequest`: one durable wait for human input, as stored in the inbox and shown to whoever answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from pydantic import TypeAdapter
+from pydantic_ai.messages import ToolCallPart
+from pydantic_ai.tools import DeferredToolRequests
+
+__all__ = ["PendingRequest", "decided_ids", "open_requests", "parse_requests", "record_from_row"]
+
+REQUESTS_ADAPTER: TypeAdapter[DeferredToolRequests] = TypeAdapter(DeferredToolRequests)
+
+COLUMNS = (
+    "r.token, r.queue_name, r.task_id::text as task_id, r.task_name, r.agent_name, r.wait_name, r.requests::text as requests, r.scope,"
+    " r.asked_at, r.expires_at, nullif(r.decisions, '{}'::jsonb) as decisions"
+)
+"""The columns of `pydantic_ai_absurd.inbox_requests` (as `r`) that `record_from_row` reads, in its order."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PendingRequest:
+    """A durable run waiting for human input: the calls to approve or answer, and who is asking.
+
+    `approvals` and `calls` list only the calls still waiting for a decision (an answer may decide some of
+    them first with `tool_call_ids=`). The token is a bearer capability: whoever holds it can answer.
+    """
+
+    token: str
+    """The resume token of the wait; pass it to `Inbox.approve` / `deny` / `answer`."""
+    task_id: str
+    """The Absurd task whose run waits."""
+    queue_name: str
+    """The Absurd queue of that task."""
+    task_name: str
+    """The name the task was registered under."""
+    agent_name: str | None
+    """The name of the agent that asked, when it has one."""
+    name: str
+    """The name of the wait (`RequestInput(name=...)`, or the name given to `wait_for_external_event`)."""
+    approvals: list[ToolCallPart] = field(default_factory=list[ToolCallPart])
+    """Tool calls waiting for approval (`requires_approval=True`, `ApprovalRequired`)."""
+    calls: list[ToolCallPart] = field(default_factory=list[ToolCallPart])
+    """Tool calls waiting for an external result (`CallDeferred`, `ExternalToolset` tools)."""
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict[str, dict[str, Any]])
+    """Metadata of the deferred calls, keyed by `tool_call_id` (what the tool attached to `ApprovalRequired` / `CallDeferred`)."""
+    scope: str | None = None
+    """The scope recorded by `Inbox(scope=...)` (a tenant or user ID), or None."""
+    asked_at: datetime
+    """When the run asked (database time)."""
+    expires_at: datetime | None = None
+    """When the wait times out (`RequestInput(timeout=...)`), or None to wait without a limit."""
+
+    @property
+    def tool_call_ids(self) -> list[str]:
+        """IDs of every call still waiting, approvals first."""
+        return [call.tool_call_id for call in (*self.approvals, *self.calls)]
+
+
+def decided_ids(decisions: dict[str, Any]) -> set[str]:
+    """Tool call IDs that already have a decision in a stored (partial) answer."""
+    return set(cast(dict[str, Any], decisions.get("approvals") or {})) | set(
+        cast(dict[str, Any], decisions.get("calls") or {})
+    )
+
+
+def open_requests(requests: DeferredToolRequests, decisions: dict[str, Any]) -> DeferredToolRequests:
+    """The part of `requests` still without a decision."""
+    done = decided_ids(decisions)
+    return DeferredToolRequests(
+        approvals=[call for call in requests.approvals if call.tool_call_id not in done],
+        calls=[call for call in requests.calls if call.tool_call_id not in done],
+        metadata={key: value for key, value in requests.metadata.items() if key not in done},
+    )
+
+
+def parse_requests(value: object) -> DeferredToolRequests:
+    """The stored `requests` column (JSON text, as `COLUMNS` selects it) as `DeferredToolRequests`."""
+    if isinstance(value, str):
+        return REQUESTS_ADAPTER.validate_json(value)
+    return REQUESTS_ADAPTER.validate_python(value)
+
+
+def record_from_row(row: tuple[Any, ...]) -> PendingRequest:
+    """Build a `PendingRequest` from a row of `COLUMNS`."""
+    token, queue_name, task_id, task_name, agent_name, wait_name, requests, scope, asked_at, expires_at, decisions = row
+    remaining = parse_requests(requests)
+    if decisions:
+        remaining = open_requests(remaining, cast(dict[str, Any], decisions))
+    return PendingRequest(
+        token=str(token),
+        task_id=str(task_id),
+        queue_name=str(queue_name),
+        task_name=str(task_name),
+        agent_name=None if agent_name is None else str(agent_name),
+        name=str(wait_name),
+        approvals=remaining.approvals,
+        calls=remaining.calls,
+        metadata=remaining.metadata,
+        scope=None if scope is None else str(scope),
+        asked_at=asked_at,
+        expires_at=expires_at,
+    )

@@ -1,0 +1,212 @@
+"""The inbox's SQL on `pydantic_ai_absurd.inbox_requests` (Absurd's own tables only through `_absurd`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, cast
+
+import psycopg
+from psycopg import AsyncConnection, sql
+
+from .. import _absurd
+from ..errors import RequestNotPendingError
+from ..schema._tables import OWN_SCHEMA
+from ._records import COLUMNS
+
+__all__ = ["Row", "insert_request", "locked_request", "mark_notified", "pending_rows", "purge_rows", "save_decisions"]
+
+TABLE = sql.SQL("{}.inbox_requests").format(sql.Identifier(OWN_SCHEMA))
+_OPEN = "r.answered_at is null and (r.expires_at is null or r.expires_at > absurd.current_time())"
+
+Row = tuple[Any, ...]
+
+
+async def insert_request(
+    conn: AsyncConnection[Any],
+    *,
+    token: str,
+    queue_name: str,
+    task_id: str,
+    task_name: str,
+    agent_name: str | None,
+    wait_name: str,
+    requests: dict[str, Any],
+    scope: str | None,
+    timeout: timedelta | None,
+) -> tuple[Row, bool]:
+    """Record a request once per token (a retried step finds the first row); returns it and whether to notify."""
+    seconds = None if timeout is None else timeout.total_seconds()
+    await conn.execute(
+        sql.SQL(
+            "insert into {} (token, queue_name, task_id, task_name, agent_name, wait_name, requests, scope,"
+            " asked_at, expires_at) select %s, %s, %s, %s, %s, %s, %s::jsonb, %s, n.now,"
+            " n.now + make_interval(secs => %s) from (select absurd.current_time() as now) n"
+            " on conflict (token) do nothing"
+        ).format(TABLE),
+        (token, queue_name, task_id, task_name, agent_name, wait_name, json.dumps(requests), scope, seconds),
+    )
+    cur = await conn.execute(
+        sql.SQL("select {}, notified_at is null from {} r where token = %s").format(sql.SQL(COLUMNS), TABLE), (token,)
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return tuple(row[:-1]), bool(row[-1])
+
+
+async def mark_notified(conn: AsyncConnection[Any], token: str) -> None:
+    """Remember that `notify` ran for this request, so a retried step does not notify again."""
+    await conn.execute(sql.SQL("update {} set notified_at = now() where token = %s").format(TABLE), (token,))
+
+
+async def _open_queues(conn: AsyncConnection[Any]) -> list[str]:
+    cur = await conn.execute(sql.SQL("select distinct queue_name from {} r where {}").format(TABLE, sql.SQL(_OPEN)))
+    names = [str(row[0]) for row in await cur.fetchall()]
+    return await _absurd.existing_queues(conn, names) if names else []
+
+
+async def pending_rows(
+    conn: AsyncConnection[Any],
+    *,
+    token: str | None = None,
+    task_id: str | None = None,
+    scope: str | None = None,
+    limit: int | None = None,
+    queue_name: str | None = None,
+) -> list[Row]:
+    """Open requests whose task still runs or waits, oldest first (a union over the queues they belong to)."""
+    queues = [q for q in await _open_queues(conn) if queue_name is None or q == queue_name]
+    if not queues:
+        return []
+    filters = [sql.SQL(_OPEN), sql.SQL("r.queue_name = %s")]
+    params: list[Any] = []
+    if token is not None:
+        filters.append(sql.SQL("r.token = %s"))
+    if task_id is not None:
+        filters.append(sql.SQL("r.task_id = %s::uuid"))
+    if scope is not None:
+        filters.append(sql.SQL("r.scope = %s"))
+    per_queue: list[sql.Composable] = []
+    for queue in queues:
+        per_queue.append(
+            sql.SQL(
+                "(select {columns} from {table} r join {tasks} t on t.task_id = r.task_id"
+                " where {filters} and t.state <> all(%s)"
+                " and not exists (select 1 from {events} e where e.event_name = r.token and e.payload is not null)"
+                " order by r.asked_at, r.token {limit})"
+            ).format(
+                columns=sql.SQL(COLUMNS),
+                table=TABLE,
+                tasks=_absurd.task_states(queue),
+                events=_absurd.emitted_events(queue),
+                filters=sql.SQL(" and ").join(filters),
+                limit=sql.SQL("limit %s") if limit is not None else sql.SQL(""),
+            )
+        )
+        params.append(queue)
+        params.extend(value for value in (token, task_id, scope) if value is not None)
+        params.append(list(_absurd.TERMINAL_TASK_STATES))
+        if limit is not None:
+            params.append(limit)
+    query = sql.SQL("select * from ({}) q order by 9, 1").format(sql.SQL(" union all ").join(per_queue))
+    if limit is not None:
+        query = sql.SQL("{} limit %s").format(query)
+        params.append(limit)
+    cur = await conn.execute(query, params)
+    return [tuple(row) for row in await cur.fetchall()]
+
+
+async def locked_request(
+    conn: AsyncConnection[Any], token: str, scope: str | None, queue_name: str | None = None
+) -> tuple[Row, dict[str, Any]]:
+    """Lock the open request `token` for an answer (inside the caller's transaction); refuse it unless pending.
+
+    Returns the row and its stored decisions. Concurrent answers queue up on the row lock, so the second
+    sees the first one's answer.
+    """
+    cur = await conn.execute(
+        sql.SQL(
+            "select {}, r.answered_at is not null, r.expires_at is not null and r.expires_at <= absurd.current_time()"
+            " from {} r where r.token = %s for update"
+        ).format(sql.SQL(COLUMNS), TABLE),
+        (token,),
+    )
+    found = await cur.fetchone()
+    if found is None or (scope is not None and found[7] != scope) or (queue_name not in (None, found[1])):
+        raise RequestNotPendingError(f"No pending inbox request has token {token!r}.", token=token)
+    row, answered, expired = tuple(found[:-2]), bool(found[-2]), bool(found[-1])
+    if answered:
+        raise RequestNotPendingError(f"Inbox request {token!r} was already answered.", token=token)
+    if expired:
+        raise RequestNotPendingError(f"Inbox request {token!r} expired: its wait timed out.", token=token)
+    state, emitted = await _task_state(conn, str(row[1]), str(row[2]), token)
+    if state is None or state in _absurd.TERMINAL_TASK_STATES:
+        raise RequestNotPendingError(
+            f"Inbox request {token!r} is not pending: its task {row[2]} is {state or 'gone'}.", token=token
+        )
+    if emitted:  # resolved without the inbox (`resolve_event_token`, `absurd.emit_event`)
+        raise RequestNotPendingError(f"Inbox request {token!r} was already answered.", token=token)
+    return row, cast(dict[str, Any], row[10] or {})
+
+
+async def _task_state(conn: AsyncConnection[Any], queue_name: str, task_id: str, token: str) -> tuple[str | None, bool]:
+    """The task's state (None when it or its queue is gone) and whether the token's event was emitted."""
+    query = sql.SQL(
+        "select t.state, exists (select 1 from {events} e where e.event_name = %s and e.payload is not null)"
+        " from {tasks} t where t.task_id = %s::uuid"
+    ).format(events=_absurd.emitted_events(queue_name), tasks=_absurd.task_states(queue_name))
+    try:
+        async with conn.transaction():  # a savepoint: a dropped queue must not abort the answer's transaction
+            cur = await conn.execute(query, (token, task_id))
+            found = await cur.fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None, False
+    return (None, False) if found is None else (str(found[0]), bool(found[1]))
+
+
+async def save_decisions(
+    conn: AsyncConnection[Any],
+    row: Row,
+    decisions: dict[str, Any],
+    *,
+    complete: bool,
+    emit: Callable[[], Awaitable[None]],
+) -> None:
+    """Store the decisions; when they decide every call, mark the request answered and emit its event (same transaction)."""
+    await conn.execute(
+        sql.SQL(
+            "update {} set decisions = %s::jsonb, answered_at = case when %s then now() end where token = %s"
+        ).format(TABLE),
+        (json.dumps(decisions), complete, row[0]),
+    )
+    if complete:
+        await emit()
+
+
+async def purge_rows(conn: AsyncConnection[Any], older_than: timedelta) -> int:
+    """Delete requests asked more than `older_than` ago that are no longer pending; returns how many."""
+    cutoff = sql.SQL("r.asked_at < absurd.current_time() - make_interval(secs => %s)")
+    seconds = older_than.total_seconds()
+    cur = await conn.execute(
+        sql.SQL("delete from {} r where {} and not ({}) returning r.token").format(TABLE, cutoff, sql.SQL(_OPEN)),
+        (seconds,),
+    )
+    deleted = len(await cur.fetchall())
+    # Open rows whose task ended or is gone are not pending either.
+    cur = await conn.execute(sql.SQL("select distinct queue_name from {} r where {}").format(TABLE, cutoff), (seconds,))
+    queues = [str(found[0]) for found in await cur.fetchall()]
+    existing = set(await _absurd.existing_queues(conn, queues)) if queues else set[str]()
+    for queue in queues:
+        if queue in existing:
+            query = sql.SQL(
+                "delete from {} r where {} and r.queue_name = %s and not exists"
+                " (select 1 from {} t where t.task_id = r.task_id and t.state <> all(%s))"
+            ).format(TABLE, cutoff, _absurd.task_states(queue))
+            params: tuple[Any, ...] = (seconds, queue, list(_absurd.TERMINAL_TASK_STATES))
+        else:
+            query = sql.SQL("delete from {} r where {} and r.queue_name = %s").format(TABLE, cutoff)
+            params = (seconds, queue)
+        cur = await conn.execute(query, params)
+        deleted += cur.rowcount
+    return deleted

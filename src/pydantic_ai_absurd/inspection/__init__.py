@@ -1,0 +1,36 @@
+"""Inspection: what a durable task did, step by step, read from Absurd's tables and our checkpoints.
+
+`inspect_task(absurd, task_id)` returns a `TaskTimeline`: the task (name, queue, state, params, result
+or failure), its attempts (who claimed each, when, how it ended), every step in execution order
+grouped by agent run (kind, model, token usage, previews, tool name and arguments, the attempt that
+ran it and the attempts that replayed it) and totals (tokens spent, tokens saved by replay, time
+waiting). `list_tasks` lists tasks newest first. The CLI's `inspect` and `tasks` print them.
+"""
+
+from ._records import (
+    JSON_FORMAT_VERSION,
+    AgentRunRecord,
+    AttemptRecord,
+    StepKind,
+    StepRecord,
+    TaskSummary,
+    TaskTimeline,
+    TimelineTotals,
+    TokenUsage,
+)
+from ._timeline import FORKED_FROM_HEADER, inspect_task, list_tasks
+
+__all__ = [
+    "FORKED_FROM_HEADER",
+    "JSON_FORMAT_VERSION",
+    "AgentRunRecord",
+    "AttemptRecord",
+    "StepKind",
+    "StepRecord",
+    "TaskSummary",
+    "TaskTimeline",
+    "TimelineTotals",
+    "TokenUsage",
+    "inspect_task",
+    "list_tasks",
+]

@@ -1,0 +1,174 @@
+"""Human-readable output of `inspect` and `tasks`: aligned, at most 100 columns wide."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any, cast
+
+from ..errors import InvalidDurationError
+from ._records import AttemptRecord, StepRecord, TaskSummary, TaskTimeline, TokenUsage
+from ._steps import short_label
+
+__all__ = ["WIDTH", "parse_duration", "render_tasks", "render_timeline"]
+
+WIDTH = 100
+"""Columns the human output fits in."""
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text`: a number of seconds, or spans like `90s`, `15m`, `2h`, `1h30m`, `7d`, `2w`."""
+    stripped = text.strip()
+    try:
+        seconds = float(stripped)
+    except ValueError:
+        pieces = _DURATION.findall(stripped)
+        if not pieces or _DURATION.sub("", stripped).strip():
+            raise InvalidDurationError(
+                f"Invalid duration {text!r}: use seconds or spans like 90s, 15m, 2h, 1h30m, 7d."
+            ) from None
+        seconds = sum(float(amount) * _UNITS[unit.lower()] for amount, unit in pieces)
+    if seconds < 0:
+        raise InvalidDurationError(f"Invalid duration {text!r}: it must not be negative.")
+    return seconds
+
+
+def _fit(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+def _time(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _tokens(usage: TokenUsage) -> str:
+    return f"{usage.total_tokens} (in {usage.input_tokens}, out {usage.output_tokens}, {usage.requests} requests)"
+
+
+def render_tasks(tasks: list[TaskSummary]) -> str:
+    """The `tasks` table: task id, (queue,) name, state, attempts, age and the agent's last step."""
+    if not tasks:
+        return "No tasks."
+    with_queue = len({task.queue for task in tasks}) > 1
+    header = ("TASK ID", "QUEUE", "NAME", "STATE", "ATT", "AGE", "LAST STEP")
+    widths = [36, 12, 12, 9, 3, 5]
+    rows = [header] + [
+        (
+            task.task_id,
+            task.queue,
+            task.task_name,
+            task.state,
+            str(task.attempts),
+            _age(task.age_seconds),
+            short_label(task.last_step) if task.last_step else "-",
+        )
+        for task in tasks
+    ]
+    if not with_queue:
+        widths.pop(1)
+        rows = [row[:1] + row[2:] for row in rows]
+    widths.append(WIDTH - sum(widths) - 2 * len(widths))
+    right = {len(widths) - 3, len(widths) - 2}  # attempts and age
+    lines: list[str] = []
+    for row in rows:
+        cells = [_fit(cell, width) for cell, width in zip(row, widths, strict=True)]
+        padded = [
+            cell.rjust(width) if index in right else cell.ljust(width)
+            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        lines.append("  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+def _attempt_lines(attempt: AttemptRecord) -> list[str]:
+    steps = f"{attempt.steps_executed} step{'s' if attempt.steps_executed != 1 else ''} written"
+    line = (
+        f"  #{attempt.attempt:<3} {attempt.ended.replace('_', ' '):<13} by {_fit(attempt.claimed_by or '-', 30):<30}"
+        f"  {_time(attempt.started_at)}  {steps}"
+    )
+    lines = [line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"]
+    recorded: object = attempt.failure
+    if isinstance(recorded, dict):
+        failure = cast(dict[str, Any], recorded)
+        reason = f"{failure.get('name', '')}: {failure.get('message', '')}".strip(": ")
+        if reason:
+            lines.append("       " + _fit(reason, WIDTH - 7))
+    elif attempt.ended == "waiting" and attempt.wake_event:
+        lines.append("       " + _fit(f"waiting for event {attempt.wake_event}", WIDTH - 7))
+    return lines
+
+
+def _step_lines(step: StepRecord) -> list[str]:
+    who = f"ran #{step.executed_by}" if step.executed_by is not None else "ran ?"
+    if step.replayed_by:
+        who += ", replayed #" + ",#".join(str(attempt) for attempt in step.replayed_by)
+    time = step.committed_at.strftime("%H:%M:%S.%f")[:-3] if step.committed_at else "-"
+    head = f"  {step.index:>4}  {step.kind:<14} "
+    tail = f" {who} {time}"
+    if step.kind in {"tool_call", "mcp_call", "validate_args"}:
+        args = "" if step.tool_args is None else _json(step.tool_args)
+        what = f"{step.tool_name or '?'}({args})"
+    elif step.kind == "model_request":
+        usage = step.usage
+        what = f"{step.model_name or '?'} [{usage.input_tokens}+{usage.output_tokens} tok]" if usage else "?"
+        what += f" {step.preview}" if step.preview else ""
+    else:
+        what = step.name.split("__", 1)[-1] if step.kind == "other" else (step.preview or "")
+    first = head + _fit(what, WIDTH - len(head) - len(tail)).ljust(WIDTH - len(head) - len(tail)) + tail
+    lines = [first.rstrip()]
+    detail = step.error or step.result_preview
+    if detail:
+        lines.append("        " + _fit(("error: " if step.error else "→ ") + detail, WIDTH - 8))
+    return lines
+
+
+def render_timeline(timeline: TaskTimeline) -> str:
+    """The `inspect` report: the task, its attempts, its steps by agent run, and the totals."""
+    out = [
+        _fit(f"Task {timeline.task_id} ({timeline.task_name}) on queue {timeline.queue}: {timeline.state}", WIDTH),
+        "  params:  " + _fit(_json(timeline.params), WIDTH - 11),
+    ]
+    if timeline.forked_from:
+        out.append(f"  forked from: {timeline.forked_from}")
+    if timeline.result is not None:
+        out.append("  result:  " + _fit(_json(timeline.result), WIDTH - 11))
+    if timeline.failure is not None:
+        out.append("  failure: " + _fit(_json(timeline.failure), WIDTH - 11))
+    out.append(f"  spawned: {_time(timeline.enqueued_at)}   started: {_time(timeline.started_at)}")
+    out.append("")
+    out.append(f"Attempts ({len(timeline.attempts)}{f' of {timeline.max_attempts}' if timeline.max_attempts else ''})")
+    for attempt in timeline.attempts:
+        out.extend(_attempt_lines(attempt))
+    for run in timeline.runs:
+        out.append("")
+        label = "Steps outside agent runs" if run.agent is None else f"Agent run {run.agent} #{run.run_ordinal}"
+        out.append(f"{label} ({len(run.steps)} steps, {run.usage.total_tokens} tokens)")
+        for step in run.steps:
+            out.extend(_step_lines(step))
+    totals = timeline.totals
+    out.append("")
+    out.append("Totals")
+    out.append(f"  tokens spent:           {_tokens(totals.tokens_spent)}")
+    out.append(f"  tokens saved by replay: {_tokens(totals.tokens_saved)}")
+    out.append(f"  steps:                  {totals.steps} ({totals.steps_replayed} replayed by a later attempt)")
+    out.append(f"  waiting for input / sleeping: {totals.waiting_seconds:.1f}s")
+    return "\n".join(out)

@@ -1,0 +1,232 @@
+"""Replay-safe OpenTelemetry for durable runs: trace context from `spawn` to the worker, and run attributes.
+
+- `otel_hooks()` returns Absurd hooks for `AsyncAbsurd(hooks=...)`. `before_spawn` writes the current
+  trace context (W3C `traceparent` / `tracestate`, through the globally configured propagator) into the
+  task's headers under `"otel"`; `wrap_task_execution` runs each task execution in an
+  `absurd task <name>` span that is a child of it, so one trace shows web request → task → agent run →
+  model and tool calls, across processes. `run_worker` applies them by default when OpenTelemetry is
+  importable (set `PYDANTIC_AI_ABSURD_OTEL=0` to turn that off).
+- Replayed steps produce no spans: Pydantic AI never ends (so never exports) a model-request or tool span
+  whose durable units were all replayed, and every step reports whether it ran. Each agent run span of
+  an attempt carries `absurd.task_id`, `absurd.run_id`, `absurd.attempt` and `absurd.replayed_steps`,
+  and its aggregated token usage counts only the model requests this attempt made, so summing the
+  agent run spans of all attempts does not count a request twice.
+
+The usage the agent run span reports is reached through `_pydantic_ai.active_run_usage()` (a private
+name of Pydantic AI, documented there); when it is missing the span reports the run's whole usage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import json
+import os
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, cast
+
+from absurd_sdk import AbsurdHooks, AsyncTaskContext, CancelledTask, FailedTask, SpawnOptions, SuspendTask
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+
+from . import _absurd
+from ._naming import escape
+from ._pydantic_ai import active_run_usage
+
+__all__ = ["OTEL_ENV_VAR", "TRACE_HEADER", "otel_hooks", "run_telemetry", "with_default_hooks"]
+
+TRACE_HEADER = "otel"
+"""The task header holding the propagated trace context (a dict of `traceparent`, `tracestate`, ...)."""
+
+OTEL_ENV_VAR = "PYDANTIC_AI_ABSURD_OTEL"
+"""Set to `0` to keep `run_worker` from applying `otel_hooks()` by default."""
+
+_MARK = "__pydantic_ai_absurd_otel__"
+_TRACER_NAME = "pydantic_ai_absurd"
+
+
+def _tracer(provider: TracerProvider | None) -> trace.Tracer:
+    return trace.get_tracer(_TRACER_NAME, tracer_provider=provider)
+
+
+def _inject(options: SpawnOptions) -> SpawnOptions:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    if not carrier:
+        return options
+    headers = dict(options.get("headers") or {})
+    headers[TRACE_HEADER] = cast(Any, carrier)
+    return cast(SpawnOptions, {**options, "headers": headers})
+
+
+def otel_hooks(hooks: AbsurdHooks | None = None, *, tracer_provider: TracerProvider | None = None) -> AbsurdHooks:
+    """Hooks for `AsyncAbsurd(hooks=otel_hooks())` that carry the trace context from `spawn` to the worker.
+
+    `before_spawn` works on any client; `wrap_task_execution` is async, for `AsyncAbsurd` workers.
+
+    Args:
+        hooks: Hooks to keep: their `before_spawn` runs first (sync or async), then the context is
+            injected; their `wrap_task_execution` runs inside the task span.
+        tracer_provider: The provider of the task spans (default: the global one).
+    """
+    base: dict[str, Any] = dict(hooks or {})
+    user_spawn = base.get("before_spawn")
+    user_wrap = base.get("wrap_task_execution")
+    if getattr(user_wrap, _MARK, False):
+        return cast(AbsurdHooks, base)  # already applied
+    tracer = _tracer(tracer_provider)
+
+    if user_spawn is not None and inspect.iscoroutinefunction(user_spawn):
+        spawn_hook: Callable[..., Any]
+
+        async def before_spawn_async(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
+            return _inject(await user_spawn(task_name, params, options))
+
+        spawn_hook = before_spawn_async
+    else:
+
+        def before_spawn(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
+            if user_spawn is not None:
+                options = user_spawn(task_name, params, options)
+            return _inject(options)
+
+        spawn_hook = before_spawn
+
+    async def wrap_task_execution(ctx: AsyncTaskContext, execute: Callable[[], Awaitable[Any]]) -> Any:
+        carrier = ctx.headers.get(TRACE_HEADER)
+        parent = propagate.extract(cast(dict[str, str], carrier)) if isinstance(carrier, dict) else None
+        task = _absurd.claimed_task_of(ctx)
+        queue, task_name = _absurd.task_identity(ctx)
+        attributes = {
+            "absurd.queue": queue,
+            "absurd.task_name": task_name,
+            "absurd.task_id": str(ctx.task_id),
+            "absurd.run_id": str(task["run_id"]),
+            "absurd.attempt": int(task["attempt"]),
+        }
+        with tracer.start_as_current_span(
+            f"absurd task {task_name}",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                result: Any = user_wrap(ctx, execute) if user_wrap is not None else execute()
+                if inspect.isawaitable(result):
+                    result = await result
+            except SuspendTask:
+                span.set_attribute("absurd.outcome", "suspended")
+                raise
+            except CancelledTask:
+                span.set_attribute("absurd.outcome", "cancelled")
+                raise
+            except FailedTask:
+                span.set_attribute("absurd.outcome", "lost")
+                raise
+            except BaseException as error:
+                span.set_attribute("absurd.outcome", "failed")
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                raise
+            span.set_attribute("absurd.outcome", "completed")
+            return result
+
+    setattr(wrap_task_execution, _MARK, True)
+    return cast(AbsurdHooks, {**base, "before_spawn": spawn_hook, "wrap_task_execution": wrap_task_execution})
+
+
+def with_default_hooks(hooks: AbsurdHooks) -> AbsurdHooks:
+    """`otel_hooks(hooks)` unless they are applied already or `PYDANTIC_AI_ABSURD_OTEL=0` (the worker's default)."""
+    if os.environ.get(OTEL_ENV_VAR, "1").strip().lower() in {"0", "false", "no", "off"}:
+        return hooks
+    return otel_hooks(hooks)
+
+
+# -- The agent run span of each attempt -------------------------------------------------------------
+
+
+def _subtract(run_usage: Any, usage: dict[str, Any]) -> None:
+    for field in dataclasses.fields(run_usage):
+        recorded = usage.get(field.name)
+        current = getattr(run_usage, field.name)
+        if field.name == "details" and isinstance(recorded, dict) and isinstance(current, dict):
+            details = cast(dict[str, int], current)
+            for key, value in cast(dict[str, Any], recorded).items():
+                if isinstance(value, int) and key in details:
+                    details[key] -= value
+        elif isinstance(recorded, int | float) and isinstance(current, int | float):
+            setattr(run_usage, field.name, current - recorded)
+
+
+def _value(state: object) -> Any:
+    if isinstance(state, dict):
+        text = cast(dict[str, Any], state).get("json")
+        if isinstance(text, str):
+            return json.loads(text)
+    return None
+
+
+def _reached(name: str, encounters: dict[str, int]) -> bool:
+    base, sep, count = name.rpartition("#")
+    if sep and count.isdigit():
+        return encounters.get(base, 0) >= int(count)
+    return encounters.get(name, 0) >= 1
+
+
+def _replayed_steps(
+    task_ctx: AsyncTaskContext, names: frozenset[str], prefix: str, agent: str, run_id: str
+) -> list[str]:
+    start_time = f"{agent}__run.start_time@{escape(run_id)}" if run_id else None
+    encounters = _absurd.step_encounters(task_ctx)
+    own = [
+        name
+        for name in names
+        if (name.startswith(f"{prefix}__") and "__run.start_time@" not in name) or name == start_time
+    ]
+    return [name for name in own if _reached(name, encounters)]
+
+
+@contextlib.contextmanager
+def run_telemetry(task_ctx: AsyncTaskContext, *, agent: str, prefix: str, run_id: str | None) -> Generator[None]:
+    """Annotate the current agent run span with the task, the attempt and the steps this attempt replayed.
+
+    Takes the usage of the replayed model requests off the usage the span reports, so that summing the
+    agent run spans of every attempt counts each request once.
+    """
+    span = trace.get_current_span()
+    if not span.is_recording():
+        yield
+        return
+    task = _absurd.claimed_task_of(task_ctx)
+    span.set_attributes(
+        {
+            "absurd.task_id": str(task_ctx.task_id),
+            "absurd.run_id": str(task["run_id"]),
+            "absurd.attempt": int(task["attempt"]),
+        }
+    )
+    preloaded = _absurd.preloaded_checkpoint_names(task_ctx)
+    run_usage = active_run_usage()
+    try:
+        yield
+    finally:
+        replayed = _replayed_steps(task_ctx, preloaded, prefix, agent, run_id or "")
+        span.set_attribute("absurd.replayed_steps", len(replayed))
+        if run_usage is not None:
+            _discount(run_usage, task_ctx, replayed)
+
+
+def _discount(run_usage: Any, task_ctx: AsyncTaskContext, replayed: list[str]) -> None:
+    for name in replayed:
+        value = _value(_absurd.checkpoint_state(task_ctx, name))
+        if not isinstance(value, dict):
+            continue
+        entries = cast(dict[str, Any], value)
+        if "model.request" in name and isinstance(entries.get("usage"), dict):
+            _subtract(run_usage, cast(dict[str, Any], entries["usage"]))
+            run_usage.requests -= 1
+        elif ".call_tool" in name and entries.get("kind") == "tool_return":
+            run_usage.tool_calls -= 1

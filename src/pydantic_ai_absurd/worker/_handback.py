@@ -1,0 +1,79 @@
+"""Handing runs back: our own on shutdown or a lost connection, and those of dead workers (fast takeover)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from .._absurd import hand_back_orphaned_runs, schedule_run_now
+from ..errors import one_line
+from ._config import WorkerHealth
+from ._takeover import CLAIM_PREFIX
+
+__all__ = ["hand_back_run", "take_over_orphans"]
+
+logger = logging.getLogger("pydantic_ai_absurd.worker")
+
+ConnectionFactory = Callable[[], contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
+
+
+async def hand_back_run(
+    connection: ConnectionFactory, queue: str, run_id: str, what: str, why: str, *, patience: float
+) -> bool:
+    """Make the run claimable at once (`absurd.schedule_run(..., now)`), retrying while Postgres is away.
+
+    Gives up after `patience` seconds (the run is then claimable again once its lease expires). Returns
+    whether the run was handed back.
+    """
+    deadline = time.monotonic() + patience
+    delay = 0.2
+    while True:
+        try:
+            async with connection() as conn:
+                await schedule_run_now(conn, queue, run_id)
+        except psycopg.errors.RaiseException:
+            logger.info("not handing back %s: the run is no longer running", what)
+            return False
+        except (psycopg.Error, OSError) as err:
+            if time.monotonic() + delay > deadline:
+                logger.warning(
+                    "could not hand back %s (%s); it is claimable again once its lease expires",
+                    what,
+                    one_line(err, with_type=True),
+                )
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        logger.info("handed back %s because %s; it is claimable again at once", what, why)
+        return True
+
+
+async def take_over_orphans(connection: ConnectionFactory, queue: str, identity: str, health: WorkerHealth) -> int:
+    """Hand back the running runs of `queue` whose worker (one of this package's) is dead; return how many.
+
+    Never raises on a database error (the next check tries again).
+    """
+    try:
+        async with connection() as conn:
+            rows = await hand_back_orphaned_runs(conn, queue, CLAIM_PREFIX, identity)
+    except (psycopg.Error, OSError) as err:
+        logger.debug("takeover check failed: %s", one_line(err, with_type=True))
+        return 0
+    finally:
+        health.takeover_checks += 1
+    for run_id, task_id, claimed_by in rows:
+        health.taken_over += 1
+        logger.info(
+            "took over task_id=%s run_id=%s: its worker %s is gone (no liveness lock); claimable again at once",
+            task_id,
+            run_id,
+            claimed_by,
+        )
+    return len(rows)

@@ -1,0 +1,181 @@
+"""Fast takeover: a worker proves it is alive with session locks; peers hand back the runs of dead workers.
+
+Every worker holds a session-level shared advisory lock keyed by its claim identity
+(`pg_advisory_lock_shared(hashtextextended(identity, 0))`) on `LOCK_CONNECTIONS` long-lived connections
+of its own, and records that identity as `claimed_by` of every run it claims. Postgres releases
+session locks when a backend exits; when a worker process dies (SIGKILL, OOM kill, crash) the kernel
+closes its sockets and all its backends exit at once, so its lock disappears within milliseconds.
+
+Every poll interval each worker looks for running runs of its queue claimed by a worker of this
+package (`claimed_by` starts with `CLAIM_PREFIX`) whose lock nobody holds any more
+(`pg_try_advisory_xact_lock` succeeds) and hands them back with `absurd.schedule_run(queue, run_id,
+now)`: claimable at once, no attempt used, resumed from their checkpoints.
+
+A live worker never loses a run this way: a paused (SIGSTOP) or slow process keeps its connections,
+so Postgres keeps its locks; losing one connection leaves the lock held on the other, and the lost
+one is reconnected and re-locked at the next check. Behind a pooler in transaction mode (PgBouncer)
+session locks do not belong to the client; the worker detects that at start-up (the backend changes
+between statements, or the lock is not visible) and claims with its plain `worker_id`, so its runs
+fall back to lease expiry. Lease expiry also stays the fallback for lost machines and partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+import psycopg
+
+from .._absurd import backend_pid, hold_worker_lock, worker_lock_held
+from ..errors import one_line
+
+__all__ = ["CLAIM_PREFIX", "LOCK_CONNECTIONS", "Liveness", "claim_identity"]
+
+logger = logging.getLogger("pydantic_ai_absurd.worker")
+
+CLAIM_PREFIX = "pydantic-ai-absurd:"
+"""Prefix of `claimed_by` for the runs claimed by a worker that holds a liveness lock."""
+
+LOCK_CONNECTIONS = 2
+"""Connections each holding the worker's liveness lock: losing one of them does not look like death."""
+
+
+def claim_identity(worker_id: str) -> str:
+    """The `claimed_by` of a worker process: prefix, worker id and a random suffix unique to this process.
+
+    The suffix keeps a restarted worker with the same `worker_id` (a StatefulSet pod) from keeping
+    the runs of its dead predecessor alive.
+    """
+    return f"{CLAIM_PREFIX}{worker_id}:{secrets.token_hex(4)}"
+
+
+class Liveness:
+    """The worker's liveness lock, held on `LOCK_CONNECTIONS` connections and re-taken when one is lost."""
+
+    def __init__(self, dsn: str, identity: str, *, connect_timeout: int, application_name: str) -> None:
+        self.identity = identity
+        self.enabled = False
+        self._dsn = dsn
+        self._connect_timeout = connect_timeout
+        self._application_name = application_name
+        self._conns: list[psycopg.AsyncConnection[Any] | None] = [None] * LOCK_CONNECTIONS
+        self._pids: list[int | None] = [None] * LOCK_CONNECTIONS
+        self._checking = asyncio.Lock()
+
+    @property
+    def held(self) -> int:
+        """How many of the lock connections hold the lock now (as last checked)."""
+        return sum(1 for pid in self._pids if pid is not None)
+
+    async def start(self) -> bool:
+        """Take the lock on every connection and check that it is really held; false means "use leases".
+
+        Logs one line when it falls back to leases (a transaction-mode pooler, or the lock cannot be taken).
+        """
+        try:
+            for slot in range(LOCK_CONNECTIONS):
+                await self._lock(slot)
+            pooled = await self._looks_pooled()
+        except (psycopg.Error, OSError) as err:
+            logger.warning(
+                "fast takeover disabled: cannot hold the liveness lock (%s); tasks of this worker are picked "
+                "up by others only when their lease expires",
+                one_line(err, with_type=True),
+            )
+            await self.close()
+            return False
+        if pooled:
+            logger.warning(
+                "fast takeover disabled: the connection looks pooled in transaction mode (PgBouncer?): session "
+                "locks do not work there; tasks of this worker are picked up by others only when their lease expires"
+            )
+            await self.close()
+            return False
+        self.enabled = True
+        return True
+
+    async def _looks_pooled(self) -> bool:
+        for slot, conn in enumerate(self._conns):
+            pid = self._pids[slot]
+            assert conn is not None and pid is not None
+            if await backend_pid(conn) != pid or await backend_pid(conn) != pid:
+                return True
+            if not await worker_lock_held(conn, self.identity, pid):
+                return True
+        return False
+
+    async def _lock(self, slot: int) -> None:
+        old = self._conns[slot]
+        self._conns[slot] = None
+        self._pids[slot] = None
+        if old is not None:
+            await old.close()
+        conn = await psycopg.AsyncConnection.connect(
+            self._dsn,
+            autocommit=True,
+            connect_timeout=self._connect_timeout,
+            application_name=f"{self._application_name}{slot}",
+        )
+        try:
+            pid = await hold_worker_lock(conn, self.identity)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conns[slot] = conn
+        self._pids[slot] = pid
+
+    async def check(self) -> int:
+        """Check every lock connection; reconnect and re-lock the lost ones; return how many hold the lock.
+
+        Never raises on a database error. The worker calls it before every claim (so it never claims in
+        its marked name while holding no lock) and every poll interval.
+        """
+        if not self.enabled:
+            return 0
+        async with self._checking:
+            await self._check()
+        return self.held
+
+    async def _check(self) -> None:
+        for slot in range(LOCK_CONNECTIONS):
+            if await self._alive(slot):
+                continue
+            logger.warning("liveness lock connection %d was lost; reconnecting", slot)
+            try:
+                await self._lock(slot)
+            except (psycopg.Error, OSError) as err:
+                if self.held == 0:
+                    logger.warning(
+                        "no liveness lock held (%s): other workers may take over this worker's tasks",
+                        one_line(err, with_type=True),
+                    )
+                continue
+            logger.info("liveness lock connection %d holds the lock again", slot)
+
+    async def _alive(self, slot: int) -> bool:
+        conn, pid = self._conns[slot], self._pids[slot]
+        if conn is None or pid is None or conn.closed or conn.broken:
+            return False
+        try:
+            return await backend_pid(conn) == pid
+        except (psycopg.Error, OSError):
+            return False
+
+    async def close(self) -> None:
+        """Release the lock (close its connections)."""
+        self.enabled = False
+        conns = self._conns
+        self._conns = [None for _ in range(LOCK_CONNECTIONS)]
+        self._pids = [None] * LOCK_CONNECTIONS
+        for conn in conns:
+            if conn is not None:
+                await conn.close()
+
+
+async def run_checks(liveness: Liveness, interval: float) -> None:
+    """Check the liveness lock connections every `interval` seconds, forever."""
+    while True:
+        await asyncio.sleep(interval)
+        await liveness.check()

@@ -1,0 +1,181 @@
+"""One claimed task on a worker: its bookkeeping, the `wrap_task_execution` hook, and its outcome log line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import psycopg
+from absurd_sdk import AbsurdHooks, AsyncTaskContext, CancelledTask, ClaimedTask, FailedTask, SuspendTask
+from pydantic_ai import Agent
+
+from .._absurd import end_state_of
+from .._execution import execution_state, keep_lease
+from ..errors import one_line
+from ._config import WorkerHealth
+from ._failure import record_task_failure
+from ._retry import RetryPolicy, check_json_result
+from ._threads import TaskThreads
+
+__all__ = ["ConnectionLost", "Running", "log_outcome", "wrap_execution"]
+
+logger = logging.getLogger("pydantic_ai_absurd.worker")
+
+Outcome = Literal["completed", "suspended", "retry", "failed", "cancelled", "lost"]
+
+
+class ConnectionLost(BaseException):
+    """The task's own connection broke; raised past the SDK's `except Exception` to hand the run back."""
+
+
+@dataclass
+class Running:
+    """A claimed task while this worker runs it."""
+
+    task: ClaimedTask
+    outcome: Outcome | None = None
+    reason: str | None = None
+    error: BaseException | None = None
+    stop_reason: Literal["shutdown"] | None = None
+
+    def describe(self) -> str:
+        """`task_id=... task=... attempt=...`, as every log line about the task shows it."""
+        return f"task_id={self.task['task_id']} task={self.task['task_name']} attempt={self.task['attempt']}"
+
+
+@contextlib.asynccontextmanager
+async def _lease(ctx: AsyncTaskContext, enabled: bool, running: Running, threads: TaskThreads) -> AsyncGenerator[None]:
+    """Hold the engine's lease keeper around the whole execution; turn its cancellation into Absurd's end state.
+
+    When a heartbeat reports the task cancelled (or the run failed elsewhere) while no step body runs, the
+    keeper cancels the execution; the cancellation that reaches us then is raised as `CancelledTask` /
+    `FailedTask`, the one type user code and the SDK see for it. Before the lease is let go, the sync
+    tools of the task still running in threads are awaited (their claim kept alive meanwhile).
+    """
+    try:
+        async with keep_lease(ctx) if enabled else contextlib.nullcontext():
+            try:
+                yield
+            finally:
+                await _wait_for_threads(running, threads)
+    except asyncio.CancelledError:
+        ended = execution_state(ctx).ended
+        if ended is None or running.stop_reason is not None or not isinstance(ended, CancelledTask | FailedTask):
+            raise
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+        raise ended from None
+
+
+async def _wait_for_threads(running: Running, threads: TaskThreads) -> None:
+    if not threads.running:
+        return
+    logger.warning(
+        "waiting for %d synchronous call(s) of %s still running in a thread (a thread cannot be interrupted); "
+        "the run is handed back when they return",
+        threads.running,
+        running.describe(),
+    )
+    await threads.wait()
+
+
+def wrap_execution(
+    running: Running,
+    conn: psycopg.AsyncConnection[Any],
+    queue: str,
+    user_hooks: AbsurdHooks,
+    policy: RetryPolicy,
+    *,
+    heartbeat: bool,
+    threads: TaskThreads,
+) -> AbsurdHooks:
+    """The hooks of the per-task client: the user's, with `wrap_task_execution` wrapped by the worker's."""
+    user_wrap = user_hooks.get("wrap_task_execution")
+    task = running.task
+
+    async def wrap(ctx: Any, execute: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            async with _lease(cast("AsyncTaskContext", ctx), heartbeat, running, threads):
+                with Agent.using_thread_executor(threads):
+                    if user_wrap is not None:
+                        result = user_wrap(cast("AsyncTaskContext", ctx), execute)
+                        if inspect.isawaitable(result):
+                            result = await result
+                    else:
+                        result = await execute()
+            check_json_result(task["task_name"], result)
+        except SuspendTask:
+            running.outcome = "suspended"
+            raise
+        except CancelledTask:
+            running.outcome = "cancelled"
+            raise
+        except FailedTask:
+            running.outcome = "lost"
+            raise
+        except Exception as err:
+            if conn.broken or conn.closed:
+                raise ConnectionLost() from err
+            running.error = err
+            try:
+                running.outcome, running.reason = await record_task_failure(conn, queue, task, err, policy)
+            except psycopg.Error as db_err:
+                ended = end_state_of(db_err)
+                if ended == "cancelled":
+                    running.outcome = "cancelled"
+                    raise CancelledTask() from err
+                if ended == "failed":
+                    running.outcome = "lost"
+                    raise FailedTask() from err
+                if conn.broken or conn.closed:
+                    raise ConnectionLost() from err
+                raise
+            raise FailedTask() from err  # the run is failed already; the SDK ignores FailedTask
+        running.outcome = "completed"
+        return result
+
+    return {**user_hooks, "wrap_task_execution": wrap}
+
+
+def log_outcome(running: Running, health: WorkerHealth) -> None:
+    """Count the outcome in `health` and log its one line."""
+    what = running.describe()
+    match running.outcome:
+        case "completed":
+            health.completed += 1
+            logger.info("completed %s", what)
+        case "suspended":
+            health.suspended += 1
+            logger.info("suspended %s (sleeping or waiting for an event)", what)
+        case "retry":
+            health.retried += 1
+            logger.warning("failed %s, will retry: %s", what, describe_error(running.error))
+        case "failed":
+            health.failed += 1
+            if running.reason is not None:
+                logger.error(
+                    "failed %s for good (non-retryable: %s): %s", what, running.reason, describe_error(running.error)
+                )
+            else:
+                logger.error("failed %s for good (attempts exhausted): %s", what, describe_error(running.error))
+        case "cancelled":
+            health.cancelled += 1
+            logger.info("cancelled %s: the task was cancelled; its handler stopped", what)
+        case "lost":
+            health.lost += 1
+            logger.warning(
+                "lost the claim of %s: the run was failed or handed back elsewhere (lease expired?); stopped it", what
+            )
+        case None:
+            pass  # unknown task deferred by Absurd, or a queue mismatch failed by it
+
+
+def describe_error(err: BaseException | None) -> str:
+    """One line for an error (or `?`)."""
+    return "?" if err is None else one_line(err, with_type=True)

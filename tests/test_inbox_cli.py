@@ -1,0 +1,103 @@
+"""`pydantic-ai-absurd inbox / approve / deny / answer` against real waiting runs; errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from absurd_sdk import AsyncAbsurd
+
+from pydantic_ai_absurd import Inbox
+from pydantic_ai_absurd.cli import main
+
+from .inbox_support import approval_agent
+from .support import run_until_done
+from .test_inbox import start
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = await asyncio.to_thread(main, list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def test_list_approve_and_deny_from_the_command_line(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inbox = Inbox(absurd_client)
+    calls = [("delete_file", {"path": "/a"}, "d1"), ("refund", {"amount": 900}, "r1")]
+    agent, _, counters = approval_agent(inbox, calls=calls)
+    task_id = await start(absurd_client, agent)
+    db = ("--database", absurd_dsn, "--queue", absurd_queue)
+
+    code, out, _ = await cli(capsys, "inbox", *db)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["TOKEN", "KIND", "TOOL", "CALL", "ARGUMENTS", "TASK", "AGE"]
+    assert any("delete_file" in line and '{"path":"/a"}' in line and task_id in line for line in lines)
+    assert any("refund" in line and '{"amount":900}' in line for line in lines)
+
+    code, out, _ = await cli(capsys, "inbox", "--json", *db)
+    [listed] = json.loads(out)
+    assert listed["task_id"] == task_id and listed["agent_name"] == "ops"
+    assert sorted(call["tool_call_id"] for call in listed["approvals"]) == ["d1", "r1"]
+    token = listed["token"]
+
+    code, out, _ = await cli(capsys, "approve", token, "--call", "r1", "--by", "alice", *db)
+    assert (code, out.strip()) == (0, f"Approved {token}; still pending: d1.")
+    code, _, err = await cli(capsys, "approve", token, "--call", "r1", *db)
+    assert code == 2 and err.count("\n") == 1 and "'r1'" in err and "not pending approvals" in err
+    code, out, _ = await cli(capsys, "deny", token, "--reason", "keep /a", "--by", "bob", *db)
+    assert (code, out.strip()) == (0, f"Denied {token}; the run continues.")
+    code, _, err = await cli(capsys, "deny", token, "--reason", "again", *db)
+    assert code == 2 and err.count("\n") == 1 and "already answered" in err
+
+    done = await run_until_done(absurd_client, task_id)
+    assert "refund=refunded 900" in str(done.result) and "delete_file=keep /a" in str(done.result)
+    assert counters.runs == {"refund": 1}
+    code, out, _ = await cli(capsys, "inbox", *db)
+    assert out.strip() == "No pending requests."
+
+
+async def test_answer_with_results_json(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inbox = Inbox(absurd_client)
+    agent, _, _ = approval_agent(inbox, calls=[("lookup", {"key": "k"}, "l1")])
+    task_id = await start(absurd_client, agent)
+    [request] = await inbox.pending(task_id=task_id)
+    db = ("-d", absurd_dsn, "-q", absurd_queue)
+    code, _, err = await cli(capsys, "answer", request.token, "--results", "{not json", *db)
+    assert code == 2 and err.count("\n") == 1 and "--results is not DeferredToolResults JSON" in err
+    code, _, err = await cli(capsys, "answer", request.token, "--results", '{"calls": {"nope": 1}}', *db)
+    assert code == 2 and "'nope'" in err
+    code, _, err = await cli(
+        capsys, "answer", request.token, "--results", '{"calls": {"l1": 1}}', "-d", absurd_dsn, "-q", "other"
+    )
+    assert code == 2 and "No pending inbox request" in err
+    code, out, _ = await cli(capsys, "answer", request.token, "--results", '{"calls": {"l1": "found it"}}', *db)
+    assert code == 0 and "the run continues" in out
+    done = await run_until_done(absurd_client, task_id)
+    assert done.result == "lookup=found it", done.failure
+
+
+async def test_unknown_tokens_and_missing_databases_are_one_line_errors(
+    absurd_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = await cli(capsys, "approve", "pydantic-ai-absurd:x:y", "-d", absurd_dsn)
+    assert (
+        code == 2
+        and err.strip() == "pydantic-ai-absurd: error: No pending inbox request has token 'pydantic-ai-absurd:x:y'."
+    )
+    code, _, err = await cli(capsys, "inbox", "-d", "postgresql://nobody@127.0.0.1:1/none")
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_the_subcommands_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out: Any = capsys.readouterr().out
+    for name in ("inbox", "approve", "deny", "answer"):
+        assert name in out
