@@ -32,7 +32,7 @@ from pydantic_ai.messages import ModelMessage, PartStartEvent, TextPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCalls, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, setup, stream_events
-from pydantic_ai_absurd._execution import run_step
+from pydantic_ai_absurd._steps import run_step
 from pydantic_ai_absurd.events._writer import StepPublisher, announce_execution
 
 ROOT = Path(__file__).resolve().parent.parent

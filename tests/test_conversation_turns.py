@@ -17,7 +17,7 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults
 
 from pydantic_ai_absurd import AbsurdAgent, PostgresConversationStore
-from pydantic_ai_absurd._execution import commit_hook
+from pydantic_ai_absurd._steps import commit_hook
 from pydantic_ai_absurd.errors import ConversationUsageError
 
 from .support import SimulatedCrash, checkpoint_names, run_until_done

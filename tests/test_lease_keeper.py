@@ -9,7 +9,8 @@ from typing import Any, cast
 import pytest
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext, CancelledTask, FailedTask
 
-from pydantic_ai_absurd._execution import LeaseKeeper, RunScope, current_task_context
+from pydantic_ai_absurd._execution import RunScope, current_task_context
+from pydantic_ai_absurd._lease import LeaseKeeper
 from pydantic_ai_absurd._time import checkpointed_sleep
 
 from .support import SimulatedCrash, checkpoints, run_until_done

@@ -11,7 +11,7 @@ from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelMessage, TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent
-from pydantic_ai_absurd._execution import commit_hook, run_step
+from pydantic_ai_absurd._steps import commit_hook, run_step
 
 from .support import Script, SimulatedCrash, checkpoints, run_until_done
 

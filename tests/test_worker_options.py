@@ -16,7 +16,7 @@ from pydantic_ai import Agent
 from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, _absurd
-from pydantic_ai_absurd._execution import run_step
+from pydantic_ai_absurd._steps import run_step
 from pydantic_ai_absurd.errors import IncompatibleSdkError
 from pydantic_ai_absurd.schema import create_queue_sync, drop_queue_sync
 from pydantic_ai_absurd.worker import DEFAULT_CONCURRENCY, Worker, WorkerConfig, WorkerHealth, run_worker

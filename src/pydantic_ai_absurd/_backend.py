@@ -15,8 +15,9 @@ from pydantic_ai.durable_exec import (
 from pydantic_ai.tools import RunContext
 
 from ._checkpoint import DigestChain, asked_for
-from ._execution import current_run_scope, execution_state, require_task_context, run_step
+from ._execution import current_run_scope, execution_state, require_task_context
 from ._naming import step_name
+from ._steps import run_step
 
 
 class StepConfig(TypedDict, total=False):

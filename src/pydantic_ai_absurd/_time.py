@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
-from ._execution import RunScope, require_task_context, run_body, run_step
+from ._execution import RunScope, require_task_context
 from ._naming import escape
+from ._steps import run_body, run_step
 
 
 def _now() -> datetime:

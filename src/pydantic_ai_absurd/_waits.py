@@ -16,8 +16,9 @@ from pydantic_ai.durable_exec import ExternalEventError, ExternalEventWaiter
 from pydantic_ai.exceptions import UserError
 
 from . import _checkpoint
-from ._execution import RunScope, begin, commit, remember_end, run_body
+from ._execution import RunScope, remember_end
 from ._naming import escape
+from ._steps import begin, commit, run_body
 
 __all__ = [
     "TOKEN_PREFIX",

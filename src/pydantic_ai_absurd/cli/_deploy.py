@@ -71,9 +71,9 @@ def _states(text: str) -> list[str]:
 async def verify_command(args: argparse.Namespace) -> int:
     """Run `verify`; exit code 0 when every task replays cleanly, 1 otherwise."""
     from ..verify import export_recorded, import_recorded, recorded_tasks, verify_replay
-    from ._worker import _resolve_client  # pyright: ignore[reportPrivateUsage]
+    from ._worker import resolve_client
 
-    absurd = await _resolve_client(args.target)
+    absurd = await resolve_client(args.target)
     try:
         if args.from_file:
             records = import_recorded(args.from_file)

@@ -57,7 +57,7 @@ def load_client(target: str) -> AsyncAbsurd | Callable[[], Any]:
     )
 
 
-async def _resolve_client(target: str) -> AsyncAbsurd:
+async def resolve_client(target: str) -> AsyncAbsurd:
     loaded = load_client(target)
     if isinstance(loaded, AsyncAbsurd):
         return loaded
@@ -121,7 +121,7 @@ async def worker_command(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     given = {name: getattr(args, name) for name in _CONFIG_OPTIONS if getattr(args, name) is not None}
-    absurd = await _resolve_client(args.target)
+    absurd = await resolve_client(args.target)
     try:
         await run_worker(absurd, config=WorkerConfig(**given))
     finally:

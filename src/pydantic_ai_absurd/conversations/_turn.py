@@ -25,9 +25,10 @@ from pydantic_ai.conversation_store import ConversationConflict, ConversationSto
 from pydantic_ai.run import AgentRunResult
 
 from .._checkpoint import Asked
-from .._execution import current_task_context, run_step
+from .._execution import current_task_context
 from .._naming import escape
 from .._pydantic_ai import mark_result_saved
+from .._steps import run_step
 from ..errors import ConversationConflictError, ConversationUsageError
 from ._store import PostgresConversationStore, saving_turn
 

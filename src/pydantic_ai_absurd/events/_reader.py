@@ -29,7 +29,7 @@ def channel_name(task_id: str) -> str:
     return f"pydantic_ai_absurd.events.{task_id}"
 
 
-def _task_uuid(task_id: str) -> str:
+def task_uuid(task_id: str) -> str:
     try:
         return str(uuid.UUID(str(task_id)))
     except ValueError:
@@ -84,8 +84,8 @@ async def stream_events(
         EventLogError: the event log is not installed in this database.
     """
     queue = queue_name or client_queue_name(absurd)
-    task = _task_uuid(task_id)
-    seen = _parse_after(after)
+    task = task_uuid(task_id)
+    seen = parse_after(after)
     conninfo = client_conninfo(absurd)
     if conninfo is None:
         raise EventLogError("stream_events needs an AsyncAbsurd client built with a connection string or connection.")
@@ -113,7 +113,7 @@ async def stream_events(
         await conn.close()
 
 
-def _parse_after(after: int | str | None) -> int:
+def parse_after(after: int | str | None) -> int:
     if after is None or after == "":
         return 0
     try:

@@ -24,7 +24,7 @@ from absurd_sdk import AsyncAbsurd
 from .._absurd import client_conninfo, client_queue_name
 from ..errors import EventLogError
 from ._model import STATUS_KINDS, RunFinishedEvent, TaskEvent, encode_event
-from ._reader import _parse_after, _task_uuid, stream_events  # pyright: ignore[reportPrivateUsage]
+from ._reader import parse_after, stream_events, task_uuid
 
 if TYPE_CHECKING:
     from starlette.responses import Response
@@ -101,8 +101,8 @@ async def sse_events(
     sdk_version: Literal[5, 6, 7] = 5,
 ) -> AsyncGenerator[str]:
     """The SSE text of `task_id`'s event log in `protocol`, after `last_event_id`, live until the run finished."""
-    task = _task_uuid(task_id)
-    after = _parse_after(last_event_id)
+    task = task_uuid(task_id)
+    after = parse_after(last_event_id)
     ui = _ui_stream(protocol, task, sdk_version)
     out: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue(maxsize=256)
 
@@ -221,8 +221,8 @@ def event_stream_response(
         raise EventLogError(
             f"event_stream_response needs the `web` extra: pip install 'pydantic-ai-absurd[web]' ({error})."
         ) from error
-    task = _task_uuid(task_id)
-    after = _parse_after(last_event_id)
+    task = task_uuid(task_id)
+    after = parse_after(last_event_id)
     queue = queue_name or client_queue_name(absurd)
     ui = _ui_stream(protocol, task, sdk_version)
     headers = {**dict(ui.response_headers or {}), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

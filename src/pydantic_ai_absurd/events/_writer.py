@@ -24,7 +24,8 @@ from pydantic_ai.messages import AgentStreamEvent, PartDeltaEvent
 from pydantic_ai.tools import AgentDepsT, RunContext
 
 from .._absurd import claimed_task_of, task_connection, task_identity
-from .._execution import current_step, current_task_context, in_step
+from .._execution import current_task_context, in_step
+from .._steps import current_step
 from ..errors import EventLogError
 from ._model import AnyEvent, RunStartedEvent, encode_event_json
 

@@ -12,7 +12,7 @@ from uuid import UUID
 from absurd_sdk import AsyncAbsurd
 
 from .._absurd import check_offline_context_names, current_context, registered_handlers
-from .._execution import replay_only
+from .._steps import replay_only
 from ..errors import ReplayDivergenceError, one_line
 from ._records import DEFAULT_STATES, RecordedStep, RecordedTask, recorded_tasks
 from ._report import Divergence, TaskReplay, VerifyReport

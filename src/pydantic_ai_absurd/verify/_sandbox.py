@@ -14,16 +14,15 @@ import asyncio
 import functools
 import inspect
 import os
-import sys
 import sysconfig
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, NoReturn, TypeVar, cast
 
-from absurd_sdk import AsyncTaskContext, StepHandle
+from absurd_sdk import StepHandle
 
-from .._absurd import offline_task_context
+from .._absurd import NamingHookContext, offline_task_context
 from ._steps import tool_call_of
 
 __all__ = ["SandboxContext", "SandboxViolation", "WouldRunLive", "sandbox_context"]
@@ -113,7 +112,15 @@ def awaiting_user_frame(task: asyncio.Task[Any] | None) -> str | None:
     return found
 
 
-class SandboxContext(AsyncTaskContext):
+def _caller_of_the_naming_hook() -> FrameType | None:
+    # this function <- checkpoint_name_given <- the SDK's naming method <- whoever asked for the step
+    frame = inspect.currentframe()
+    for _ in range(3):
+        frame = frame.f_back if frame is not None else None
+    return frame
+
+
+class SandboxContext(NamingHookContext):
     """A task context over a recording (see the module docstring). Built by `sandbox_context`."""
 
     recording: dict[str, Any]
@@ -126,15 +133,14 @@ class SandboxContext(AsyncTaskContext):
     root: asyncio.Task[Any] | None
     """The task running the handler (its chain of awaits leads to the user code asking for a step)."""
 
-    def _get_checkpoint_name(self, name: str) -> str:
-        checkpoint_name = super()._get_checkpoint_name(name)
+    def checkpoint_name_given(self, checkpoint_name: str) -> None:
+        """Record the name asked for, and the user code that asked for it."""
         self.asked.append(checkpoint_name)
-        caller = sys._getframe(1)  # pyright: ignore[reportPrivateUsage]
-        source = tool_function_location(caller) if tool_call_of(checkpoint_name) is not None else None
-        source = source or user_frame(caller) or awaiting_user_frame(self.root)
+        caller = _caller_of_the_naming_hook()
+        source = tool_function_location(caller) if tool_call_of(checkpoint_name) is not None and caller else None
+        source = source or (user_frame(caller) if caller else None) or awaiting_user_frame(self.root)
         if source is not None:
             self.sources[checkpoint_name] = source
-        return checkpoint_name
 
     def last_missing(self) -> str | None:
         """The last name asked for that the recording lacks (the step about to run live)."""
@@ -146,7 +152,7 @@ class SandboxContext(AsyncTaskContext):
 
     async def begin_step(self, name: str) -> StepHandle:
         """Answer from the recording only."""
-        checkpoint_name = self._get_checkpoint_name(name)
+        checkpoint_name = self.next_checkpoint_name(name)
         if checkpoint_name in self.recording:
             return StepHandle(
                 name=name, checkpoint_name=checkpoint_name, done=True, state=self.recording[checkpoint_name]
@@ -168,7 +174,7 @@ class SandboxContext(AsyncTaskContext):
 
     async def sleep_until(self, step_name: str, wake_at: datetime | int | float) -> None:
         """Replay a recorded sleep that is over; any other sleep is where the task would go on live."""
-        checkpoint_name = self._get_checkpoint_name(step_name)
+        checkpoint_name = self.next_checkpoint_name(step_name)
         state = self.recording.get(checkpoint_name)
         if checkpoint_name not in self.recording or not isinstance(state, str):
             raise WouldRunLive(checkpoint_name, "sleeps")
@@ -177,7 +183,7 @@ class SandboxContext(AsyncTaskContext):
 
     async def await_event(self, event_name: str, step_name: str | None = None, timeout: int | None = None) -> Any:
         """Replay a received event; waiting for one is where the task would go on live."""
-        checkpoint_name = self._get_checkpoint_name(step_name or f"$awaitEvent:{event_name}")
+        checkpoint_name = self.next_checkpoint_name(step_name or f"$awaitEvent:{event_name}")
         if checkpoint_name in self.recording:
             return self.recording[checkpoint_name]
         raise WouldRunLive(checkpoint_name, "waits for an event")

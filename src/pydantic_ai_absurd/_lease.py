@@ -1,0 +1,141 @@
+"""Keep an Absurd claim alive while a task execution holds work, and abort it when Absurd says the run is over."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol, TypeVar
+
+from absurd_sdk import AsyncTaskContext, CancelledTask, FailedTask
+
+from ._absurd import claim_timeout_of
+
+__all__ = ["MIN_HEARTBEAT_INTERVAL", "LeaseKeeper"]
+
+_T = TypeVar("_T")
+
+logger = logging.getLogger("pydantic_ai_absurd.lease")
+
+MIN_HEARTBEAT_INTERVAL = 0.2
+"""Seconds; heartbeats are never sent more often than this, whatever the claim timeout."""
+
+
+class _EndState(Protocol):
+    ended: BaseException | None
+
+    def end(self, ended: BaseException) -> None: ...
+
+
+class LeaseKeeper:
+    """Heartbeats one task run's claim while it holds work: a step body, or the whole execution.
+
+    Absurd extends a claim only when a checkpoint is written or `heartbeat()` is called. A model or tool
+    call longer than the claim timeout would let another worker claim the task and run the same step
+    again. One keeper serves a whole task execution (all its parallel steps, and the worker's hold on
+    the execution itself): it sends one heartbeat every third of the claim timeout while anything is
+    held. When a heartbeat reports that the task was cancelled or the run has failed, it remembers that
+    end state, cancels every running body and makes each step raise that Absurd exception.
+
+    The keeper owns the bodies it starts: when the caller of `run` is cancelled, the body is cancelled
+    and awaited before `run` returns, so no body of a handed-back run still runs when another worker
+    starts the same step. A synchronous tool running in a thread cannot be interrupted: the production worker
+    waits for its thread before it hands the run back.
+    """
+
+    def __init__(self, task_ctx: AsyncTaskContext, state: _EndState | None = None) -> None:
+        self._task_ctx = task_ctx
+        self._state = state
+        self._bodies: set[asyncio.Task[Any]] = set()
+        self._holds = 0
+        self._held_tasks: set[asyncio.Task[Any]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._ended: BaseException | None = None
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two heartbeats."""
+        return max(claim_timeout_of(self._task_ctx) / 3, MIN_HEARTBEAT_INTERVAL)
+
+    @property
+    def ended(self) -> BaseException | None:
+        """The Absurd end state a heartbeat or write reported, if any."""
+        return self._state.ended if self._state is not None else self._ended
+
+    def _end(self, ended: BaseException) -> None:
+        if self._state is not None:
+            self._state.end(ended)
+        elif self._ended is None:
+            self._ended = ended
+
+    async def run(self, body: Callable[[], Awaitable[_T]]) -> _T:
+        """Run `body` with the claim kept alive; raise Absurd's exception if the run ends meanwhile."""
+        ended = self.ended
+        if ended is not None:
+            raise ended
+
+        async def call() -> _T:
+            return await body()
+
+        task: asyncio.Task[_T] = asyncio.ensure_future(call())
+        self._bodies.add(task)
+        self._acquire()
+        try:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.wait({task})  # own the body: it has stopped before we return
+                ended = self.ended
+                current = asyncio.current_task()
+                if ended is not None and (current is None or current.cancelling() == 0):
+                    raise ended from None
+                raise
+        finally:
+            self._bodies.discard(task)
+            self._release()
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncGenerator[None]:
+        """Keep the claim alive for the code inside (the worker holds a whole execution this way).
+
+        When a heartbeat reports an end state while no step body runs, the holding task is cancelled.
+        """
+        current = asyncio.current_task()
+        if current is not None:
+            self._held_tasks.add(current)
+        self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+            if current is not None:
+                self._held_tasks.discard(current)
+
+    def _acquire(self) -> None:
+        self._holds += 1
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.ensure_future(self._beat())
+
+    def _release(self) -> None:
+        self._holds -= 1
+        if self._holds == 0 and self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self._task_ctx.heartbeat()
+            except (CancelledTask, FailedTask) as ended:
+                self._end(ended)
+                targets = list(self._bodies) or list(self._held_tasks)
+                for target in targets:
+                    target.cancel()
+                return
+            except Exception:
+                # The next checkpoint write reports a lost connection; a missed heartbeat alone is not fatal.
+                logger.warning("Heartbeat for task %s failed", self._task_ctx.task_id, exc_info=True)

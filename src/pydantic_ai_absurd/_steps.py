@@ -1,0 +1,180 @@
+"""Every checkpoint this package writes: `run_step` and its parts.
+
+`run_step` answers a step from the preloaded checkpoints on replay (checking the digest of what was
+asked), runs the body under the lease keeper otherwise, and commits the checkpoint of a body that
+returned even if the run is being torn down (`commit` is shielded). Test and verification hooks:
+`commit_hook` (fault injection at each write) and `replay_only` (deploy verification: nothing executes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Generator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+from absurd_sdk import AsyncTaskContext, StepHandle
+
+from . import _checkpoint
+from ._absurd import begin_step
+from ._checkpoint import Asked
+from ._execution import execution_state, remember_end, require_task_context, step_body_scope
+from .errors import UnserializableResultError
+
+__all__ = [
+    "StepOutcome",
+    "begin",
+    "commit",
+    "commit_hook",
+    "current_step",
+    "replay_only",
+    "run_body",
+    "run_step",
+]
+
+_T = TypeVar("_T")
+
+
+_current_step: ContextVar[str | None] = ContextVar("pydantic_ai_absurd.current_step", default=None)
+
+
+def current_step() -> str | None:
+    """The checkpoint name of the step whose body the current code runs in (`run_step` bodies), else `None`."""
+    return _current_step.get()
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """The value a step returned (decoded from its checkpoint), and whether its body ran now."""
+
+    value: Any
+    executed: bool
+    checkpoint_name: str
+
+
+_commit_hook: ContextVar[Callable[[str], Awaitable[None]] | None] = ContextVar(
+    "pydantic_ai_absurd.commit_hook", default=None
+)
+
+
+@contextmanager
+def commit_hook(hook: Callable[[str], Awaitable[None]]) -> Generator[None]:
+    """Await `hook(checkpoint_name)` at the start of every checkpoint write (fault injection in tests)."""
+    token = _commit_hook.set(hook)
+    try:
+        yield
+    finally:
+        _commit_hook.reset(token)
+
+
+_live_guard: ContextVar[Callable[[str | None], NoReturn] | None] = ContextVar(
+    "pydantic_ai_absurd.live_guard", default=None
+)
+
+
+@contextmanager
+def replay_only(guard: Callable[[str | None], NoReturn]) -> Generator[None]:
+    """Run the code inside as a replay that executes nothing (deploy verification).
+
+    Wherever a step body would run or a checkpoint would be written, `guard(checkpoint_name)` is called
+    instead (the name is `None` where it is not known); it must raise. Replayed steps are unaffected.
+    """
+    token = _live_guard.set(guard)
+    try:
+        yield
+    finally:
+        _live_guard.reset(token)
+
+
+def _refuse_live(step: str | None) -> None:
+    guard = _live_guard.get()
+    if guard is not None:
+        guard(step)
+
+
+async def commit(task_ctx: AsyncTaskContext, handle: StepHandle, checkpoint: object) -> None:
+    """Write a checkpoint, shielded: once a body has returned, only process death can lose its result.
+
+    When the caller is cancelled meanwhile (a sibling tool failed and the run is being torn down), the
+    write still finishes before the cancellation propagates.
+    """
+    _refuse_live(handle.checkpoint_name)
+
+    async def write() -> None:
+        hook = _commit_hook.get()
+        if hook is not None:
+            await hook(handle.checkpoint_name)
+        await task_ctx.complete_step(handle, checkpoint)
+
+    task = asyncio.ensure_future(remember_end(task_ctx, write()))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            await asyncio.wait({task})
+        raise
+
+
+async def begin(task_ctx: AsyncTaskContext, step: str) -> StepHandle:
+    """Begin the step `step` (its checkpoint, if it has one), unless the execution has already ended."""
+    execution_state(task_ctx).raise_if_ended()
+    return await begin_step(task_ctx, step)
+
+
+async def run_body(task_ctx: AsyncTaskContext, body: Callable[[], Awaitable[_T]]) -> _T:
+    """Run a step body under the lease keeper, marked as a step body (agent runs inside join the step).
+
+    If Absurd reported an end state from inside this body and the body returned anyway, that end state is
+    raised instead of the value.
+    """
+    _refuse_live(None)
+    state = execution_state(task_ctx)
+    body_id = object()
+
+    async def in_body() -> _T:
+        with step_body_scope(body_id):
+            return await body()
+
+    value = await state.lease.run(in_body)
+    if state.ended is not None and state.ended_in is body_id:
+        # The body swallowed Absurd's end state (`except Exception:` around a wait, say): its result is
+        # not what the run would have produced, so it is never committed.
+        raise state.ended
+    return value
+
+
+async def run_step(
+    step: str,
+    body: Callable[[], Awaitable[object]],
+    *,
+    asked: Asked | None = None,
+    on_unencodable: Callable[[BaseException, str], str | None] | None = None,
+) -> StepOutcome:
+    """Run `body` as the Absurd step `step` of the current task, or replay its checkpoint.
+
+    `asked` is checked against the digest recorded on replay and stored on the first run. When the body
+    raises and `on_unencodable(error, checkpoint_name)` returns a message, that failure is checkpointed
+    (retries raise it again without running the body) and raised as `UnserializableResultError`.
+    """
+    task_ctx = require_task_context()
+    handle = await begin(task_ctx, step)
+    if handle.done:
+        _checkpoint.check_digest(handle.state, asked, step=handle.checkpoint_name)
+        return StepOutcome(_checkpoint.decode(handle.state, step=handle.checkpoint_name), False, handle.checkpoint_name)
+    _refuse_live(handle.checkpoint_name)
+    step_token = _current_step.set(handle.checkpoint_name)
+    try:
+        payload = await run_body(task_ctx, body)
+    except Exception as error:
+        message = on_unencodable(error, handle.checkpoint_name) if on_unencodable is not None else None
+        if message is None:
+            raise
+        await commit(task_ctx, handle, _checkpoint.encode_error(message))
+        raise UnserializableResultError(message) from error
+    finally:
+        _current_step.reset(step_token)
+    checkpoint, value = _checkpoint.encode(payload, asked=asked)
+    await commit(task_ctx, handle, checkpoint)
+    return StepOutcome(value, True, handle.checkpoint_name)
