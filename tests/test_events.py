@@ -341,3 +341,42 @@ async def test_the_log_is_written_on_the_tasks_own_connection(absurd_client: Asy
     spawned = await absurd_client.spawn("probe", {})
     await run_until_done(absurd_client, str(spawned["task_id"]))
     assert len(seen) == 1
+
+
+async def test_the_capability_publishes_with_publish_events(absurd_client: AsyncAbsurd) -> None:
+    """`AbsurdDurability(event_stream_handler=publish_events(handler))`: the same log, and the handler sees it all."""
+    from pydantic_ai.messages import AgentStreamEvent
+    from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+    from pydantic_ai_absurd import AbsurdDurability, publish_events
+
+    seen: list[str] = []
+
+    async def mine(ctx: RunContext[None], stream: Any) -> None:
+        async for event in stream:
+            item: AgentStreamEvent = event
+            seen.append(item.event_kind)
+
+    async def stream(messages: list[Any], info: AgentInfo) -> Any:
+        yield "hello "
+        yield "world"
+
+    agent = Agent(
+        FunctionModel(stream_function=stream, model_name="scripted"),
+        name="capable",
+        capabilities=[AbsurdDurability(event_stream_handler=publish_events(mine))],
+    )
+
+    @absurd_client.register_task(name="chat")
+    async def chat(params: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        async with agent.run_stream(params["prompt"]) as result:
+            output = await result.get_output()
+        return {"output": output}
+
+    task_id = await spawn_chat(absurd_client)
+    snapshot = await run_until_done(absurd_client, task_id)
+    assert snapshot.result == {"output": "hello world"}, snapshot.failure
+    events = await collect(absurd_client, task_id)
+    assert kinds(events)[0] == "run_started" and kinds(events)[-1] == "run_finished"
+    assert "part_delta" in kinds(events)
+    assert "part_start" in seen  # the user's handler got the events too

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         RequestNotPendingError,
         UnserializableResultError,
     )
-    from .events import TaskEvent, event_stream_response, stream_events
+    from .events import TaskEvent, event_stream_response, publish_events, stream_events
     from .inbox import Inbox, PendingRequest
     from .inspection import TaskTimeline, inspect_task
     from .schema import setup
@@ -53,6 +53,7 @@ _EXPORTS: dict[str, str] = {
     "setup": ".schema",
     "TaskEvent": ".events",
     "event_stream_response": ".events",
+    "publish_events": ".events",
     "stream_events": ".events",
     "WorkerConfig": ".worker",
     "run_worker": ".worker",
@@ -68,6 +69,7 @@ __all__ = [
     "verify_replay",
     "TaskEvent",
     "event_stream_response",
+    "publish_events",
     "stream_events",
     "TOOL_METADATA_KEY",
     "AbsurdAgent",

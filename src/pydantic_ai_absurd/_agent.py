@@ -19,7 +19,7 @@ from pydantic_ai.tools import AgentDepsT
 
 from ._durability import AbsurdDurability
 from .conversations._turn import begin_turn, run_scope_override, uses_store
-from .events._writer import announce_execution, publishing_handler
+from .events import publish_events as publishing_handler
 
 
 class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
@@ -131,8 +131,6 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         **kwargs: Any,
     ) -> AsyncGenerator[AgentRun[AgentDepsT, Any]]:
         """Iterate over the run's nodes, with the durability capability added to the run."""
-        if self._publish_events:
-            await announce_execution()
         store = self._conversation_store
         if store is not None and uses_store(store, kwargs):
             turn = await begin_turn(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal, cast
 
@@ -105,6 +105,10 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
         for model_id in models or {}:
             check_identifier("model ID", model_id)
         super().__init__(models=models, event_stream_handler=event_stream_handler, name=name)
+        # A handler may ask to be told when a durable run starts, before its first step (the event log does).
+        self._before_durable_run: Callable[[], Awaitable[None]] | None = getattr(
+            event_stream_handler, "before_durable_run", None
+        )
         self._backend: AbsurdStepBackend | None = None
 
     def for_agent(self, agent: AbstractAgent[AgentDepsT, Any]) -> AbstractCapability[AgentDepsT]:
@@ -167,6 +171,8 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
         task_ctx = current_task_context()
         if task_ctx is None or in_step():
             return await super().wrap_run(ctx, handler=handler)
+        if self._before_durable_run is not None:
+            await self._before_durable_run()
         scope = execution_state(task_ctx).next_run_scope(self.name)
         with (
             run_scope(scope),

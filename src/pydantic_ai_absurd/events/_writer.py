@@ -1,7 +1,7 @@
 """Writing a task's event log, from inside the steps that produce the events.
 
 The durable event stream handler of `AbsurdDurability` sees the model's events live inside the model
-step and each tool event inside a step of its own, and never on replay. `publishing_handler` wraps it:
+step and each tool event inside a step of its own, and never on replay. `publish_events` wraps it:
 every event it sees is appended to the log on the task's own connection, tagged with the step's
 checkpoint name and the attempt, so an event is in the log only for a step that ran now. Text and
 tool-argument deltas are batched (one write per `DELTA_FLUSH_INTERVAL`), every other event is written
@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from typing import Any
+from typing import Any, Generic
 from weakref import WeakKeyDictionary
 
 import psycopg
@@ -29,7 +29,7 @@ from .._steps import current_step
 from ..errors import EventLogError
 from ._model import AnyEvent, RunStartedEvent, encode_event_json
 
-__all__ = ["DELTA_FLUSH_INTERVAL", "StepPublisher", "announce_execution", "publishing_handler"]
+__all__ = ["DELTA_FLUSH_INTERVAL", "StepPublisher", "announce_execution", "publish_events"]
 
 logger = logging.getLogger("pydantic_ai_absurd.events")
 
@@ -202,10 +202,18 @@ async def _start_execution(task_ctx: AsyncTaskContext) -> None:
         raise _missing_schema(error) from error
 
 
-def publishing_handler(handler: EventStreamHandler[AgentDepsT] | None) -> EventStreamHandler[AgentDepsT]:
-    """A durable event stream handler that publishes every event it sees, then hands it to `handler`."""
+class _PublishingHandler(Generic[AgentDepsT]):
+    """A durable event stream handler that publishes every event it sees, then hands it to another handler."""
 
-    async def publish(ctx: RunContext[AgentDepsT], stream: AsyncIterable[AgentStreamEvent]) -> None:
+    def __init__(self, handler: EventStreamHandler[AgentDepsT] | None) -> None:
+        self._handler = handler
+
+    async def before_durable_run(self) -> None:
+        """Start this execution's log before the run's first step (called by `AbsurdDurability.wrap_run`)."""
+        await announce_execution()
+
+    async def __call__(self, ctx: RunContext[AgentDepsT], stream: AsyncIterable[AgentStreamEvent]) -> None:
+        handler = self._handler
         publisher = StepPublisher.for_current_step()
         if publisher is None:
             await _deliver(handler, ctx, stream)
@@ -230,7 +238,16 @@ def publishing_handler(handler: EventStreamHandler[AgentDepsT] | None) -> EventS
                     raise
                 logger.warning("Could not write the last events of a failed step", exc_info=True)
 
-    return publish
+
+def publish_events(handler: EventStreamHandler[AgentDepsT] | None = None) -> EventStreamHandler[AgentDepsT]:
+    """A durable event stream handler that appends every event of a durable run to the task's event log.
+
+    `AbsurdAgent(..., publish_events=True)` installs it for you. With the capability, pass it yourself:
+    `AbsurdDurability(event_stream_handler=publish_events())`, or `publish_events(my_handler)` to also
+    hand every event to `my_handler`. Events are written inside the step that produced them (replayed
+    steps write nothing), with status events of the run; read them with `stream_events()`.
+    """
+    return _PublishingHandler(handler)
 
 
 async def _deliver(
