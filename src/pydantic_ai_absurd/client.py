@@ -22,7 +22,7 @@ import pydantic
 from absurd_sdk import AsyncAbsurd, CancellationPolicy, RetryStrategy, TaskResultSnapshot, TaskResultState
 from absurd_sdk import TimeoutError as AbsurdTimeoutError
 
-from ._absurd import client_queue_name, is_registered
+from ._absurd import TERMINAL_TASK_STATES, client_queue_name, is_registered
 from .errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError
 
 __all__ = [
@@ -39,8 +39,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-_TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 
 class UnregisteredTaskError(PydanticAIAbsurdError, ValueError):
@@ -295,7 +293,7 @@ async def wait_for_result(
         pydantic.ValidationError: The result does not fit `result_type`.
     """
     snapshot = await _snapshot(absurd, task_id, queue)
-    if snapshot.state not in _TERMINAL:
+    if snapshot.state not in TERMINAL_TASK_STATES:
         try:
             snapshot = await absurd.await_task_result(task_id, timeout=timeout, queue_name=queue)
         except AbsurdTimeoutError as err:

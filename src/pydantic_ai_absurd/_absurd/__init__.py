@@ -33,6 +33,7 @@ from ._private import (
 from ._sql import (
     SQLSTATE_CANCELLED,
     SQLSTATE_FAILED,
+    TASK_STATES,
     TERMINAL_TASK_STATES,
     backend_pid,
     database_now,
@@ -63,6 +64,7 @@ __all__ = [
     "NamingHookContext",
     "SQLSTATE_CANCELLED",
     "SQLSTATE_FAILED",
+    "TASK_STATES",
     "TERMINAL_TASK_STATES",
     "backend_pid",
     "begin_step",

@@ -211,6 +211,9 @@ async def emit_event_sql(conn: AsyncConnection[Any], queue_name: str, event_name
     await conn.execute("select absurd.emit_event(%s, %s, %s::jsonb)", (queue_name, event_name, json.dumps(payload)))
 
 
+TASK_STATES = ("pending", "running", "sleeping", "completed", "failed", "cancelled")
+"""Every state of an Absurd task."""
+
 TERMINAL_TASK_STATES = ("completed", "failed", "cancelled")
 
 

@@ -8,16 +8,13 @@ import threading
 from types import FrameType
 from typing import Any
 
+from ._options import add_database_option
+
 
 def add_parsers(subparsers: Any) -> None:
     """Add `init` and `dev` to the CLI."""
     init = subparsers.add_parser("init", help="install or migrate the Absurd schema and create queues")
-    init.add_argument(
-        "--database",
-        "-d",
-        metavar="DSN",
-        help="Postgres connection string (default: $ABSURD_DATABASE_URL, $PGDATABASE, postgresql://localhost/absurd)",
-    )
+    add_database_option(init)
     init.add_argument("--queue", "-q", metavar="NAME", action="append", help="queue to create (repeatable)")
     init.set_defaults(handler=_cmd_init)
 

@@ -6,9 +6,9 @@ import argparse
 import json
 from typing import Any
 
+from .._absurd import TASK_STATES
 from ..errors import ForkError, RecordingError
-
-_STATES = ("pending", "running", "sleeping", "completed", "failed", "cancelled")
+from ._options import add_database_option
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -51,20 +51,15 @@ def add_parsers(subparsers: Any) -> None:
     fork.add_argument("--at", dest="at_step", type=int, required=True, metavar="STEP", help="steps to reuse")
     fork.add_argument("--queue", "-q", metavar="NAME", help="the task's queue (default: search every queue)")
     fork.add_argument("--params", metavar="JSON", help="params for the fork (default: the source task's)")
-    fork.add_argument(
-        "--database",
-        "-d",
-        metavar="DSN",
-        help="Postgres connection string (default: $ABSURD_DATABASE_URL, $PGDATABASE, postgresql://localhost/absurd)",
-    )
+    add_database_option(fork)
     fork.set_defaults(handler=fork_command)
 
 
 def _states(text: str) -> list[str]:
     states = [state.strip() for state in text.split(",") if state.strip()]
-    unknown = [state for state in states if state not in _STATES]
+    unknown = [state for state in states if state not in TASK_STATES]
     if unknown or not states:
-        raise RecordingError(f"--state {text!r} is not a list of task states; use some of {', '.join(_STATES)}.")
+        raise RecordingError(f"--state {text!r} is not a list of task states; use some of {', '.join(TASK_STATES)}.")
     return states
 
 

@@ -7,6 +7,8 @@ import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from ._options import add_database_option
+
 if TYPE_CHECKING:
     from ..inbox import Inbox, PendingRequest
 
@@ -16,12 +18,7 @@ _ARGS_WIDTH = 60
 
 
 def _add_database_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database",
-        "-d",
-        metavar="DSN",
-        help="Postgres connection string (default: $ABSURD_DATABASE_URL, $PGDATABASE, postgresql://localhost/absurd)",
-    )
+    add_database_option(parser)
     parser.add_argument("--queue", "-q", metavar="NAME", help="only requests of tasks on this queue (default: all)")
     parser.add_argument("--scope", metavar="SCOPE", help="only requests of this scope (see `Inbox(scope=...)`)")
 

@@ -6,17 +6,8 @@ import argparse
 import json
 from typing import Any
 
-_STATES = ("pending", "running", "sleeping", "completed", "failed", "cancelled")
-
-
-def _add_database(parser: argparse.ArgumentParser) -> None:
-    # The same option as `init`'s `--database/-d`.
-    parser.add_argument(
-        "--database",
-        "-d",
-        metavar="DSN",
-        help="Postgres connection string (default: $ABSURD_DATABASE_URL, $PGDATABASE, postgresql://localhost/absurd)",
-    )
+from .._absurd import TASK_STATES
+from ._options import add_database_option
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -27,7 +18,7 @@ def add_parsers(subparsers: Any) -> None:
         description="Show a task's attempts and every step of its agent runs, with token totals.",
     )
     inspect.add_argument("task_id", metavar="TASK_ID", help="the task id spawn returned")
-    _add_database(inspect)
+    add_database_option(inspect)
     inspect.add_argument("--queue", "-q", metavar="NAME", help="the task's queue (default: search every queue)")
     inspect.add_argument("--json", action="store_true", help="print the timeline as JSON (stable, documented)")
     inspect.set_defaults(handler=_cmd_inspect)
@@ -37,9 +28,9 @@ def add_parsers(subparsers: Any) -> None:
         help="list tasks, newest first, with state, attempts, age and last step",
         description="List tasks newest first, with state, attempts, age and the agent's last step.",
     )
-    _add_database(tasks)
+    add_database_option(tasks)
     tasks.add_argument("--queue", "-q", metavar="NAME", help="only this queue (default: every queue)")
-    tasks.add_argument("--state", "-s", choices=_STATES, help="only tasks in this state")
+    tasks.add_argument("--state", "-s", choices=TASK_STATES, help="only tasks in this state")
     tasks.add_argument("--name", "-n", metavar="TASK_NAME", help="only tasks with this task name")
     tasks.add_argument("--since", metavar="DURATION", help="only tasks spawned within DURATION (90s, 15m, 2h, 7d)")
     tasks.add_argument("--limit", type=int, default=50, metavar="N", help="at most N tasks (default 50)")

@@ -10,7 +10,7 @@ import psycopg
 from absurd_sdk import AsyncAbsurd
 from psycopg import sql
 
-from .._absurd import client_conninfo, client_queue_name, task_state
+from .._absurd import TERMINAL_TASK_STATES, client_conninfo, client_queue_name, task_state
 from ..client import TaskNotFoundError
 from ..errors import EventLogError
 from ._model import TaskEvent, decode_event
@@ -21,7 +21,6 @@ FALLBACK_POLL_INTERVAL = 5.0
 """Seconds a reader waits for a notification before it reads the log anyway (a lost `NOTIFY`)."""
 
 _PAGE = 1000
-_TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 def channel_name(task_id: str) -> str:
@@ -105,7 +104,7 @@ async def stream_events(
                 continue
             if state is None:
                 raise TaskNotFoundError(f"No task {task} in queue {queue!r} (a wrong id or queue, or cleaned up).")
-            if state in _TERMINAL:
+            if state in TERMINAL_TASK_STATES:
                 return  # finished without publishing (or `after` is past its end)
             async for _ in conn.notifies(timeout=poll_interval, stop_after=1):
                 pass
