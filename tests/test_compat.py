@@ -158,3 +158,15 @@ def test_journal_operation_names_keep_their_format() -> None:
     )
     assert name(ToolsetCallToolId("mcp", toolset_id="docs"), "search") == "agent__mcp_server__docs.call_tool"
     assert name(CapabilityOperationId("cap", operation="op")) == "agent__capability__cap.op"
+
+
+def test_every_private_pydantic_ai_name_is_checked_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic_ai.run import AgentRunResult
+
+    from pydantic_ai_absurd._pydantic_ai import missing_private_names
+    from pydantic_ai_absurd.errors import IncompatibleSdkError
+
+    assert missing_private_names() == []
+    monkeypatch.delattr(AgentRunResult, "_conversation_saved")
+    with pytest.raises(IncompatibleSdkError, match=r"lacks AgentRunResult\._conversation_saved"):
+        AbsurdDurability[None]()

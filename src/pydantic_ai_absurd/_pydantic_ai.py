@@ -35,23 +35,42 @@ from typing import Any
 from pydantic_ai.agent.abstract import AbstractAgent
 from pydantic_ai.durable_exec import BaseDurabilityCapability
 from pydantic_ai.messages import ModelMessage, ModelResponse
+from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT
 from pydantic_ai.toolsets import AbstractToolset, CombinedToolset
 
 from .errors import IncompatibleSdkError
 
-__all__ = ["PrivateHooks", "active_run_usage", "check_private_names", "mark_result_saved"]
+__all__ = ["PrivateHooks", "active_run_usage", "check_private_names", "mark_result_saved", "missing_private_names"]
 
 _OVERRIDDEN = ("_stamp_response", "_reject_runtime_toolsets")
 
 
+def missing_private_names() -> list[str]:
+    """The private Pydantic AI names this package relies on that the installed version lacks."""
+    missing = [
+        f"BaseDurabilityCapability.{name}"
+        for name in _OVERRIDDEN
+        if not callable(getattr(BaseDurabilityCapability, name, None))
+    ]
+    if not callable(getattr(AgentRunResult, "_conversation_saved", None)):
+        missing.append("AgentRunResult._conversation_saved")
+    try:
+        from pydantic_ai import _usage_attribution  # pyright: ignore[reportPrivateUsage]
+
+        _usage_attribution._active.get  # pyright: ignore[reportPrivateUsage]  # noqa: B018
+    except (ImportError, AttributeError):
+        missing.append("pydantic_ai._usage_attribution._active")
+    return missing
+
+
 def check_private_names() -> None:
-    """Refuse to run on a Pydantic AI whose durability base class lacks a hook this package overrides."""
-    missing = [name for name in _OVERRIDDEN if not callable(getattr(BaseDurabilityCapability, name, None))]
+    """Refuse to run on a Pydantic AI that lacks a private name this package overrides or reads."""
+    missing = missing_private_names()
     if missing:
         raise IncompatibleSdkError(
-            f"The installed pydantic-ai-slim lacks BaseDurabilityCapability.{', .'.join(missing)}, which "
-            "pydantic-ai-absurd overrides; install a supported version (see the Compatibility page of the docs)."
+            f"The installed pydantic-ai-slim lacks {', '.join(missing)}, which pydantic-ai-absurd relies on; "
+            "install a supported version (see the Compatibility page of the docs)."
         )
 
 
