@@ -90,7 +90,9 @@ async def test_verify_refuses_an_sdk_without_the_names_it_needs(monkeypatch: pyt
     from pydantic_ai_absurd import _absurd
     from pydantic_ai_absurd.errors import IncompatibleSdkError
 
-    monkeypatch.setattr(_absurd._private, "missing_offline_context_names", lambda: ("AsyncTaskContext._step_name_counter",))
+    monkeypatch.setattr(
+        _absurd._private, "missing_offline_context_names", lambda: ("AsyncTaskContext._step_name_counter",)
+    )
     expected = r"lacks AsyncTaskContext._step_name_counter, which pydantic-ai-absurd relies on \(to verify"
     with pytest.raises(IncompatibleSdkError, match=expected):
         await replay_recorded({}, [])

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,16 @@ def write_health(path: str, health: WorkerHealth) -> None:
     tmp.replace(path)
 
 
+def dump_stacks() -> None:
+    """On SIGUSR1: print every asyncio task's stack and every thread's (a test diagnosing a hung worker)."""
+    print("=== asyncio tasks ===", flush=True)
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stdout)
+    sys.stdout.flush()
+    faulthandler.dump_traceback(file=sys.stdout, all_threads=True)
+    print("=== end of stacks ===", flush=True)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(levelname)s %(message)s")
     env = os.environ
@@ -76,6 +88,7 @@ def main() -> None:
         options["on_poll"] = on_poll
 
     async def run() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_stacks)
         try:
             await run_worker(
                 absurd,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,6 +117,11 @@ class WorkerProcess:
             code = self.proc.poll()
             if code is not None:
                 return code
+            await asyncio.sleep(0.05)
+        self.proc.send_signal(signal.SIGUSR1)  # ask the hung worker where it is
+        for _ in range(40):
+            if "=== end of stacks ===" in self.output():
+                break
             await asyncio.sleep(0.05)
         raise AssertionError(f"worker {self.pid} did not exit:\n{self.output()}")
 
