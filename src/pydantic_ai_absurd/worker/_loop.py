@@ -58,7 +58,7 @@ from ..schema import ensure_queue_exists
 from ..telemetry import with_default_hooks
 from ._config import APPLICATION_NAME_PREFIX, WorkerConfig, WorkerHealth
 from ._handback import hand_back_run, take_over_orphans
-from ._signals import install_signal_handlers, wait_any
+from ._signals import install_signal_handlers, settled, wait_any
 from ._takeover import Liveness, claim_identity
 from ._task import ConnectionLost, Running, log_outcome, wrap_execution
 from ._threads import TaskThreads
@@ -158,16 +158,15 @@ class Worker:
                 await self._cancel_in_flight()
             if background is not None:
                 background.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await background
+                await settled(asyncio.wait({background}), "the takeover loop")
             for remove in removers:
                 remove()
             self._remove_health_file()
-            await pool.close()
+            await settled(pool.close(), "closing the connection pool")
             self._pool = None
             self._threads.shutdown(wait=False)
             if self._liveness is not None:
-                await self._liveness.close()
+                await settled(self._liveness.close(), "releasing the liveness lock")
                 self._liveness = None
             logger.info("worker %s stopped", self.worker_id)
 

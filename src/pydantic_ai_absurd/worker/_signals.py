@@ -1,13 +1,16 @@
-"""Signal handlers and event helpers of the worker loop."""
+"""Signal handlers, event helpers and bounded clean-up steps of the worker loop."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-__all__ = ["install_signal_handlers", "wait_any"]
+__all__ = ["SHUTDOWN_STEP_TIMEOUT", "install_signal_handlers", "settled", "wait_any"]
+
+logger = logging.getLogger("pydantic_ai_absurd.worker")
 
 
 def install_signal_handlers(handler: Callable[[signal.Signals], None]) -> list[Callable[[], None]]:
@@ -35,3 +38,15 @@ async def wait_any(*events: asyncio.Event) -> None:
     finally:
         for waiter in waiters:
             waiter.cancel()
+
+
+SHUTDOWN_STEP_TIMEOUT = 10.0
+"""Seconds each clean-up step of a stopping worker may take before it is abandoned (with a log line)."""
+
+
+async def settled(step: Awaitable[object], what: str) -> None:
+    """Await a clean-up step of shutdown, but never let it keep the process from exiting."""
+    try:
+        await asyncio.wait_for(step, timeout=SHUTDOWN_STEP_TIMEOUT)
+    except TimeoutError:
+        logger.warning("shutdown: %s did not finish within %.0fs; going on", what, SHUTDOWN_STEP_TIMEOUT)
