@@ -26,6 +26,7 @@ from typing import Any
 
 import psycopg
 from absurd_sdk import AsyncAbsurd
+from bench_support import admin, drain, quantile, scratch_dsn
 from psycopg import sql
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, PartStartEvent, TextPart
@@ -39,30 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "bench_events"
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 START, END = "<!-- events-benchmark:start -->", "<!-- events-benchmark:end -->"
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
-
-
-def scratch_dsn(admin_dsn: str, dbname: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(admin_dsn)
-    info["dbname"] = dbname
-    return psycopg.conninfo.make_conninfo(**info)  # pyright: ignore[reportArgumentType]
-
-
-async def admin(admin_dsn: str, statement: sql.Composable) -> None:
-    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
-        await conn.execute(statement)
-
-
-async def drain(absurd: AsyncAbsurd, task_id: str) -> None:
-    for _ in range(50):
-        snapshot = await absurd.fetch_task_result(task_id)
-        if snapshot is not None and snapshot.state in {"completed", "failed", "cancelled"}:
-            return
-        await absurd.work_batch(claim_timeout=300, batch_size=1)
 
 
 async def bench_latency(absurd: AsyncAbsurd, count: int) -> dict[str, float]:
