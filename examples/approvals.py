@@ -24,7 +24,7 @@ from typing import Any
 
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, Tool
-from pydantic_ai.capabilities import RequestInput
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models import infer_model
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -72,7 +72,7 @@ def build(dsn: str, queue: str) -> tuple[AsyncAbsurd, Inbox]:
             model,
             name="ops",
             tools=[Tool(delete_file, requires_approval=True)],
-            capabilities=[RequestInput(ask=inbox.ask, timeout=timedelta(hours=24), name="approve_deletion")],
+            capabilities=[HandleDeferredToolCalls(inbox.ask, timeout=timedelta(hours=24), name="approve_deletion")],
         )
     )
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic_ai import Agent, RunContext, Tool
-from pydantic_ai.capabilities import RequestInput
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import (
     DeferredToolResultsEvent,
     ModelMessage,
@@ -83,7 +83,7 @@ def approval_agent(
 
     capabilities: list[Any] = []
     if with_request_input:
-        capabilities.append(RequestInput(ask=inbox.ask, timeout=timeout, name="approve"))
+        capabilities.append(HandleDeferredToolCalls(inbox.ask, timeout=timeout, name="approve"))
     inner = Agent(
         script.model(),
         name="ops",

@@ -15,7 +15,7 @@ from typing import Any
 
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, DeferredToolRequests, RunContext, Tool
-from pydantic_ai.capabilities import RequestInput
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -62,7 +62,7 @@ def main() -> None:
             FunctionModel(respond, model_name="scripted"),
             name="ops",
             tools=[Tool(delete_file, requires_approval=True)],
-            capabilities=[RequestInput(ask=ask, name="approve")],
+            capabilities=[HandleDeferredToolCalls(ask, name="approve")],
         )
     )
 

@@ -24,13 +24,17 @@ class SimulatedCrash(Exception):
     """Raised by a test to end a task run the way a dying worker would (the run fails and is retried)."""
 
 
+WALL_CLOCK_FIELDS = frozenset({"timestamp", "request_timestamp", "duration"})
+"""Message fields that record when something happened or how long it took: they differ between two runs."""
+
+
 def prompt_bytes(messages: Sequence[ModelMessage]) -> bytes:
-    """What a provider would be sent: the messages as JSON, without the local `timestamp` bookkeeping."""
+    """What a provider would be sent: the messages as JSON, without the wall-clock bookkeeping of two runs."""
     data = json.loads(ModelMessagesTypeAdapter.dump_json(list(messages)))
 
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in {"timestamp"}}  # pyright: ignore[reportUnknownVariableType]
+            return {k: strip(v) for k, v in value.items() if k not in WALL_CLOCK_FIELDS}  # pyright: ignore[reportUnknownVariableType]
         if isinstance(value, list):
             return [strip(v) for v in value]  # pyright: ignore[reportUnknownVariableType]
         return value

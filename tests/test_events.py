@@ -11,7 +11,7 @@ import pytest
 from absurd_sdk import AsyncAbsurd
 from psycopg import sql
 from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunContext
-from pydantic_ai.capabilities import RequestInput
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import FunctionToolCallEvent, FunctionToolResultEvent, TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, TaskEvent, resolve_event_token, stream_events
@@ -211,7 +211,7 @@ def approval_agent(absurd: AsyncAbsurd, tokens: list[str]) -> AbsurdAgent[None, 
     inner = Agent(
         script.model(),
         name="support",
-        capabilities=[RequestInput(ask, name="approve_refund", timeout=timedelta(hours=1))],
+        capabilities=[HandleDeferredToolCalls(ask, name="approve_refund", timeout=timedelta(hours=1))],
     )
 
     @inner.tool(requires_approval=True)
@@ -303,7 +303,7 @@ async def test_waiting_for_input_carries_the_inbox_request(absurd_client: AsyncA
             lambda _: [TextPart("refund done")],
         ]
     )
-    inner = Agent(script.model(), name="support", capabilities=[RequestInput(inbox.ask, name="approve_refund")])
+    inner = Agent(script.model(), name="support", capabilities=[HandleDeferredToolCalls(inbox.ask, name="approve_refund")])
 
     @inner.tool(requires_approval=True)
     async def refund(ctx: RunContext[None], amount: int) -> str:

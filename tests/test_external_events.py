@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunContext
-from pydantic_ai.capabilities import RequestInput
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import TextPart, ToolCallPart
 
@@ -40,7 +40,7 @@ def refund_agent(
         return answer
 
     inner = Agent(
-        script.model(), name="support", capabilities=[RequestInput(ask, name="approve_refund", timeout=timeout)]
+        script.model(), name="support", capabilities=[HandleDeferredToolCalls(ask, name="approve_refund", timeout=timeout)]
     )
 
     @inner.tool(requires_approval=True)

@@ -252,11 +252,11 @@ async def test_notify_is_called_once_per_request_even_when_the_step_is_retried(a
 
     agent, _, _ = approval_agent(inbox)
     # The capability calls the bound `ask`; swap it for the flaky one.
-    from pydantic_ai.capabilities import RequestInput
+    from pydantic_ai.capabilities import HandleDeferredToolCalls
 
     for capability in agent.wrapped.root_capability.capabilities:  # type: ignore[attr-defined]
-        if isinstance(capability, RequestInput):
-            capability.ask = flaky_ask
+        if isinstance(capability, HandleDeferredToolCalls):
+            capability.handler = flaky_ask
     task_id = await start(absurd_client, agent)
     pending = await inbox.pending(task_id=task_id)
     assert fail["left"] == 0  # the step did fail once after recording
@@ -375,7 +375,7 @@ async def test_a_tool_waiting_directly_with_wait_for_external_event(absurd_clien
 
 async def test_external_toolset_calls_are_answered_with_results(absurd_client: AsyncAbsurd) -> None:
     from pydantic_ai import Agent
-    from pydantic_ai.capabilities import RequestInput
+    from pydantic_ai.capabilities import HandleDeferredToolCalls
     from pydantic_ai.messages import TextPart, ToolCallPart
     from pydantic_ai.tools import ToolDefinition
     from pydantic_ai.toolsets import ExternalToolset
@@ -396,7 +396,7 @@ async def test_external_toolset_calls_are_answered_with_results(absurd_client: A
         [ToolDefinition(name="browser_geolocation", parameters_json_schema={"type": "object", "properties": {}})]
     )
     agent = AbsurdAgent(
-        Agent(script.model(), name="geo", toolsets=[frontend], capabilities=[RequestInput(ask=inbox.ask)])
+        Agent(script.model(), name="geo", toolsets=[frontend], capabilities=[HandleDeferredToolCalls(inbox.ask)])
     )
 
     @absurd_client.register_task(name="geo")

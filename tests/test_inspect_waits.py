@@ -6,7 +6,7 @@ from typing import Any
 
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunContext
-from pydantic_ai.capabilities import RequestInput
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, inspect_task, resolve_event_token
@@ -31,7 +31,7 @@ async def test_waiting_then_resumed_task(absurd_client: AsyncAbsurd) -> None:
     inner = Agent(  # pyright: ignore[reportCallIssue, reportArgumentType]
         script.model(),
         name="support",
-        capabilities=[RequestInput(ask, name="approve_refund")],  # pyright: ignore[reportArgumentType]
+        capabilities=[HandleDeferredToolCalls(ask, name="approve_refund")],  # pyright: ignore[reportArgumentType]
     )
 
     @inner.tool(requires_approval=True)

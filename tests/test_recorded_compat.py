@@ -1,8 +1,13 @@
 """A task checkpointed by an earlier build resumes on today's code (stored checkpoints are compatibility data).
 
-`fixtures/checkpoints_0354ed8.json` holds the checkpoints main@0354ed8 (before the package was reshaped and
-checkpoints gained digests) wrote for one run: a model request, two parallel tool calls, a second model
-request, an approval wait that timed out (a bare `true` checkpoint), and the final model request.
+Each fixture holds the checkpoints an earlier build wrote for one run of the same flow: a model request, two
+parallel tool calls, a second model request, an approval wait that timed out, and the final model request.
+
+- `fixtures/checkpoints_0354ed8.json`: main@0354ed8, before the package was reshaped and checkpoints gained
+  digests (a timed-out wait is a bare `true` checkpoint).
+- `fixtures/checkpoints_26084a3_pydantic_ai_2.68.json`: main@26084a3 on pydantic-ai-slim 2.68 (request digests,
+  `RequestInput`), before Pydantic AI 2.78 added `request_timestamp` and `duration` to model responses: the
+  digests of the later requests, whose history holds those responses, must still match.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import psycopg
 import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunContext
-from pydantic_ai.capabilities import RequestInput
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -24,7 +29,10 @@ from pydantic_ai_absurd import AbsurdAgent
 
 from .support import run_until_done
 
-RECORDING = json.loads((Path(__file__).parent / "fixtures" / "checkpoints_0354ed8.json").read_text())
+RECORDINGS = {
+    name: json.loads((Path(__file__).parent / "fixtures" / f"checkpoints_{name}.json").read_text())
+    for name in ("0354ed8", "26084a3_pydantic_ai_2.68")
+}
 
 
 def legacy_agent(calls: list[str]) -> AbsurdAgent[None, str]:
@@ -52,7 +60,7 @@ def legacy_agent(calls: list[str]) -> AbsurdAgent[None, str]:
     inner = Agent(
         FunctionModel(respond, model_name="scripted"),
         name="legacy",
-        capabilities=[RequestInput(ask, name="approve", timeout=timedelta(seconds=1))],
+        capabilities=[HandleDeferredToolCalls(ask, name="approve", timeout=timedelta(seconds=1))],
     )
 
     @inner.tool
@@ -78,25 +86,27 @@ async def plant(dsn: str, queue: str, task_id: str, run_id: str, checkpoints: li
             )
 
 
+@pytest.mark.parametrize("build", sorted(RECORDINGS))
 @pytest.mark.parametrize("recorded", ["all steps", "all but the last model request"])
 async def test_a_recorded_task_of_an_earlier_build_resumes(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, recorded: str
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, recorded: str, build: str
 ) -> None:
+    recording = RECORDINGS[build]
     calls: list[str] = []
     agent = legacy_agent(calls)
 
-    @absurd_client.register_task(name=RECORDING["task_name"])
+    @absurd_client.register_task(name=recording["task_name"])
     async def legacy(params: Any, ctx: Any) -> str:
         return (await agent.run(params["prompt"])).output
 
-    checkpoints = RECORDING["checkpoints"]
+    checkpoints = recording["checkpoints"]
     if recorded != "all steps":
         assert checkpoints[-1]["name"] == "legacy__model.request#3"
         checkpoints = checkpoints[:-1]
-    spawned = await absurd_client.spawn(RECORDING["task_name"], RECORDING["params"])
+    spawned = await absurd_client.spawn(recording["task_name"], recording["params"])
     await plant(absurd_dsn, absurd_queue, str(spawned["task_id"]), str(spawned["run_id"]), checkpoints)
     snapshot = await run_until_done(absurd_client, spawned["task_id"])
     assert snapshot.state == "completed", snapshot.failure
-    assert snapshot.result == RECORDING["result"]
+    assert snapshot.result == recording["result"]
     # No tool ran again, nobody was asked again, and the model was called only for a step not recorded.
     assert calls == ([] if recorded == "all steps" else ["model@2"])

@@ -18,6 +18,8 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT
 
 from ._durability import AbsurdDurability
+from ._provider_waits import DEFAULT_MAX_PROVIDER_WAIT
+from ._time import DEFAULT_SUSPEND_THRESHOLD
 from .conversations._turn import begin_turn, run_scope_override, uses_store
 from .events import publish_events as publishing_handler
 
@@ -41,6 +43,8 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         conversation_store: ConversationStore | None = None,
         conversation_limit: int | None = None,
         publish_events: bool = False,
+        suspend_threshold: float = DEFAULT_SUSPEND_THRESHOLD,
+        max_provider_wait: float = DEFAULT_MAX_PROVIDER_WAIT,
     ) -> None:
         """Wrap `wrapped`.
 
@@ -56,6 +60,10 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
                 each run (the save still appends to the whole conversation). Default: all of them.
             publish_events: Append every event of a durable run (and status events) to the task's event
                 log in Postgres, live, for `stream_events()` / `event_stream_response()` in any process.
+            suspend_threshold: Seconds from which a wait suspends the task in Postgres instead of sleeping in
+                the worker (see [`AbsurdDurability`][pydantic_ai_absurd.AbsurdDurability]). Default 5.
+            max_provider_wait: Seconds one model request may wait in all for a provider's retry-after before
+                its error fails the run (see [`AbsurdDurability`][pydantic_ai_absurd.AbsurdDurability]). Default 900.
         """
         super().__init__(wrapped)
         agent_name = name or wrapped.name
@@ -71,7 +79,11 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         if publish_events:
             event_stream_handler = publishing_handler(event_stream_handler)
         self._durability = AbsurdDurability[AgentDepsT](
-            name=agent_name, models=models, event_stream_handler=event_stream_handler
+            name=agent_name,
+            models=models,
+            event_stream_handler=event_stream_handler,
+            suspend_threshold=suspend_threshold,
+            max_provider_wait=max_provider_wait,
         )
 
     @property

@@ -8,16 +8,23 @@ from typing import Any, Literal, TypedDict
 from pydantic_ai.durable_exec import (
     DurableOperationId,
     JournalCallableOperationBackend,
+    ModelCompactMessagesId,
+    ModelCountTokensId,
+    ModelRequestId,
     RoleBasedOperationConfig,
     ToolsetCallToolId,
     record_durable_unit,
 )
 from pydantic_ai.tools import RunContext
 
+from . import _absurd
 from ._checkpoint import DigestChain, asked_for
-from ._execution import current_run_scope, execution_state, require_task_context
+from ._execution import current_run_scope, current_task_context, execution_state, require_task_context
 from ._naming import step_name
+from ._provider_waits import ProviderWaitPolicy, provider_retry
 from ._steps import run_step
+
+_PROVIDER_CALLS = (ModelRequestId, ModelCountTokensId, ModelCompactMessagesId)
 
 
 class StepConfig(TypedDict, total=False):
@@ -53,9 +60,22 @@ def _unserializable_message(
 class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[False]]):
     """Runs each durable operation as one Absurd step of the current task, under the lease keeper."""
 
-    def __init__(self, *, agent_name: str, default_model_id: str | None, config: RoleBasedOperationConfig[Any]) -> None:
+    def __init__(
+        self,
+        *,
+        agent_name: str,
+        default_model_id: str | None,
+        config: RoleBasedOperationConfig[Any],
+        provider_waits: ProviderWaitPolicy,
+    ) -> None:
         super().__init__(agent_name=agent_name, default_model_id=default_model_id, config=config)
         self.agent_name = agent_name
+        self.provider_waits = provider_waits
+
+    def execution_attempt(self) -> int:
+        """Absurd's attempt of the task run executing now (1 outside a task), carried by stream events' origin."""
+        task_ctx = current_task_context()
+        return 1 if task_ctx is None else _absurd.execution_attempt(task_ctx)
 
     async def execute(
         self,
@@ -82,6 +102,7 @@ class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[Fal
             body,
             asked=asked_for(operation_id, cache_key, chain),
             on_unencodable=_unserializable_message(operation_id, cache_key),
+            retry=provider_retry(self.provider_waits) if isinstance(operation_id, _PROVIDER_CALLS) else None,
         )
         record_durable_unit(executed=outcome.executed)
         return outcome.value

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeGuard, cast
 
 from pydantic_ai.durable_exec import (
@@ -55,10 +57,15 @@ _ASKED_PREVIEW = 160
 
 @dataclass(frozen=True)
 class Asked:
-    """What a step was asked: a stable digest of the request and a short human summary of it."""
+    """What a step was asked: a stable digest of the request and a short human summary of it.
+
+    `legacy` computes the digest in the format of earlier builds, for checkpoints they recorded (called only
+    on a replay of such a checkpoint).
+    """
 
     digest: str
     summary: str
+    legacy: Callable[[], str] | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, request: object, summary: str) -> Asked:
@@ -122,6 +129,8 @@ def check_digest(state: object, asked: Asked | None, *, step: str) -> None:
     recorded = entries.get(DIGEST_KEY)
     if not isinstance(recorded, str) or recorded == asked.digest:
         return
+    if asked.legacy is not None and not recorded.startswith(_MESSAGES_DIGEST_V2) and recorded == asked.legacy():
+        return
     summary = entries.get(ASKED_KEY)
     recorded_summary = summary if isinstance(summary, str) else f"digest {recorded}"
     raise ReplayDivergenceError(
@@ -135,8 +144,21 @@ def check_digest(state: object, asked: Asked | None, *, step: str) -> None:
 
 
 # Message fields that differ between a first run and its replay (or a fork) without changing the request.
-_UNSTABLE = {"timestamp": True, "run_id": True, "conversation_id": True, "parts": {"__all__": {"timestamp"}}}
+_UNSTABLE = {
+    "timestamp": True,
+    "request_timestamp": True,
+    "duration": True,
+    "run_id": True,
+    "conversation_id": True,
+    "parts": {"__all__": {"timestamp"}},
+}
 _MESSAGE_EXCLUDE: Any = {"__all__": _UNSTABLE}
+# Model-request digests are marked with their format. Format 2 leaves out every field that holds its default, so a
+# Pydantic AI release that adds a message field with a default does not change the digests of recorded requests.
+_MESSAGES_DIGEST_V2 = "m2:"
+# Format 1 (unmarked, written before Pydantic AI 2.78) hashed every field that 2.68 had, defaults included: the
+# fields 2.78 added are left out to compute it again.
+_V1_MESSAGE_EXCLUDE: Any = {"__all__": {**_UNSTABLE, "parts": {"__all__": {"timestamp", "ui_visibility"}}}}
 
 
 @dataclass
@@ -150,24 +172,38 @@ class DigestChain:
 
     messages: list[ModelMessage] = field(default_factory=list[ModelMessage])
     hasher: Any = None
+    chunks: tuple[int, ...] = ()
+    """Where each hashed run of messages starts (format 1 digests are computed again over the same runs)."""
 
 
-def _messages_digest(messages: list[ModelMessage], chain: DigestChain | None) -> Any:
+def _messages_digest(messages: list[ModelMessage], chain: DigestChain | None) -> tuple[Any, tuple[int, ...]]:
     previous = chain.messages if chain is not None else []
     start: Any = chain.hasher if chain is not None else None
     extends = len(previous) <= len(messages) and all(old is new for old, new in zip(previous, messages, strict=False))
-    if start is not None and extends:
+    if start is not None and chain is not None and extends:
         hasher = start.copy()
+        chunks = chain.chunks
         added = messages[len(previous) :]
     else:
         hasher = hashlib.blake2b(digest_size=16)
+        chunks = ()
         added = messages
     if added:
-        hasher.update(ModelMessagesTypeAdapter.dump_json(added, exclude=_MESSAGE_EXCLUDE))
+        hasher.update(ModelMessagesTypeAdapter.dump_json(added, exclude=_MESSAGE_EXCLUDE, exclude_defaults=True))
+        chunks = (*chunks, len(messages) - len(added))
     if chain is not None:
         chain.messages = list(messages)
         chain.hasher = hasher.copy()
-    return hasher
+        chain.chunks = chunks
+    return hasher, chunks
+
+
+def _v1_digest(messages: list[ModelMessage], chunks: tuple[int, ...], model: str) -> str:
+    hasher = hashlib.blake2b(digest_size=16)
+    for start, end in zip(chunks, (*chunks[1:], len(messages)), strict=True):
+        hasher.update(ModelMessagesTypeAdapter.dump_json(messages[start:end], exclude=_V1_MESSAGE_EXCLUDE))
+    hasher.update(b"\x00model:" + model.encode())
+    return hasher.hexdigest()
 
 
 def _preview(value: object, limit: int = 60) -> str:
@@ -203,10 +239,14 @@ def asked_for(
         if messages is None:
             return None
         model = operation_id.model_id or "default"
-        hasher = _messages_digest(messages, chain)
+        hasher, chunks = _messages_digest(messages, chain)
         hasher.update(b"\x00model:" + model.encode())
         summary = f"a request to model {model!r} with {len(messages)} message(s), the last {_last_text(messages)}"
-        return Asked(hasher.hexdigest(), _one_line(summary))
+        return Asked(
+            _MESSAGES_DIGEST_V2 + hasher.hexdigest(),
+            _one_line(summary),
+            partial(_v1_digest, list(messages), chunks, model),
+        )
     if isinstance(operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId):
         tool_name: str | None = None
         args: object = None

@@ -6,8 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal, cast
 
-from absurd_sdk import CancelledTask, FailedTask
-from pydantic_ai import Agent
+from absurd_sdk import CancelledTask, FailedTask, SuspendTask
 from pydantic_ai.agent import EventStreamHandler
 from pydantic_ai.agent.abstract import AbstractAgent
 from pydantic_ai.capabilities import AbstractCapability, WrapRunHandler
@@ -20,6 +19,7 @@ from pydantic_ai.durable_exec import (
     external_event_scope,
     replay_scope,
 )
+from pydantic_ai.exceptions import UserError
 from pydantic_ai.models import Model
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT, RunContext
@@ -27,12 +27,14 @@ from pydantic_ai.toolsets import AbstractToolset
 
 from ._absurd import check_private_names
 from ._backend import AbsurdStepBackend, StepConfig, UnserializableValue
-from ._execution import current_task_context, execution_state, in_step, run_scope
+from ._execution import current_run_scope, current_task_context, execution_state, in_step, run_scope
 from ._naming import check_identifier
+from ._provider_waits import DEFAULT_MAX_PROVIDER_WAIT, ProviderWaitPolicy
 from ._pydantic_ai import PrivateHooks
 from ._pydantic_ai import check_private_names as check_pydantic_ai_private_names
-from ._time import checkpointed_sleep, run_start_time
+from ._time import DEFAULT_SUSPEND_THRESHOLD, graph_sleep, run_start_time
 from ._waits import AbsurdEventWaiter
+from .errors import ReplayDivergenceError
 from .telemetry import run_telemetry
 
 TOOL_METADATA_KEY = "absurd"
@@ -79,6 +81,8 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
         sequential_tools_in_durable_context=False,
         tool_config_key=TOOL_METADATA_KEY,
         cancellation_error_types=(CancelledTask, FailedTask),
+        control_flow_error_types=(SuspendTask,),
+        nondeterminism_error_types=(ReplayDivergenceError,),
     )
 
     def __init__(
@@ -87,6 +91,8 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
         models: Mapping[str, Model] | None = None,
         event_stream_handler: EventStreamHandler[AgentDepsT] | None = None,
         name: str | None = None,
+        suspend_threshold: float = DEFAULT_SUSPEND_THRESHOLD,
+        max_provider_wait: float = DEFAULT_MAX_PROVIDER_WAIT,
     ) -> None:
         """Create the capability.
 
@@ -97,7 +103,16 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
             event_stream_handler: A durable event stream handler: model events reach it live inside the
                 model step, and each tool event runs in a step of its own, so it sees every event once.
             name: The name used in step names. Defaults to the agent's `name`, which must then be set.
+            suspend_threshold: Seconds. A wait at least this long (the agent graph's sleep between polls of a
+                provider's background job, a `RetryOnModelErrors` backoff, a provider's retry-after) suspends the
+                task in Postgres and frees the worker slot; a shorter one sleeps in the worker. Default 5.
+            max_provider_wait: Seconds. When a model request fails with a provider error that asks to retry
+                after a while (HTTP 429 or 503 with `retry-after`), its step waits and calls the model again,
+                without using one of the task's attempts, until its waits add up to this; then the error fails
+                the run as any other. Default 900.
         """
+        if suspend_threshold < 0 or max_provider_wait < 0:
+            raise UserError("`suspend_threshold` and `max_provider_wait` are seconds and must not be negative.")
         check_private_names()
         check_pydantic_ai_private_names()
         if name is not None:
@@ -110,6 +125,7 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
             event_stream_handler, "before_durable_run", None
         )
         self._backend: AbsurdStepBackend | None = None
+        self.provider_waits = ProviderWaitPolicy(suspend_threshold=suspend_threshold, max_wait=max_provider_wait)
 
     def for_agent(self, agent: AbstractAgent[AgentDepsT, Any]) -> AbstractCapability[AgentDepsT]:
         """Bind to `agent`, refusing names and IDs that would corrupt the persisted step names."""
@@ -162,12 +178,22 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
                 config=RoleBasedOperationConfig[StepConfig | Literal[False]](
                     model={}, event={}, capability={}, tool={}, resolve_tool=_tool_config
                 ),
+                provider_waits=self.provider_waits,
             )
             self._backend = backend
         return backend
 
+    async def durable_sleep(self, seconds: float) -> None:
+        """The agent graph's wait in the task: suspended in Postgres from `suspend_threshold` seconds, else in-process.
+
+        Either way the wake time is a checkpoint, so a resumed run waits only what is left.
+        """
+        scope = current_run_scope()
+        prefix = scope.prefix if scope is not None else self.name
+        await graph_sleep(prefix, seconds, suspend_threshold=self.provider_waits.suspend_threshold)
+
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
-        """Install the run's step scope, replay telemetry scope, durable event waiter and durable sleep."""
+        """Install the run's step scope, replay telemetry scope and durable event waiter."""
         task_ctx = current_task_context()
         if task_ctx is None or in_step():
             return await super().wrap_run(ctx, handler=handler)
@@ -178,7 +204,6 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
             run_scope(scope),
             replay_scope(),
             external_event_scope(AbsurdEventWaiter(task_ctx, scope)),
-            Agent.using_sleep(checkpointed_sleep(scope)),
             run_telemetry(task_ctx, agent=self.name, prefix=scope.prefix, run_id=ctx.run_id),
         ):
             return await super().wrap_run(ctx, handler=handler)

@@ -18,17 +18,19 @@ from typing import Any, NoReturn, TypeVar
 from absurd_sdk import AsyncTaskContext, StepHandle
 
 from . import _checkpoint
-from ._absurd import begin_step
+from ._absurd import begin_step, give_up_retries
 from ._checkpoint import Asked
-from ._execution import execution_state, remember_end, require_task_context, step_body_scope
-from .errors import UnserializableResultError
+from ._execution import END_STATES, execution_state, remember_end, require_task_context, step_body_scope
+from .errors import ReplayDivergenceError, UnserializableResultError
 
 __all__ = [
+    "RetryAfterFailure",
     "StepOutcome",
     "begin",
     "commit",
     "commit_hook",
     "current_step",
+    "refuse_live",
     "replay_only",
     "run_body",
     "run_step",
@@ -88,7 +90,7 @@ def replay_only(guard: Callable[[str | None], NoReturn]) -> Generator[None]:
         _live_guard.reset(token)
 
 
-def _refuse_live(step: str | None) -> None:
+def refuse_live(step: str | None) -> None:
     guard = _live_guard.get()
     if guard is not None:
         guard(step)
@@ -100,7 +102,7 @@ async def commit(task_ctx: AsyncTaskContext, handle: StepHandle, checkpoint: obj
     When the caller is cancelled meanwhile (a sibling tool failed and the run is being torn down), the
     write still finishes before the cancellation propagates.
     """
-    _refuse_live(handle.checkpoint_name)
+    refuse_live(handle.checkpoint_name)
 
     async def write() -> None:
         hook = _commit_hook.get()
@@ -129,7 +131,7 @@ async def run_body(task_ctx: AsyncTaskContext, body: Callable[[], Awaitable[_T]]
     If Absurd reported an end state from inside this body and the body returned anyway, that end state is
     raised instead of the value.
     """
-    _refuse_live(None)
+    refuse_live(None)
     state = execution_state(task_ctx)
     body_id = object()
 
@@ -145,28 +147,35 @@ async def run_body(task_ctx: AsyncTaskContext, body: Callable[[], Awaitable[_T]]
     return value
 
 
+RetryAfterFailure = Callable[[Exception, str], Awaitable[bool]]
+"""Called when a step body raised (with the error and the checkpoint name): wait and return True to run it again."""
+
+
 async def run_step(
     step: str,
     body: Callable[[], Awaitable[object]],
     *,
     asked: Asked | None = None,
     on_unencodable: Callable[[BaseException, str], str | None] | None = None,
+    retry: RetryAfterFailure | None = None,
 ) -> StepOutcome:
     """Run `body` as the Absurd step `step` of the current task, or replay its checkpoint.
 
-    `asked` is checked against the digest recorded on replay and stored on the first run. When the body
-    raises and `on_unencodable(error, checkpoint_name)` returns a message, that failure is checkpointed
-    (retries raise it again without running the body) and raised as `UnserializableResultError`.
+    `asked` is checked against the digest recorded on replay and stored on the first run; a mismatch fails the
+    task for good (`ReplayDivergenceError`, whichever worker runs it). When the body raises and
+    `retry(error, checkpoint_name)` returns True, the body runs again as the same step (same checkpoint name).
+    When `on_unencodable(error, checkpoint_name)` returns a message, that failure is checkpointed (retries raise
+    it again without running the body) and raised as `UnserializableResultError`.
     """
     task_ctx = require_task_context()
     handle = await begin(task_ctx, step)
     if handle.done:
-        _checkpoint.check_digest(handle.state, asked, step=handle.checkpoint_name)
+        await _check_digest(task_ctx, handle, asked)
         return StepOutcome(_checkpoint.decode(handle.state, step=handle.checkpoint_name), False, handle.checkpoint_name)
-    _refuse_live(handle.checkpoint_name)
+    refuse_live(handle.checkpoint_name)
     step_token = _current_step.set(handle.checkpoint_name)
     try:
-        payload = await run_body(task_ctx, body)
+        payload = await _run_body_retrying(task_ctx, body, handle.checkpoint_name, retry)
     except Exception as error:
         message = on_unencodable(error, handle.checkpoint_name) if on_unencodable is not None else None
         if message is None:
@@ -178,3 +187,25 @@ async def run_step(
     checkpoint, value = _checkpoint.encode(payload, asked=asked)
     await commit(task_ctx, handle, checkpoint)
     return StepOutcome(value, True, handle.checkpoint_name)
+
+
+async def _run_body_retrying(
+    task_ctx: AsyncTaskContext, body: Callable[[], Awaitable[_T]], checkpoint_name: str, retry: RetryAfterFailure | None
+) -> _T:
+    while True:
+        try:
+            return await run_body(task_ctx, body)
+        except END_STATES:
+            raise
+        except Exception as error:
+            if retry is None or not await retry(error, checkpoint_name):
+                raise
+
+
+async def _check_digest(task_ctx: AsyncTaskContext, handle: StepHandle, asked: Asked | None) -> None:
+    try:
+        _checkpoint.check_digest(handle.state, asked, step=handle.checkpoint_name)
+    except ReplayDivergenceError:
+        if _live_guard.get() is None:  # deploy verification writes nothing
+            await remember_end(task_ctx, give_up_retries(task_ctx))
+        raise

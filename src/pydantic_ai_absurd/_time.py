@@ -1,21 +1,30 @@
-"""Replay-stable time inside a durable run: the run's start time and the agent graph's sleeps."""
+"""Replay-stable time inside a durable run: the run's start time, the agent graph's sleeps, suspensions."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from ._execution import RunScope, require_task_context
+from absurd_sdk import AsyncTaskContext
+
+from ._absurd import suspend_run_until
+from ._execution import execution_state, remember_end, require_task_context
 from ._naming import escape
-from ._steps import run_body, run_step
+from ._steps import refuse_live, run_body, run_step
+
+DEFAULT_SUSPEND_THRESHOLD = 5.0
+"""Waits of at least this many seconds suspend the task in Postgres; shorter ones sleep in the worker."""
 
 
-def _now() -> datetime:
+def now() -> datetime:
+    """The current time, in UTC."""
     return datetime.now(UTC)
 
 
-async def _recorded_time(step: str, compute: Callable[[], datetime]) -> datetime:
+async def recorded_time(step: str, compute: Callable[[], datetime]) -> datetime:
+    """The time `compute()` gives on the first run, recorded in the step `step`."""
+
     async def body() -> str:
         return compute().isoformat()
 
@@ -25,22 +34,42 @@ async def _recorded_time(step: str, compute: Callable[[], datetime]) -> datetime
 
 async def run_start_time(agent_name: str, run_id: str) -> datetime:
     """When the run with `run_id` first started, recorded in the step `<agent>__run.start_time@<run id>`."""
-    return await _recorded_time(f"{agent_name}__run.start_time@{escape(run_id)}", _now)
+    return await recorded_time(f"{agent_name}__run.start_time@{escape(run_id)}", now)
 
 
-def checkpointed_sleep(scope: RunScope) -> Callable[[float], Awaitable[None]]:
-    """An agent-graph sleep whose wake time is a checkpoint, so a resumed run sleeps only what is left.
+async def graph_sleep(prefix: str, delay: float, *, suspend_threshold: float) -> None:
+    """The agent graph's sleep (between polls of a provider's background job, or before a model retry).
 
-    It sleeps in process under the lease keeper rather than suspending the task: Pydantic AI cancels a
-    provider's background job when its poll sleep raises, and Absurd's `sleep_for` raises to suspend.
+    A delay of at least `suspend_threshold` seconds suspends the task with Absurd's `sleep_for` (step
+    `<prefix>__graph.suspend`): no worker slot is held, and Pydantic AI leaves a background job running because
+    Absurd's `SuspendTask` is a control-flow error of the engine. A shorter one records its wake time (step
+    `<prefix>__graph.sleep`) and sleeps in the worker under the lease keeper. Either way a resumed run waits only
+    what is left. The choice depends only on `delay`, which comes from replayed model responses, so a replay makes
+    the same steps in the same order.
     """
+    delay = max(delay, 0.0)
+    task_ctx = require_task_context()
+    if delay >= suspend_threshold:
+        execution_state(task_ctx).raise_if_ended()
+        refuse_live(None)
+        await remember_end(task_ctx, task_ctx.sleep_for(f"{prefix}__graph.suspend", delay))
+        return
+    wake_at = await recorded_time(f"{prefix}__graph.sleep", lambda: now() + timedelta(seconds=delay))
+    await sleep_until(task_ctx, wake_at, suspend_threshold=None)
 
-    async def sleep(delay: float) -> None:
-        wake_at = await _recorded_time(
-            f"{scope.prefix}__graph.sleep", lambda: _now() + timedelta(seconds=max(delay, 0.0))
-        )
-        remaining = (wake_at - _now()).total_seconds()
-        if remaining > 0:
-            await run_body(require_task_context(), lambda: asyncio.sleep(remaining))
 
-    return sleep
+async def sleep_until(task_ctx: AsyncTaskContext, wake_at: datetime, *, suspend_threshold: float | None) -> None:
+    """Wait until `wake_at`: in the worker under the lease keeper, or suspended when at least `suspend_threshold` away.
+
+    A suspension makes the run claimable again at `wake_at` and raises Absurd's `SuspendTask`; it writes no
+    checkpoint, so the code before it runs again when the task resumes.
+    """
+    remaining = (wake_at - now()).total_seconds()
+    if remaining <= 0:
+        return
+    if suspend_threshold is not None and remaining >= suspend_threshold:
+        execution_state(task_ctx).raise_if_ended()
+        refuse_live(None)
+        await remember_end(task_ctx, suspend_run_until(task_ctx, wake_at))
+        return
+    await run_body(task_ctx, lambda: asyncio.sleep(remaining))

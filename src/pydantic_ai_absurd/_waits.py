@@ -1,4 +1,4 @@
-"""Durable waits for external events (approvals, `RequestInput`) inside one agent run, on Absurd events."""
+"""Durable waits for external events (approvals, `HandleDeferredToolCalls`) inside one agent run, on Absurd events."""
 
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def _check_token(token: str) -> None:
 async def resolve_event_token(
     absurd: AsyncAbsurd, token: str, payload: JsonValue, *, queue_name: str | None = None
 ) -> None:
-    """Resume the durable run waiting on `token` (from `RequestInput` or `wait_for_external_event`) with `payload`.
+    """Resume the durable run waiting on `token` (from `HandleDeferredToolCalls` or `wait_for_external_event`) with `payload`.
 
     Call it from any process, such as the web handler your approval UI posts to. The first resolution
     wins; later ones are ignored. `queue_name` defaults to the client's queue. A plain JSON payload sent

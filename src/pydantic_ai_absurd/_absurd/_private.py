@@ -32,16 +32,28 @@ Private names used (absurd-sdk 0.5.1), all pinned by `tests/test_worker_sdk_priv
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from contextlib import contextmanager
+from datetime import datetime
 from importlib import metadata
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
-from absurd_sdk import AbsurdHooks, AsyncAbsurd, AsyncTaskContext, ClaimedTask, StepHandle
+import psycopg
+from absurd_sdk import (
+    AbsurdHooks,
+    AsyncAbsurd,
+    AsyncTaskContext,
+    CancelledTask,
+    ClaimedTask,
+    FailedTask,
+    StepHandle,
+    SuspendTask,
+)
 from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 
 from ..errors import IncompatibleSdkError
+from ._sql import end_state_of, exhaust_attempts, schedule_run_at
 
 
 def _registry(absurd: AsyncAbsurd) -> dict[str, dict[str, Any]]:
@@ -294,6 +306,37 @@ def current_context(ctx: AsyncTaskContext) -> Generator[None]:
         yield
     finally:
         variable.reset(token)
+
+
+def execution_attempt(task_ctx: AsyncTaskContext) -> int:
+    """The attempt of the run `task_ctx` executes, from 1 (`AsyncTaskContext._task["attempt"]`)."""
+    return int(claimed_task_of(task_ctx)["attempt"])
+
+
+async def _write(
+    task_ctx: AsyncTaskContext, write: Callable[[AsyncConnection[Any], str, str], Awaitable[None]]
+) -> None:
+    """Run `write(conn, queue, run_id)` on the task's connection, raising Absurd's exception if the run has ended."""
+    try:
+        await write(task_connection(task_ctx), task_ctx._queue_name, str(claimed_task_of(task_ctx)["run_id"]))  # pyright: ignore[reportPrivateUsage]
+    except psycopg.Error as error:
+        ended = end_state_of(error)
+        if ended == "cancelled":
+            raise CancelledTask() from error
+        if ended == "failed":
+            raise FailedTask() from error
+        raise
+
+
+async def suspend_run_until(task_ctx: AsyncTaskContext, wake_at: datetime) -> NoReturn:
+    """Put the running run to sleep until `wake_at` and raise `SuspendTask`: another execution resumes it then."""
+    await _write(task_ctx, lambda conn, queue, run_id: schedule_run_at(conn, queue, run_id, wake_at))
+    raise SuspendTask()
+
+
+async def give_up_retries(task_ctx: AsyncTaskContext) -> None:
+    """Make the running run's failure final: its task gets no further attempt, whichever worker fails it."""
+    await _write(task_ctx, exhaust_attempts)
 
 
 def task_connection(task_ctx: AsyncTaskContext) -> AsyncConnection[Any]:

@@ -7,6 +7,7 @@ for tasks, runs, checkpoints, events) says so in its docstring.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any, Literal, cast
 
 import psycopg
@@ -37,6 +38,26 @@ def end_state_of(error: psycopg.Error) -> Literal["cancelled", "failed"] | None:
 async def schedule_run_now(conn: AsyncConnection[Any], queue_name: str, run_id: str) -> None:
     """Make a running run claimable again at once (`absurd.schedule_run`), without using an attempt."""
     await conn.execute("select absurd.schedule_run(%s, %s, absurd.current_time())", (queue_name, run_id))
+
+
+async def schedule_run_at(conn: AsyncConnection[Any], queue_name: str, run_id: str, wake_at: datetime) -> None:
+    """Put a running run to sleep until `wake_at` (`absurd.schedule_run`), without using an attempt."""
+    await conn.execute("select absurd.schedule_run(%s, %s, %s)", (queue_name, run_id, wake_at))
+
+
+async def exhaust_attempts(conn: AsyncConnection[Any], queue_name: str, run_id: str) -> None:
+    """Lower the task's `max_attempts` to the attempt of `run_id`, so the run's failure fails the task for good.
+
+    Absurd's own worker (`start_worker`) retries every failure while attempts are left; after this its `fail_run`
+    finds them exhausted. Writes `t_<queue>.max_attempts`, reads `r_<queue>` (`run_id`, `task_id`, `attempt`).
+    """
+    await conn.execute(
+        sql.SQL(
+            "update absurd.{} as t set max_attempts = r.attempt from absurd.{} as r"
+            " where r.run_id = %s and t.task_id = r.task_id"
+        ).format(sql.Identifier(f"t_{queue_name}"), sql.Identifier(f"r_{queue_name}")),
+        (run_id,),
+    )
 
 
 async def extend_claim(conn: AsyncConnection[Any], queue_name: str, run_id: str, seconds: int) -> None:

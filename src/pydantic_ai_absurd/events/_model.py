@@ -37,7 +37,7 @@ class RunStartedEvent:
 
 @dataclass(frozen=True)
 class WaitingForInputEvent:
-    """The run suspended, waiting for a human (an approval or `RequestInput`): resolve `token` to resume it."""
+    """The run suspended, waiting for a human (an approval or `HandleDeferredToolCalls`): resolve `token` to resume it."""
 
     token: str
     request: dict[str, JsonValue] | None = None

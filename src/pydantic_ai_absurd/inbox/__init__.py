@@ -1,6 +1,6 @@
 """The inbox: human input for durable runs, recorded in Postgres and answered from any process.
 
-`Inbox.ask` is the `ask` of Pydantic AI's `RequestInput` capability: it records the pending calls with the
+`Inbox.ask` is the handler of Pydantic AI's `HandleDeferredToolCalls` capability: it records the pending calls with the
 run's resume token in `pydantic_ai_absurd.inbox_requests` and returns `None`, so the run waits (the task
 sleeps on an Absurd event, holding no worker). `pending()` lists what waits now; `approve` / `deny` /
 `answer` check the answer against the stored request and, in one transaction, mark it answered and emit
@@ -87,7 +87,7 @@ class Inbox:
     async def ask(self, ctx: RunContext[Any], requests: DeferredToolRequests, token: str) -> None:
         """Record the pending calls under `token` and return None, so the durable run waits for an answer.
 
-        Pass it as `RequestInput(ask=inbox.ask)`. It runs inside the step of the wait and is idempotent:
+        Pass it as `HandleDeferredToolCalls(inbox.ask)`. It runs inside the step of the wait and is idempotent:
         a retried step finds the row of the first attempt.
         """
         task_ctx = get_current_context()

@@ -40,7 +40,7 @@ class PendingRequest:
     agent_name: str | None
     """The name of the agent that asked, when it has one."""
     name: str
-    """The name of the wait (`RequestInput(name=...)`, or the name given to `wait_for_external_event`)."""
+    """The name of the wait (`HandleDeferredToolCalls(name=...)`, or the name given to `wait_for_external_event`)."""
     approvals: list[ToolCallPart] = field(default_factory=list[ToolCallPart])
     """Tool calls waiting for approval (`requires_approval=True`, `ApprovalRequired`)."""
     calls: list[ToolCallPart] = field(default_factory=list[ToolCallPart])
@@ -52,7 +52,7 @@ class PendingRequest:
     asked_at: datetime
     """When the run asked (database time)."""
     expires_at: datetime | None = None
-    """When the wait times out (`RequestInput(timeout=...)`), or None to wait without a limit."""
+    """When the wait times out (`HandleDeferredToolCalls(timeout=...)`), or None to wait without a limit."""
 
     @property
     def tool_call_ids(self) -> list[str]:
