@@ -303,7 +303,9 @@ async def test_waiting_for_input_carries_the_inbox_request(absurd_client: AsyncA
             lambda _: [TextPart("refund done")],
         ]
     )
-    inner = Agent(script.model(), name="support", capabilities=[HandleDeferredToolCalls(inbox.ask, name="approve_refund")])
+    inner = Agent(
+        script.model(), name="support", capabilities=[HandleDeferredToolCalls(inbox.ask, name="approve_refund")]
+    )
 
     @inner.tool(requires_approval=True)
     async def refund(ctx: RunContext[None], amount: int) -> str:

@@ -40,7 +40,9 @@ def refund_agent(
         return answer
 
     inner = Agent(
-        script.model(), name="support", capabilities=[HandleDeferredToolCalls(ask, name="approve_refund", timeout=timeout)]
+        script.model(),
+        name="support",
+        capabilities=[HandleDeferredToolCalls(ask, name="approve_refund", timeout=timeout)],
     )
 
     @inner.tool(requires_approval=True)

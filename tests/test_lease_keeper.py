@@ -9,9 +9,9 @@ from typing import Any, cast
 import pytest
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext, CancelledTask, FailedTask
 
-from pydantic_ai_absurd._execution import RunScope, current_task_context
+from pydantic_ai_absurd._execution import current_task_context
 from pydantic_ai_absurd._lease import LeaseKeeper
-from pydantic_ai_absurd._time import checkpointed_sleep
+from pydantic_ai_absurd._time import graph_sleep
 
 from .support import SimulatedCrash, checkpoints, run_until_done
 
@@ -85,7 +85,7 @@ async def test_graph_sleep_keeps_its_wake_time_across_a_resume(
     @absurd_client.register_task(name="sleepy")
     async def task(params: Any, ctx: Any) -> str:
         assert current_task_context() is not None
-        await checkpointed_sleep(RunScope("sleeper", 1))(0.3)
+        await graph_sleep("sleeper", 0.3, suspend_threshold=5.0)
         if crash["armed"]:
             crash["armed"] = False
             raise SimulatedCrash("after the sleep")

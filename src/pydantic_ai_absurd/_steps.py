@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 from absurd_sdk import AsyncTaskContext, StepHandle
 
 from . import _checkpoint
-from ._absurd import begin_step, give_up_retries
+from ._absurd import begin_step, give_up_retries, release_step_name
 from ._checkpoint import Asked
 from ._execution import END_STATES, execution_state, remember_end, require_task_context, step_body_scope
 from .errors import ReplayDivergenceError, UnserializableResultError
@@ -179,6 +179,8 @@ async def run_step(
     except Exception as error:
         message = on_unencodable(error, handle.checkpoint_name) if on_unencodable is not None else None
         if message is None:
+            if not isinstance(error, END_STATES):
+                release_step_name(task_ctx, handle)  # a retry of this operation takes the same name, as a replay will
             raise
         await commit(task_ctx, handle, _checkpoint.encode_error(message))
         raise UnserializableResultError(message) from error

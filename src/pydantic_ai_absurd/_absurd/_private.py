@@ -22,6 +22,12 @@ Private names used (absurd-sdk 0.5.1), all pinned by `tests/test_worker_sdk_priv
   OpenTelemetry spans (`pydantic_ai_absurd.telemetry`);
 - `AsyncTaskContext._queue_name` and `_task` (its `task_name`): the queue and task name of the running task, which
   the inbox records with each request (`task_identity`);
+- `AsyncTaskContext._step_name_counter`: the encounter counter of step names; a step that ended without a
+  checkpoint gives its name back (`release_step_name`), so a retried model request is stored under the name a
+  replay looks for (pinned by `tests/test_durable_hooks.py`);
+- `AsyncTaskContext._conn`, `_queue_name` and `_task` (its `run_id`): a wait longer than the suspend threshold
+  puts the run to sleep with `absurd.schedule_run` (`suspend_run_until`), and a replay divergence lowers the
+  task's `max_attempts` (`give_up_retries`), both on the task's own connection;
 - `AsyncTaskContext._get_checkpoint_name` and `_checkpoint_cache`: `begin_step` without the extra query
   (pinned by `tests/test_compat.py`). The SDK preloads every checkpoint of the task when it creates the
   context, and updates the cache on each write of this execution; a name missing from it has no
@@ -158,7 +164,7 @@ async def begin_step(task_ctx: AsyncTaskContext, name: str) -> StepHandle:
     return StepHandle(name=name, checkpoint_name=checkpoint_name, done=False)
 
 
-_CONTEXT_ATTRIBUTES = ("_claim_timeout", "_checkpoint_cache", "_task", "_conn")
+_CONTEXT_ATTRIBUTES = ("_claim_timeout", "_checkpoint_cache", "_task", "_conn", "_queue_name", "_step_name_counter")
 
 
 _CONTEXT_METHODS = ("_get_checkpoint_name",)
@@ -215,6 +221,20 @@ def preloaded_checkpoint_names(task_ctx: AsyncTaskContext) -> frozenset[str]:
 def step_encounters(task_ctx: AsyncTaskContext) -> dict[str, int]:
     """How often each step name was begun in this execution (`AsyncTaskContext._step_name_counter`)."""
     return task_ctx._step_name_counter  # pyright: ignore[reportPrivateUsage]
+
+
+def release_step_name(task_ctx: AsyncTaskContext, handle: StepHandle) -> None:
+    """Give the checkpoint name of a step that ended without a checkpoint back to the SDK's counter.
+
+    The next step of the same name then takes it again, as a replay will: a model request retried after a failure
+    (`RetryOnModelErrors`) is stored under the name the failed one had, and a replay finds it there. Only the latest
+    name handed out can be given back.
+    """
+    counter = task_ctx._step_name_counter  # pyright: ignore[reportPrivateUsage]
+    count = counter.get(handle.name, 0)
+    taken = handle.name if count == 1 else f"{handle.name}#{count}"
+    if count and taken == handle.checkpoint_name:
+        counter[handle.name] = count - 1
 
 
 def checkpoint_state(task_ctx: AsyncTaskContext, name: str) -> Any:
