@@ -72,7 +72,9 @@ def main() -> None:
 
     absurd = AsyncAbsurd(dsn, queue_name=queue)  # no hooks: the worker applies otel_hooks() by default
     register_billing(absurd, billing_agent(before_charge=maybe_die, charges=state / "charges"))
-    asyncio.run(run_worker(absurd, claim_timeout=2, poll_interval=0.05, drain_timeout=5))
+    # A lease far longer than the test: the replacement resumes the dead worker's run by fast takeover, whatever
+    # the time it takes to start on a loaded machine (with a short lease, Absurd would fail the run as expired).
+    asyncio.run(run_worker(absurd, claim_timeout=120, poll_interval=0.05, drain_timeout=5))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pydantic_ai.usage import RequestUsage, UsageLimits
 from pydantic_ai_absurd import AbsurdAgent, AbsurdDurability, ReplayDivergenceError
 from pydantic_ai_absurd._absurd import read_runs
 
+from .events_support import collect
 from .support import SimulatedCrash, checkpoint_names
 
 
@@ -140,7 +141,9 @@ async def test_stream_events_carry_absurds_attempt(absurd_client: AsyncAbsurd) -
 
     agent = AbsurdAgent(
         Agent(FunctionModel(stream_function=stream, model_name="streamer"), name="streamer"),
+        absurd_client,
         event_stream_handler=handler,
+        publish_events=True,
     )
 
     @absurd_client.register_task(name="streamer")
@@ -152,6 +155,13 @@ async def test_stream_events_carry_absurds_attempt(absurd_client: AsyncAbsurd) -
     assert (snapshot.state, snapshot.result) == ("completed", "partial answer")
     # The model step's attempt stays 1; the execution of that attempt is Absurd's run attempt.
     assert seen == [(1, 1), (1, 2)]
+    # The event log keeps both, each telling which execution wrote it: a reader drops the superseded one.
+    logged = [
+        (item.attempt, item.event.origin.execution_attempt)
+        for item in await collect(absurd_client, spawned["task_id"])
+        if isinstance(item.event, PartStartEvent) and item.event.origin is not None
+    ]
+    assert logged == [(1, 1), (2, 2)]
 
 
 async def test_a_divergence_fails_the_task_for_good_under_absurds_own_worker(

@@ -25,6 +25,7 @@ from .worker_support import (
     effect_events,
     eventually,
     is_completed,
+    open_gate,
     running_worker,
     runs,
     seen_event,
@@ -201,7 +202,8 @@ async def test_sigkill_another_worker_resumes_before_the_lease_would_expire(
     absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
     dsn = effects
-    spawned = await absurd_client.spawn("steps", {"steps": 4, "step_seconds": 0.5}, queue=absurd_queue)
+    # Step s1 holds until the gate opens, so `a` is still inside it when it is killed, however slow `b` starts.
+    spawned = await absurd_client.spawn("steps", {"steps": 4, "step_seconds": 0.1, "gate": "s1"}, queue=absurd_queue)
     task_id = spawned["task_id"]
     a = _start(workers, dsn, absurd_queue, tmp_path, id="a")
     await eventually(lambda: seen_event(dsn, absurd_queue, task_id, "s1", "start"))
@@ -209,6 +211,7 @@ async def test_sigkill_another_worker_resumes_before_the_lease_would_expire(
     await eventually(lambda: _ready(b))
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait()
+    await open_gate(dsn, absurd_queue, task_id, "s1")
     # The lease runs for 60 s (WAIT is 20 s): completing now proves the takeover.
     await eventually(lambda: is_completed(absurd_client, task_id))
     snapshot = await absurd_client.fetch_task_result(task_id)
@@ -217,7 +220,8 @@ async def test_sigkill_another_worker_resumes_before_the_lease_would_expire(
     assert snapshot.result["pid"] == b.pid
     events = await effect_events(dsn, absurd_queue, task_id)
     assert count_events(events, "s0", "start") == 1  # committed before the kill: never ran again
-    assert [count_events(events, f"s{i}", "end") for i in range(2, 4)] == [1, 1]
+    assert count_events(events, "s1", "start") == 2  # in flight at the kill: ran again, once
+    assert [count_events(events, f"s{i}", "end") for i in range(1, 4)] == [1, 1, 1]
     assert (await task_state(dsn, absurd_queue, task_id))["attempts"] == 1  # handed back, no attempt used
     assert f"took over task_id={task_id}" in b.output()
 

@@ -2,7 +2,8 @@
 
 Task `steps`: `params["steps"]` checkpointed steps; each step body records `start` and `end` rows in
 the `worker_effects` table around a sleep of `params["step_seconds"]`, so a test can count how often
-each step body ran, across processes.
+each step body ran, across processes. With `params["gate"]` set to a step name (`"s1"`), that step's body
+waits after its `start` row until the test opens the gate (`open_gate`), so a test decides when it ends.
 
 Also loadable as a CLI target: `pydantic-ai-absurd worker tests.worker_app:absurd`.
 """
@@ -44,12 +45,24 @@ async def record(task_id: str, step: str, event: str) -> None:
         )
 
 
+async def gate_opened(task_id: str, step: str) -> bool:
+    async with await psycopg.AsyncConnection.connect(DSN, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select 1 from worker_effects where queue = %s and task_id = %s and step = %s and event = 'open'",
+            (QUEUE, str(task_id), step),
+        )
+        return await cur.fetchone() is not None
+
+
 @absurd.register_task(name="steps")
 async def steps(params: dict[str, Any], ctx: AsyncTaskContext) -> dict[str, Any]:
     for i in range(int(params["steps"])):
 
         async def body(i: int = i) -> int:
             await record(ctx.task_id, f"s{i}", "start")
+            if params.get("gate") == f"s{i}":
+                while not await gate_opened(str(ctx.task_id), f"s{i}"):
+                    await asyncio.sleep(0.05)
             await asyncio.sleep(float(params["step_seconds"]))
             await record(ctx.task_id, f"s{i}", "end")
             return i

@@ -152,6 +152,15 @@ async def seen_event(dsn: str, queue: str, task_id: str, step: str, event: str) 
     return count_events(await effect_events(dsn, queue, task_id), step, event) > 0
 
 
+async def open_gate(dsn: str, queue: str, task_id: str, step: str) -> None:
+    """Let the gated step `step` of the `steps` task (`params["gate"]`) finish, in every worker running it."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "insert into worker_effects (queue, task_id, step, event, pid) values (%s, %s, %s, 'open', 0)",
+            (queue, str(task_id), step),
+        )
+
+
 async def is_completed(absurd: AsyncAbsurd, task_id: str) -> bool:
     """Whether the task has completed."""
     snapshot = await absurd.fetch_task_result(task_id)
