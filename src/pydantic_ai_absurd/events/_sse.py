@@ -98,9 +98,7 @@ def _position(last_event_id: str | int | None) -> tuple[int, int]:
     if not dot:
         return (seq, _WHOLE) if seq else (0, -1)
     if not index_text.isdigit():
-        raise EventLogError(
-            f"{last_event_id!r} is not an SSE event id of this stream (`seq.index`, two integers >= 0)."
-        )
+        raise EventLogError(f"{last_event_id!r} is not an SSE event id of this stream (seq.index, two integers >= 0).")
     return seq, int(index_text)
 
 
