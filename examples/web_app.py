@@ -176,7 +176,11 @@ def create_app(dsn: str, queue: str = QUEUE) -> Starlette:
         )
 
     async def task(request: Request) -> Response:
-        snapshot = await absurd.fetch_task_result(request.path_params["task_id"])
+        try:
+            task_id = str(uuid.UUID(request.path_params["task_id"]))
+        except ValueError:
+            return JSONResponse({"error": "not a task id"}, status_code=404)
+        snapshot = await absurd.fetch_task_result(task_id)
         if snapshot is None:
             return JSONResponse({"error": "no such task"}, status_code=404)
         return JSONResponse({"state": snapshot.state, "failure": snapshot.failure})

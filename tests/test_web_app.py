@@ -100,6 +100,7 @@ async def test_stream_reconnect_kill_and_approve_over_http(absurd_dsn: str, tmp_
         assert shown_text(full).strip() == answer_text()
         done = await client.get(f"/tasks/{task_id}/events", headers={"last-event-id": str(full[-1].id)})
         assert (await client.get(f"/tasks/{task_id}")).json() == {"state": "completed", "failure": None}
+        assert (await client.get("/tasks/not-a-task")).status_code == 404
         assert done.status_code == 204
 
         # A refund waits for approval; the approval resumes the same run, in the same conversation.
