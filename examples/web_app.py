@@ -255,14 +255,15 @@ async def check(base: str) -> None:
                     if chunk["type"] == "text-delta":
                         text.append(chunk["delta"])
                     elif chunk["type"] == "tool-input-available":
-                        print(f"[page] tool call {chunk['toolName']}({chunk['input']})")
+                        print(f"[page] tool call {chunk['toolName']!r}({chunk['input']!r})")
                     elif chunk["type"] == "data-absurd-status" and chunk["data"]["event_kind"] == "waiting_for_input":
                         print("[page] waiting for approval; approving")
                         assert approve
                         token = chunk["data"]["token"]
                         await client.post(f"/inbox/{quote(token, safe='')}", json={"approve": True})
             assert "".join(text).strip() == answer_text(), "".join(text)
-            print(f"[page] {message!r} -> {''.join(text)[:40]}... ({len(''.join(text).split())} words)")
+            # `!r`: model text may hold control characters, which must not reach the terminal as they are.
+            print(f"[page] {message!r} -> {''.join(text)[:40]!r}... ({len(''.join(text).split())} words)")
 
 
 def run() -> None:

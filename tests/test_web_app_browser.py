@@ -177,6 +177,11 @@ HOSTILE = '<script>window.pwned = "script"</script><img src=x onerror="window.pw
 
 async def test_the_page_shows_hostile_text_literally_and_a_conflict_as_such(absurd_dsn: str, tmp_path: Path) -> None:
     async with web_app(absurd_dsn, f"web_{uuid.uuid4().hex[:8]}", tmp_path) as app, browser(app.base, tmp_path) as page:
+        # A message the server refuses is said so, and Send works again.
+        await send(page, "   ")
+        await page.wait_for("document.getElementById('log').lastElementChild.textContent.includes('message is empty')")
+        await page.wait_for(f"!{SENDING}")
+
         await send(page, f"Where is my order {HOSTILE}?")
         await page.wait_for(ANSWERED)
         shown = await page.js("document.getElementById('log').textContent")
