@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -14,7 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pydantic_ai_absurd import event_stream_response
+from pydantic_ai_absurd.client import TaskNotFoundError
 from pydantic_ai_absurd.errors import EventLogError
+from pydantic_ai_absurd.events import sse_events
 
 from .events_support import answer_words, collect, streaming_agent
 from .support import run_until_done
@@ -115,6 +119,12 @@ async def test_ag_ui_events_come_from_pydantic_ai(absurd_client: AsyncAbsurd) ->
     assert [c["value"]["event_kind"] for c in chunks if c["type"] == "CUSTOM"] == ["run_started", "run_finished"]
     assert types[0] == "RUN_STARTED" and types[-1] == "RUN_FINISHED"
     assert all(c["threadId"] == task_id for c in chunks if c["type"] == "RUN_STARTED")
+
+
+async def test_an_unknown_task_is_an_error_not_a_hang(absurd_client: AsyncAbsurd) -> None:
+    async with asyncio.timeout(60):  # a guard against a hang, not a timed assertion
+        with pytest.raises(TaskNotFoundError):
+            await anext(sse_events(absurd_client, str(uuid.uuid4())))
 
 
 async def test_bad_arguments_are_one_line_errors(absurd_client: AsyncAbsurd) -> None:

@@ -18,7 +18,7 @@ import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import psycopg
 from absurd_sdk import AsyncAbsurd
@@ -103,10 +103,10 @@ def _position(last_event_id: str | int | None) -> tuple[int, int]:
 
 
 async def _transform(
-    ui: Any, protocol: str, items: AsyncIterator[TaskEvent], out: asyncio.Queue[tuple[str, int, Any]]
+    ui: Any, protocol: str, items: AsyncGenerator[TaskEvent], out: asyncio.Queue[tuple[str, int, Any]]
 ) -> None:
     """Put the protocol's chunks on `out`, each group of them after a `("group", seq)` marker of its log event."""
-    first = await anext(items, None)
+    first: TaskEvent | None = None
     clock_ms = 0
 
     def clock(item: TaskEvent) -> None:
@@ -125,9 +125,10 @@ async def _transform(
             else:
                 yield item.event
 
-    if first is not None:
-        clock(first)
     try:
+        first = await anext(items, None)  # read first: the opening chunks are stamped with its time
+        if first is not None:
+            clock(first)
         async for chunk in ui.transform_stream(source()):
             if protocol == "ag-ui":
                 # Timestamps from the log, not the clock, so a reconnect sends the very same events.
@@ -136,6 +137,8 @@ async def _transform(
     except Exception as error:
         await out.put(("error", 0, error))
         return
+    finally:
+        await items.aclose()
     await out.put(("end", 0, None))
 
 
@@ -163,7 +166,7 @@ async def sse_events(
     after = _position(last_event_id)
     ui = _ui_stream(protocol, task, sdk_version)
     out: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue(maxsize=256)
-    items = stream_events(absurd, task, queue_name=queue_name).__aiter__()
+    items = cast(AsyncGenerator[TaskEvent], stream_events(absurd, task, queue_name=queue_name))
     producer = asyncio.ensure_future(_transform(ui, protocol, items, out))
     group, index = 0, -1
     try:
