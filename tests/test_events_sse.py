@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -14,7 +16,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pydantic_ai_absurd import event_stream_response
+from pydantic_ai_absurd.client import TaskNotFoundError
 from pydantic_ai_absurd.errors import EventLogError
+from pydantic_ai_absurd.events import sse_events
 
 from .events_support import answer_words, collect, streaming_agent
 from .support import run_until_done
@@ -56,9 +60,14 @@ def messages(body: str) -> list[str]:
 
 
 def data_of(body: str) -> list[Any]:
-    return [
-        json.loads(m.removeprefix("data: ")) for m in messages(body) if m.startswith("data: ") and m != "data: [DONE]"
-    ]
+    data = [m.split("\n", 1)[1].removeprefix("data: ") for m in messages(body)]
+    return [json.loads(d) for d in data if d != "[DONE]"]
+
+
+def event_id(message: str) -> str:
+    lines = message.split("\n")
+    assert lines[0].startswith("id: ") and len(lines) == 2 and lines[1].startswith("data: "), message
+    return lines[0].removeprefix("id: ")
 
 
 @pytest.mark.parametrize("protocol", ["vercel-ai", "ag-ui"])
@@ -68,16 +77,21 @@ async def test_every_last_event_id_continues_exactly(absurd_client: AsyncAbsurd,
     response = await get(app, task_id)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    body = response.text
-    ids = [int(m.removeprefix("id: ")) for m in messages(body) if m.startswith("id: ")]
+    sent = messages(response.text)
+    ids = [event_id(m) for m in sent]  # every SSE event carries its own id, with its data
+    positions = [tuple(int(part) for part in i.split(".")) for i in ids]
+    assert positions == sorted(set(positions))  # increasing: `seq.index` of the log event that produced it
     log = await collect(absurd_client, task_id)
-    assert ids == [e.seq for e in log]  # one id per event, in order, the last one after the closing chunks
-    for seq in ids[:-1]:
-        marker = f"id: {seq}\n\n"
-        expected = body[body.index(marker) + len(marker) :]
-        resumed = await get(app, task_id, str(seq))
-        assert resumed.text == expected, seq
-    done = await get(app, task_id, str(ids[-1]))
+    assert {p[0] for p in positions} - {0} <= {e.seq for e in log}
+    for i, last in enumerate(ids[:-1]):
+        resumed = await get(app, task_id, last)
+        assert resumed.status_code == 200
+        # What the client had, then what the reconnect sends: the whole stream, nothing twice, nothing lost.
+        assert "".join(m + "\n\n" for m in sent[: i + 1]) + resumed.text == response.text, last
+    seq = positions[len(positions) // 2][0]
+    whole = await get(app, task_id, str(seq))  # a plain `seq`: after all of its chunks
+    assert whole.text == "".join(m + "\n\n" for m, p in zip(sent, positions, strict=True) if p[0] > seq)
+    done = await get(app, task_id, ids[-1])
     assert done.status_code == 204  # an EventSource stops reconnecting
 
 
@@ -94,7 +108,7 @@ async def test_vercel_ai_chunks_come_from_pydantic_ai(absurd_client: AsyncAbsurd
     assert text == "".join(answer_words(4))
     assert types[-3:] == ["data-absurd-status", "finish-step", "finish"]
     assert chunks[-3]["data"]["event_kind"] == "run_finished"
-    assert response.text.endswith(f"data: [DONE]\n\nid: {chunks[-3]['data']['seq']}\n\n")
+    assert response.text.endswith(f"id: {chunks[-3]['data']['seq']}.3\ndata: [DONE]\n\n")
 
 
 async def test_ag_ui_events_come_from_pydantic_ai(absurd_client: AsyncAbsurd) -> None:
@@ -107,8 +121,16 @@ async def test_ag_ui_events_come_from_pydantic_ai(absurd_client: AsyncAbsurd) ->
     assert all(c["threadId"] == task_id for c in chunks if c["type"] == "RUN_STARTED")
 
 
+async def test_an_unknown_task_is_an_error_not_a_hang(absurd_client: AsyncAbsurd) -> None:
+    async with asyncio.timeout(60):  # a guard against a hang, not a timed assertion
+        with pytest.raises(TaskNotFoundError):
+            await anext(sse_events(absurd_client, str(uuid.uuid4())))
+
+
 async def test_bad_arguments_are_one_line_errors(absurd_client: AsyncAbsurd) -> None:
     with pytest.raises(EventLogError, match="Unknown protocol"):
         event_stream_response(absurd_client, "0190a0a0-0000-7000-8000-000000000000", protocol="x")  # type: ignore[arg-type]
     with pytest.raises(EventLogError, match="not an event sequence number"):
         event_stream_response(absurd_client, "0190a0a0-0000-7000-8000-000000000000", last_event_id="-1")
+    with pytest.raises(EventLogError, match="not an SSE event id"):
+        event_stream_response(absurd_client, "0190a0a0-0000-7000-8000-000000000000", last_event_id="3.x")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -38,10 +40,10 @@ def test_the_web_app_example_runs(absurd_dsn: str) -> None:
 
 
 async def read_until(
-    client: httpx.AsyncClient, task_id: str, stop: str | int | None, *, last_event_id: int | None = None
+    client: httpx.AsyncClient, task_id: str, stop: str | int | None, *, last_event_id: str | None = None
 ) -> list[Message]:
     """Read the task's SSE stream until `stop` (a chunk type or status kind; an int: that many text deltas)."""
-    headers = {"last-event-id": str(last_event_id)} if last_event_id is not None else {}
+    headers = {"last-event-id": last_event_id} if last_event_id is not None else {}
     buffer = ""
     out: list[Message] = []
     deltas = 0
@@ -74,9 +76,9 @@ async def test_stream_reconnect_kill_and_approve_over_http(absurd_dsn: str, tmp_
 
         # First connection: the tool call and the first words arrive live; then the connection drops.
         first = await read_until(client, task_id, 8)
-        seen = [m for m in first if m.id is not None]
+        assert all(m.id is not None and m.data is not None for m in first)  # each event has its id and data
         assert any((m.data or {}).get("type") == "tool-input-available" for m in first)
-        last_id = seen[-1].id
+        last_id = first[-1].id
         assert last_id is not None
 
         # The worker dies mid-answer; another one takes over.
@@ -86,7 +88,6 @@ async def test_stream_reconnect_kill_and_approve_over_http(absurd_dsn: str, tmp_
 
         # The browser reconnects with Last-Event-ID and gets exactly the rest.
         cut = "".join(m.raw for m in first)
-        cut = cut[: cut.rindex(f"id: {last_id}\n\n") + len(f"id: {last_id}\n\n")]
         rest = await read_until(client, task_id, None, last_event_id=last_id)
         full = await read_until(client, task_id, None)
         assert cut + "".join(m.raw for m in rest) == "".join(m.raw for m in full)
@@ -98,6 +99,8 @@ async def test_stream_reconnect_kill_and_approve_over_http(absurd_dsn: str, tmp_
         )
         assert shown_text(full).strip() == answer_text()
         done = await client.get(f"/tasks/{task_id}/events", headers={"last-event-id": str(full[-1].id)})
+        assert (await client.get(f"/tasks/{task_id}")).json() == {"state": "completed", "failure": None}
+        assert (await client.get("/tasks/not-a-task")).status_code == 404
         assert done.status_code == 204
 
         # A refund waits for approval; the approval resumes the same run, in the same conversation.
@@ -121,3 +124,50 @@ async def test_stream_reconnect_kill_and_approve_over_http(absurd_dsn: str, tmp_
         rest = await read_until(client, spawned["task_id"], None, last_event_id=waiting[-1].id)
         assert any((m.data or {}).get("type") == "tool-output-available" for m in rest)
         assert shown_text(rest).strip() == answer_text()
+
+
+def child_pids(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in children.read_text().split()] if children.exists() else []
+
+
+def alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads child processes from /proc (Linux)")
+def test_sigterm_stops_the_server_and_the_worker_too(absurd_dsn: str) -> None:
+    env = {**os.environ, "ABSURD_DATABASE_URL": absurd_dsn, "WEB_APP_QUEUE": f"web_{uuid.uuid4().hex[:8]}"}
+    env["PORT"] = str(free_port())
+    example = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env, stdout=subprocess.DEVNULL)
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while len(children) < 2 or not up(f"http://127.0.0.1:{env['PORT']}"):
+            assert time.monotonic() < deadline and example.poll() is None, "the example did not start"
+            children = child_pids(example.pid)
+            time.sleep(0.1)
+        example.send_signal(signal.SIGTERM)
+        example.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while any(alive(child) for child in children):
+            assert time.monotonic() < deadline, f"still running after SIGTERM: {children}"
+            time.sleep(0.1)
+    finally:
+        for child in children:
+            if alive(child):
+                os.kill(child, signal.SIGKILL)
+        if example.poll() is None:
+            example.kill()
+            example.wait()
+
+
+def up(base: str) -> bool:
+    try:
+        return httpx.get(base, timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False

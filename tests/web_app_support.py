@@ -105,7 +105,7 @@ async def web_app(dsn: str, queue: str, tmp_path: Path) -> AsyncIterator[WebApp]
 class Message:
     """One SSE message: its `id` (when it sets one) and its JSON `data` chunk (when it has one)."""
 
-    id: int | None
+    id: str | None
     data: dict[str, Any] | None
     raw: str
 
@@ -114,11 +114,11 @@ def parse(text: str) -> Iterator[Message]:
     for raw in text.split("\n\n"):
         if not raw:
             continue
-        event_id: int | None = None
+        event_id: str | None = None
         data: dict[str, Any] | None = None
         for line in raw.split("\n"):
             if line.startswith("id: "):
-                event_id = int(line.removeprefix("id: "))
+                event_id = line.removeprefix("id: ")
             elif line.startswith("data: {"):
                 data = json.loads(line.removeprefix("data: "))
         yield Message(event_id, data, raw + "\n\n")

@@ -74,7 +74,7 @@ async def stream_events(
     Args:
         absurd: A client of the database (and, unless `queue_name` is given, of the queue) of the task.
         task_id: The task, as `spawn` returned it.
-        after: The last `seq` the caller has seen (an SSE `Last-Event-ID` string is accepted); `None` or 0 for all.
+        after: The last `seq` the caller has seen (an int or its string); `None` or 0 for all.
         queue_name: The task's queue when it is not the client's.
         poll_interval: Seconds between reads when no notification arrives.
 

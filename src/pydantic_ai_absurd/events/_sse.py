@@ -1,9 +1,10 @@
 """Serving a task's event log as Server-Sent Events in Pydantic AI's UI protocols (Vercel AI, AG-UI).
 
 The protocol encoding is Pydantic AI's own (`pydantic_ai.ui`'s `VercelAIEventStream` / `AGUIEventStream`
-`transform_stream` + `encode_event`). What this module adds is the SSE `id` of every event: its `seq`.
-After the chunks of event `seq` an `id: seq` line is sent, so a browser's `EventSource` reconnects with
-`Last-Event-ID: seq` and continues exactly after it. A reconnect replays the log from its start through a
+`transform_stream` + `encode_event`). What this module adds is the SSE `id` of every event, in the
+same SSE event as its data: `seq.index`, the log event that produced the chunk and the chunk's place among
+that event's chunks. A browser's `EventSource` reconnects with `Last-Event-ID` and continues exactly after
+that chunk, wherever the connection dropped. A reconnect replays the log from its start through a
 fresh protocol stream and sends only what comes after `Last-Event-ID`, so the protocol's own state (open
 text parts, tool calls, message ids) continues where the first connection left off. Status events (run
 started, waiting for input, step interrupted, ...) are sent as the protocol's custom data events: a
@@ -13,17 +14,18 @@ started, waiting for input, step interrupted, ...) are sent as the protocol's cu
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import psycopg
 from absurd_sdk import AsyncAbsurd
 
 from .._absurd import client_conninfo, client_queue_name
 from ..errors import EventLogError
-from ._model import STATUS_KINDS, RunFinishedEvent, TaskEvent, encode_event
+from ._model import STATUS_KINDS, TaskEvent, encode_event
 from ._reader import parse_after, stream_events, task_uuid
 
 if TYPE_CHECKING:
@@ -60,12 +62,6 @@ def _ui_stream(protocol: str, task_id: str, sdk_version: Literal[5, 6, 7]) -> An
             @dataclass
             class _AGUIStream(AGUIEventStream[Any, Any]):
                 _ids: int = 0
-                clock_ms: int = 0
-                """When the event being transformed was written: the timestamp of what it produces."""
-
-                def _get_timestamp(self) -> int:  # pyright: ignore[reportIncompatibleMethodOverride]
-                    # Timestamps from the log, not the clock, so a reconnect sends the very same events.
-                    return self.clock_ms
 
                 def new_message_id(self) -> str:
                     self._ids += 1
@@ -91,6 +87,67 @@ def _status_chunk(protocol: str, value: Any) -> Any:
     return CustomEvent(name="absurd.status", value=value)
 
 
+_WHOLE = sys.maxsize
+
+
+def _position(last_event_id: str | int | None) -> tuple[int, int]:
+    """Where a stream resumes: send only the chunks after `(seq, index)` (a plain `seq`: after all of its chunks)."""
+    text = "" if last_event_id is None else str(last_event_id).strip()
+    seq_text, dot, index_text = text.partition(".")
+    seq = parse_after(seq_text)
+    if not dot:
+        return (seq, _WHOLE) if seq else (0, -1)
+    if not index_text.isdigit():
+        raise EventLogError(f"{last_event_id!r} is not an SSE event id of this stream (seq.index, two integers >= 0).")
+    return seq, int(index_text)
+
+
+async def _transform(
+    ui: Any, protocol: str, items: AsyncGenerator[TaskEvent], out: asyncio.Queue[tuple[str, int, Any]]
+) -> None:
+    """Put the protocol's chunks on `out`, each group of them after a `("group", seq)` marker of its log event."""
+    first: TaskEvent | None = None
+    clock_ms = 0
+
+    def clock(item: TaskEvent) -> None:
+        nonlocal clock_ms
+        if item.created_at is not None:
+            clock_ms = int(item.created_at.timestamp() * 1000)
+
+    async def source() -> AsyncIterator[Any]:
+        if first is None:
+            return
+        async for item in _chain(first, items):
+            clock(item)
+            await out.put(("group", item.seq, None))
+            if item.kind in STATUS_KINDS:
+                await out.put(("chunk", 0, _status_chunk(protocol, {"seq": item.seq, **encode_event(item.event)[1]})))
+            else:
+                yield item.event
+
+    try:
+        first = await anext(items, None)  # read first: the opening chunks are stamped with its time
+        if first is not None:
+            clock(first)
+        async for chunk in ui.transform_stream(source()):
+            if protocol == "ag-ui":
+                # Timestamps from the log, not the clock, so a reconnect sends the very same events.
+                chunk.timestamp = clock_ms
+            await out.put(("chunk", 0, chunk))
+    except Exception as error:
+        await out.put(("error", 0, error))
+        return
+    finally:
+        await items.aclose()
+    await out.put(("end", 0, None))
+
+
+async def _chain(first: TaskEvent, rest: AsyncIterator[TaskEvent]) -> AsyncIterator[TaskEvent]:
+    yield first
+    async for item in rest:
+        yield item
+
+
 async def sse_events(
     absurd: AsyncAbsurd,
     task_id: str,
@@ -100,77 +157,30 @@ async def sse_events(
     queue_name: str | None = None,
     sdk_version: Literal[5, 6, 7] = 5,
 ) -> AsyncGenerator[str]:
-    """The SSE text of `task_id`'s event log in `protocol`, after `last_event_id`, live until the run finished."""
+    """The SSE text of `task_id`'s event log in `protocol`, after `last_event_id`, live until the run finished.
+
+    Every SSE event carries its own id, `seq.index`: the `seq` of the log event that produced the chunk and
+    the chunk's index among that event's chunks (the protocol's opening chunks are `0.index`).
+    """
     task = task_uuid(task_id)
-    after = parse_after(last_event_id)
+    after = _position(last_event_id)
     ui = _ui_stream(protocol, task, sdk_version)
     out: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue(maxsize=256)
-
-    items = stream_events(absurd, task, queue_name=queue_name).__aiter__()
-    first = await anext(items, None)
-
-    def clock(item: TaskEvent) -> None:
-        if item.created_at is not None and hasattr(ui, "clock_ms"):
-            ui.clock_ms = int(item.created_at.timestamp() * 1000)
-
-    if first is not None:
-        clock(first)
-
-    async def log() -> AsyncIterator[TaskEvent]:
-        if first is None:
-            return
-        yield first
-        async for item in items:
-            yield item
-
-    async def source() -> AsyncIterator[Any]:
-        async for item in log():
-            clock(item)
-            if item.kind in STATUS_KINDS:
-                await out.put(("status", item.seq, item.event))
-                continue
-            await out.put(("current", item.seq, None))
-            yield item.event
-            await out.put(("done", item.seq, None))
-
-    async def produce() -> None:
-        try:
-            async for chunk in ui.transform_stream(source()):
-                await out.put(("chunk", 0, chunk))
-        except Exception as error:
-            await out.put(("error", 0, error))
-            return
-        await out.put(("end", 0, None))
-
-    producer = asyncio.ensure_future(produce())
-    current = 0
-    final = 0
+    items = cast(AsyncGenerator[TaskEvent], stream_events(absurd, task, queue_name=queue_name))
+    producer = asyncio.ensure_future(_transform(ui, protocol, items, out))
+    group, index = 0, -1
     try:
         while True:
             kind, seq, payload = await out.get()
-            if kind == "chunk":
-                if current > after or after == 0:  # the protocol's opening chunks come before event 1
-                    yield ui.encode_event(payload)
-            elif kind == "current":
-                current = seq
-            elif kind == "done":
-                if seq > after:
-                    yield f"id: {seq}\n\n"
-            elif kind == "status":
-                if seq > after:
-                    chunk = ui.encode_event(_status_chunk(protocol, {"seq": seq, **encode_event(payload)[1]}))
-                    if isinstance(payload, RunFinishedEvent):
-                        yield chunk  # its id follows the protocol's closing chunks
-                    else:
-                        yield f"{chunk}id: {seq}\n\n"
-                current = seq
-                if isinstance(payload, RunFinishedEvent):
-                    final = seq
+            if kind == "group":
+                group, index = seq, -1
+            elif kind == "chunk":
+                index += 1
+                if (group, index) > after:
+                    yield f"id: {group}.{index}\n{ui.encode_event(payload)}"
             elif kind == "error":
                 raise payload
             else:
-                if final > after:
-                    yield f"id: {final}\n\n"
                 return
     finally:
         producer.cancel()
@@ -191,6 +201,12 @@ async def _finished_by(absurd: AsyncAbsurd, queue_name: str, task_id: str, after
         return bool(row and row[0])
 
 
+async def _prepend(first: str, rest: AsyncGenerator[str]) -> AsyncIterator[str]:
+    yield first
+    async for text in rest:
+        yield text
+
+
 def event_stream_response(
     absurd: AsyncAbsurd,
     task_id: str,
@@ -203,8 +219,10 @@ def event_stream_response(
     """A Starlette response streaming `task_id`'s run as Server-Sent Events in a Pydantic AI UI protocol.
 
     Return it from a Starlette or FastAPI handler. Pass the request's `Last-Event-ID` header as
-    `last_event_id`: SSE ids are the log's sequence numbers, so a reconnect continues exactly after the
-    last event the client received. A client that has already received the finished run gets `204 No
+    `last_event_id`: every SSE event carries its own id (`seq.index`: the log event's sequence number and
+    the chunk's place among its chunks), so a reconnect continues exactly after the last event the client
+    received, neither repeating nor skipping a chunk. A plain `seq` continues after all of that log
+    event's chunks. A client that has already received the finished run gets `204 No
     Content`, which tells an `EventSource` to stop reconnecting.
 
     Args:
@@ -214,6 +232,9 @@ def event_stream_response(
         last_event_id: The `Last-Event-ID` request header, if any.
         queue_name: The task's queue when it is not the client's.
         sdk_version: Vercel AI SDK version to target (Vercel AI protocol only).
+
+    Raises:
+        EventLogError: `last_event_id` is not an id of this stream, or the `web` extra is missing.
     """
     try:
         from starlette.responses import Response, StreamingResponse
@@ -222,18 +243,23 @@ def event_stream_response(
             f"event_stream_response needs the `web` extra: pip install 'pydantic-ai-absurd[web]' ({error})."
         ) from error
     task = task_uuid(task_id)
-    after = parse_after(last_event_id)
+    after = _position(last_event_id)
     queue = queue_name or client_queue_name(absurd)
     ui = _ui_stream(protocol, task, sdk_version)
     headers = {**dict(ui.response_headers or {}), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    body = sse_events(absurd, task, protocol=protocol, last_event_id=after, queue_name=queue, sdk_version=sdk_version)
+    body = sse_events(
+        absurd, task, protocol=protocol, last_event_id=last_event_id, queue_name=queue, sdk_version=sdk_version
+    )
 
     class _EventStreamResponse(StreamingResponse):
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            if await _finished_by(absurd, queue, task, after):
-                await body.aclose()
-                await Response(status_code=204)(scope, receive, send)
-                return
+            if await _finished_by(absurd, queue, task, after[0]):
+                # The run finished: the rest of the stream is known at once; nothing left means 204.
+                first = await anext(body, None)
+                if first is None:
+                    await Response(status_code=204)(scope, receive, send)
+                    return
+                self.body_iterator = _prepend(first, body)
             await super().__call__(scope, receive, send)
 
     return _EventStreamResponse(body, media_type=ui.content_type, headers=headers)
