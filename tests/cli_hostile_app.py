@@ -71,3 +71,6 @@ absurd = (
     if "HOSTILE_DSN" in os.environ
     else None
 )
+
+inbox = Inbox(AsyncAbsurd("postgresql://nobody@127.0.0.1:1/unused"))
+"""Not a client: a wrong `worker` target."""

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .._dsn import resolve_dsn
 from ..errors import PydanticAIAbsurdError
 from . import _cancel, _database, _deploy, _inbox, _inspect, _output, _worker
 from ._errors import missing_schema_error, require_schema
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if validate is not None:
             validate(args)
         if getattr(args, "needs_schema", False):
-            require_schema(args)
+            require_schema(resolve_dsn(args.database))
         result: Any = args.handler(args)
         if inspect.isawaitable(result):
             result = asyncio.run(_await(result))

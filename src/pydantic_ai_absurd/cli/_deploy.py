@@ -114,12 +114,18 @@ async def verify_command(args: argparse.Namespace) -> int:
 
 
 async def _recorded(absurd: AsyncAbsurd, args: argparse.Namespace) -> list[Any]:
+    import asyncio
+
     from absurd_sdk import AsyncAbsurd
 
-    from .._absurd import client_queue_name
+    from .._absurd import client_conninfo, client_queue_name
     from ..verify import recorded_tasks
+    from ._errors import require_schema
 
     states = _states(args.state)
+    dsn = args.database or client_conninfo(absurd)
+    if dsn is not None:
+        await asyncio.to_thread(require_schema, dsn)
     if args.database is None:
         return await recorded_tasks(absurd, args.task, queue=args.queue, states=states)
     source = AsyncAbsurd(args.database, queue_name=args.queue or client_queue_name(absurd))

@@ -25,9 +25,8 @@ def _where(args: argparse.Namespace) -> str:
     return redact_dsn(resolve_dsn(database))
 
 
-def require_schema(args: argparse.Namespace) -> None:
-    """Raise the one-line `SchemaNotInstalledError` when `--database` (or its default) has no Absurd schema."""
-    dsn = resolve_dsn(getattr(args, "database", None))
+def require_schema(dsn: str) -> None:
+    """Raise the one-line `SchemaNotInstalledError` when the database of `dsn` has no Absurd schema."""
     with connect(dsn, autocommit=True) as conn:
         row = conn.execute("select to_regprocedure('absurd.get_schema_version()') is not null").fetchone()
     if row is None or not row[0]:
