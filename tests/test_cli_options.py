@@ -96,6 +96,7 @@ def test_a_wrong_flag_prints_the_usage_of_the_subcommand(command: str, capsys: p
         (["worker", "m:a", "--poll-interval", "0"], "--poll-interval must be more than 0, not 0."),
         (["verify", "m:a", "--timeout", "-1"], "--timeout must be more than 0, not -1."),
         (["fork", TASK, "--at", "-2"], "--at must be at least 0, not -2."),
+        (["worker", "m:a", "--health-file", "/nonexistent/dir/h"], "its directory does not exist"),
     ],
 )
 def test_out_of_range_values_are_refused_before_connecting(
@@ -153,6 +154,17 @@ def test_a_wrong_worker_target_has_the_right_article(capsys: pytest.CaptureFixtu
     one_line_error(err, "is an Inbox, not an absurd_sdk.AsyncAbsurd")
     code, _, err = run(capsys, "worker", "tests.cli_hostile_app:RAW")
     one_line_error(err, "is a tuple, not")
+
+
+def test_verify_export_to_an_unwritable_path_is_one_line(
+    absurd_dsn: str, absurd_queue: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOSTILE_DSN", absurd_dsn)
+    monkeypatch.setenv("HOSTILE_QUEUE", absurd_queue)
+    sys.modules.pop("tests.cli_hostile_app", None)
+    code, _, err = run(capsys, "verify", "tests.cli_hostile_app:absurd", "--export", "/nonexistent/dir/x.json")
+    assert code == 2
+    one_line_error(err, "Cannot write recorded tasks to '/nonexistent/dir/x.json': No such file or directory.")
 
 
 def test_verify_reads_the_recorded_tasks_of_database(

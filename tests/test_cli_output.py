@@ -52,6 +52,7 @@ async def test_every_command_escapes_control_characters(
 
     code, out, _ = await cli(capsys, "inspect", task_id, *db)
     assert code == 0 and shown in out and "\\x1b]0;pwned\\x07" in out
+    assert max(len(line) for line in out.splitlines()) <= 100  # escaped before it is fitted
     _assert_safe(out)
     code, out, _ = await cli(capsys, "tasks", *db)
     assert code == 0 and task_id in out
@@ -77,6 +78,36 @@ async def test_every_command_escapes_control_characters(
     code, out, _ = await cli(capsys, "verify", TARGET, "--task", task_id)
     assert code == 1 and "ERROR" in out and shown in out
     _assert_safe(out)
+    code, _, err = await asyncio.to_thread(_usage_error, capsys, "tasks", PAYLOAD)
+    assert code == 2 and "unrecognized arguments: red\\x1b[31m" in err
+    _assert_safe(err)
+
+
+def _usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return int(exited.value.code or 0), captured.out, captured.err
+
+
+def test_a_verify_report_is_one_line_per_task() -> None:
+    from pydantic_ai_absurd.verify import TaskReplay, VerifyReport
+
+    report = VerifyReport((TaskReplay("t1", "bill", "error", 0, 1, error="line one\nline two " + PAYLOAD),))
+    lines = report.describe().splitlines()
+    assert len(lines) == 2 and "line one\\nline two red\\x1b[31m" in lines[0]
+    _assert_safe(report.describe())
+
+
+def test_the_worker_log_escapes_control_characters() -> None:
+    import logging
+
+    from pydantic_ai_absurd.cli._worker import _VisibleFormatter  # pyright: ignore[reportPrivateUsage]
+
+    record = logging.LogRecord("w", logging.WARNING, __file__, 1, "task %s failed: %s", ("hostile", PAYLOAD), None)
+    line = _VisibleFormatter("%(levelname)s %(message)s").format(record)
+    assert line.startswith("WARNING task hostile failed: red\\x1b[31m")
+    _assert_safe(line)
 
 
 async def test_json_escapes_what_json_leaves_raw(

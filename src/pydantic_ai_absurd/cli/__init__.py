@@ -15,9 +15,10 @@ import asyncio
 import inspect
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from .._dsn import resolve_dsn
+from .._text import visible
 from ..errors import PydanticAIAbsurdError
 from . import _cancel, _database, _deploy, _inbox, _inspect, _output, _worker
 from ._errors import missing_schema_error, require_schema
@@ -36,8 +37,16 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors with control characters escaped (they quote the arguments given)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {visible(message)}\n")
+
+
 def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    parser = argparse.ArgumentParser(prog=_PROG, description="Durable Pydantic AI agents on Postgres (Absurd).")
+    parser = _Parser(prog=_PROG, description="Durable Pydantic AI agents on Postgres (Absurd).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add_parsers in (

@@ -13,9 +13,9 @@ from typing import Any, cast
 
 from absurd_sdk import AsyncAbsurd
 
-from .._text import with_article
+from .._text import visible, with_article
 from ..errors import PydanticAIAbsurdError
-from ._options import add_database_option, add_queue_option, at_least
+from ._options import CommandLineError, add_database_option, add_queue_option, at_least
 
 
 class WorkerTargetError(PydanticAIAbsurdError):
@@ -115,11 +115,20 @@ _CONFIG_OPTIONS = (
 )
 
 
+class _VisibleFormatter(logging.Formatter):
+    """Log lines (task names, tool errors) with control characters escaped; tracebacks keep their lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record), keep_newlines=True)
+
+
 def _check_ranges(args: argparse.Namespace) -> None:
     at_least("--concurrency", args.concurrency, 1)
     at_least("--claim-timeout", args.claim_timeout, 1)
     at_least("--drain-timeout", args.drain_timeout, 0)
     at_least("--poll-interval", args.poll_interval, 0, inclusive=False)
+    if args.health_file is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.health_file))):
+        raise CommandLineError(f"--health-file {args.health_file!r}: its directory does not exist.")
 
 
 async def worker_command(args: argparse.Namespace) -> int:
@@ -127,7 +136,9 @@ async def worker_command(args: argparse.Namespace) -> int:
     from ..worker import WorkerConfig, run_worker
 
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        handler = logging.StreamHandler()
+        handler.setFormatter(_VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=str(args.log_level).upper(), handlers=[handler])
     given = {name: getattr(args, name) for name in _CONFIG_OPTIONS if getattr(args, name) is not None}
     if args.database is not None:
         given["dsn"] = args.database

@@ -7,6 +7,7 @@ import re
 from datetime import datetime
 from typing import Any, cast
 
+from .._text import visible
 from ..errors import InvalidDurationError
 from ._records import AttemptRecord, StepRecord, TaskSummary, TaskTimeline, TokenUsage
 from ._steps import short_label
@@ -38,7 +39,7 @@ def parse_duration(text: str) -> float:
 
 
 def _fit(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = " ".join(visible(text).split())
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
