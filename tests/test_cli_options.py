@@ -219,3 +219,19 @@ async def test_cancel_a_waiting_task(
     one_line_error(err, "'nope' is not a task id")
     code, _, err = await cli("cancel", TASK, "-d", absurd_dsn, "-q", "no_such_queue_here")
     one_line_error(err, "Queue 'no_such_queue_here' does not exist")
+
+
+async def test_a_missing_queue_on_a_connection_names_its_url(absurd_dsn: str) -> None:
+    import psycopg
+
+    from pydantic_ai_absurd.errors import QueueNotFoundError
+    from pydantic_ai_absurd.schema import ensure_queue_exists
+
+    async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
+        info = conn.info
+        url = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+        with pytest.raises(QueueNotFoundError) as raised:
+            await ensure_queue_exists(conn, "no_such_queue_here")
+    message = str(raised.value)
+    assert f"in {url}: " in message
+    assert "sslcertmode" not in message and "dbname=" not in message

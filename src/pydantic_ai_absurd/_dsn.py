@@ -47,7 +47,8 @@ def redact_dsn(dsn: str) -> str:
 
 def connection_url(info: psycopg.ConnectionInfo) -> str:
     """`postgresql://user@host:port/dbname` of an open connection, without password or libpq's options."""
-    return f"postgresql://{quote(info.user, safe='')}@{quote(info.host, safe='')}:{info.port}/{quote(info.dbname, safe='')}"
+    user, host, dbname = (quote(part, safe="") for part in (info.user, info.host, info.dbname))
+    return f"postgresql://{user}@{host}:{info.port}/{dbname}"
 
 
 def connection_error(exc: BaseException, dsn: str) -> DatabaseConnectionError:
