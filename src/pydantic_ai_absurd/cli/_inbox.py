@@ -18,7 +18,7 @@ _COLUMNS = (
     _output.Column("TOKEN"),
     _output.Column("KIND"),
     _output.Column("TOOL", max_width=32),
-    _output.Column("CALL", max_width=40),
+    _output.Column("CALL"),
     _output.Column("TASK"),
     _output.Column("AGE", right=True),
     _output.Column("ARGUMENTS"),

@@ -19,6 +19,13 @@ STATE_STYLES = {
 }
 """Colour of each task state in tables, when stdout is a colour terminal."""
 
+_TASK_COLUMNS = {
+    "NAME": _output.Column("NAME", max_width=24),
+    "STATE": _output.Column("STATE", styles=STATE_STYLES),
+    "ATT": _output.Column("ATT", right=True),
+    "AGE": _output.Column("AGE", right=True),
+}
+
 
 def add_parsers(subparsers: Any) -> None:
     """Add `inspect TASK_ID` and `tasks` to the CLI."""
@@ -85,13 +92,7 @@ async def _cmd_tasks(args: argparse.Namespace) -> int:
         print("No tasks.")
     else:
         rows = [task_row(task) for task in found]
-        columns = [
-            _output.Column(
-                header, right=header in {"ATT", "AGE"}, max_width=24 if header in {"QUEUE", "NAME"} else None
-            )
-            for header in TASK_HEADERS
-        ]
-        columns[TASK_HEADERS.index("STATE")] = _output.Column("STATE", styles=STATE_STYLES)
+        columns = [_TASK_COLUMNS.get(header, _output.Column(header)) for header in TASK_HEADERS]
         if len({task.queue for task in found}) == 1:  # one queue: no QUEUE column
             columns.pop(1)
             rows = [row[:1] + row[2:] for row in rows]
