@@ -35,7 +35,7 @@ async def test_list_approve_and_deny_from_the_command_line(
     code, out, _ = await cli(capsys, "inbox", *db)
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["TOKEN", "KIND", "TOOL", "CALL", "ARGUMENTS", "TASK", "AGE"]
+    assert lines[0].split() == ["TOKEN", "KIND", "TOOL", "CALL", "TASK", "AGE", "ARGUMENTS"]
     assert any("delete_file" in line and '{"path":"/a"}' in line and task_id in line for line in lines)
     assert any("refund" in line and '{"amount":900}' in line for line in lines)
 

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import os
 import re
+from urllib.parse import quote
 
 import psycopg
 
 from .errors import DatabaseConnectionError
 
-__all__ = ["DEFAULT_DSN", "connect", "connect_async", "connection_error", "redact_dsn", "resolve_dsn"]
+__all__ = [
+    "DEFAULT_DSN",
+    "connect",
+    "connect_async",
+    "connection_error",
+    "connection_url",
+    "redact_dsn",
+    "resolve_dsn",
+]
 
 DEFAULT_DSN = "postgresql://localhost/absurd"
 """Absurd's fallback when neither an argument nor an environment variable names a database."""
@@ -34,6 +43,12 @@ def redact_dsn(dsn: str) -> str:
         dsn = _URI_PASSWORD.sub(r"\g<head>***@", dsn)
         return _QUERY_PASSWORD.sub(r"\g<head>***", dsn)
     return _KV_PASSWORD.sub(r"\g<head>***", dsn)
+
+
+def connection_url(info: psycopg.ConnectionInfo) -> str:
+    """`postgresql://user@host:port/dbname` of an open connection, without password or libpq's options."""
+    user, host, dbname = (quote(part, safe="") for part in (info.user, info.host, info.dbname))
+    return f"postgresql://{user}@{host}:{info.port}/{dbname}"
 
 
 def connection_error(exc: BaseException, dsn: str) -> DatabaseConnectionError:

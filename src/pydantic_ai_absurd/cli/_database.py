@@ -8,6 +8,7 @@ import threading
 from types import FrameType
 from typing import Any
 
+from . import _output
 from ._options import add_database_option
 
 
@@ -30,7 +31,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
     info = setup_sync(args.database, queues=args.queue or ())
     for line in info.describe():
-        print(line)
+        _output.echo(line)
     return 0
 
 
@@ -52,7 +53,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
             state = "Started" if server.started else "Attached to running"
             print(f"{state} embedded Postgres in {server.root} (pid {server.pid})")
             for line in info.describe():
-                print(line)
+                _output.echo(line)
             print(f"DSN: {server.dsn}")
             print(f"export ABSURD_DATABASE_URL='{server.dsn}'")
             print("Press Ctrl-C to stop.", flush=True)

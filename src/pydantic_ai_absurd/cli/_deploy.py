@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from collections.abc import Generator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from .._absurd import TASK_STATES
 from ..errors import ForkError, RecordingError
-from ._options import add_database_option
+from . import _output
+from ._options import add_database_option, add_queue_option, at_least
+
+if TYPE_CHECKING:
+    from absurd_sdk import AsyncAbsurd
+
+    from ..verify import ProgressCallback
+
+PROGRESS_FROM = 5
+"""`verify` shows a progress line on a terminal's stderr when it verifies at least this many tasks."""
 
 
 def add_parsers(subparsers: Any) -> None:
@@ -23,7 +34,8 @@ def add_parsers(subparsers: Any) -> None:
         ),
     )
     verify.add_argument("target", metavar="MODULE:ATTRIBUTE", help="e.g. myapp.tasks:absurd")
-    verify.add_argument("--queue", help="queue of the recorded tasks (default: the client's queue)")
+    add_queue_option(verify, "queue of the recorded tasks (default: the client's queue)")
+    add_database_option(verify, "database of the recorded tasks (default: the client's)")
     verify.add_argument("--task", action="append", metavar="ID", help="verify this task (repeatable)")
     verify.add_argument(
         "--state",
@@ -37,7 +49,7 @@ def add_parsers(subparsers: Any) -> None:
     source = verify.add_mutually_exclusive_group()
     source.add_argument("--export", metavar="FILE", help="also write the recorded tasks to FILE (JSON fixtures)")
     source.add_argument("--from", dest="from_file", metavar="FILE", help="verify the tasks recorded in FILE")
-    verify.set_defaults(handler=verify_command)
+    verify.set_defaults(handler=verify_command, validate=_check_verify)
 
     fork = subparsers.add_parser(
         "fork",
@@ -49,10 +61,19 @@ def add_parsers(subparsers: Any) -> None:
     )
     fork.add_argument("task_id", metavar="TASK_ID")
     fork.add_argument("--at", dest="at_step", type=int, required=True, metavar="STEP", help="steps to reuse")
-    fork.add_argument("--queue", "-q", metavar="NAME", help="the task's queue (default: search every queue)")
+    add_queue_option(fork, "the task's queue (default: search every queue)")
     fork.add_argument("--params", metavar="JSON", help="params for the fork (default: the source task's)")
     add_database_option(fork)
-    fork.set_defaults(handler=fork_command)
+    fork.set_defaults(handler=fork_command, needs_schema=True, validate=_check_fork)
+
+
+def _check_verify(args: argparse.Namespace) -> None:
+    at_least("--timeout", args.timeout, 0, inclusive=False)
+    _states(args.state)
+
+
+def _check_fork(args: argparse.Namespace) -> None:
+    at_least("--at", args.at_step, 0)
 
 
 def _states(text: str) -> list[str]:
@@ -65,7 +86,7 @@ def _states(text: str) -> list[str]:
 
 async def verify_command(args: argparse.Namespace) -> int:
     """Run `verify`; exit code 0 when every task replays cleanly, 1 otherwise."""
-    from ..verify import export_recorded, import_recorded, recorded_tasks, verify_replay
+    from ..verify import export_recorded, import_recorded, verify_replay
     from ._worker import resolve_client
 
     absurd = await resolve_client(args.target)
@@ -76,16 +97,64 @@ async def verify_command(args: argparse.Namespace) -> int:
                 wanted = set(args.task)
                 records = [record for record in records if record.task_id in wanted]
         else:
-            records = await recorded_tasks(absurd, args.task, queue=args.queue, states=_states(args.state))
+            records = await _recorded(absurd, args)
         if args.export:
             count = export_recorded(args.export, records)
             if not args.json:
-                print(f"wrote {count} recorded task(s) to {args.export}")
-        report = await verify_replay(absurd, records=records, timeout=args.timeout)
+                _output.echo(f"wrote {count} recorded task(s) to {args.export}")
+        with _progress_line(len(records)) as progress:
+            report = await verify_replay(absurd, records=records, timeout=args.timeout, progress=progress)
     finally:
         await absurd.close()
-    print(json.dumps(report.to_json(), indent=2) if args.json else report.describe())
+    if args.json:
+        _output.print_json(report.to_json())
+    else:
+        _output.echo(report.describe())
     return 0 if report.ok else 1
+
+
+async def _recorded(absurd: AsyncAbsurd, args: argparse.Namespace) -> list[Any]:
+    import asyncio
+
+    from absurd_sdk import AsyncAbsurd
+
+    from .._absurd import client_conninfo, client_queue_name
+    from ..verify import recorded_tasks
+    from ._errors import require_schema
+
+    states = _states(args.state)
+    dsn = args.database or client_conninfo(absurd)
+    if dsn is not None:
+        await asyncio.to_thread(require_schema, dsn)
+    if args.database is None:
+        return await recorded_tasks(absurd, args.task, queue=args.queue, states=states)
+    source = AsyncAbsurd(args.database, queue_name=args.queue or client_queue_name(absurd))
+    try:
+        return await recorded_tasks(source, args.task, states=states)
+    finally:
+        await source.close()
+
+
+@contextmanager
+def _progress_line(total: int) -> Generator[ProgressCallback | None]:
+    """A transient `verifying N/M` line on stderr when it is a terminal and there are many tasks to verify."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(file=sys.stderr, highlight=False, markup=False, emoji=False)
+    if total < PROGRESS_FROM or not console.is_terminal:
+        yield None
+        return
+    columns = (TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        job = bar.add_task("verify", total=total)
+
+        def progress(done: int, _total: int) -> None:
+            bar.update(job, completed=done)
+
+        yield progress
 
 
 async def fork_command(args: argparse.Namespace) -> int:
@@ -110,5 +179,5 @@ async def fork_command(args: argparse.Namespace) -> int:
         new_id = await fork_task(absurd, args.task_id, at_step=args.at_step, params=params, queue=queue)
     finally:
         await absurd.close()
-    print(new_id)
+    _output.echo(new_id)
     return 0

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import argparse
-import json
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ._options import add_database_option
+from . import _output
+from ._options import add_database_option, add_queue_option, at_least
 
 if TYPE_CHECKING:
     from ..inbox import Inbox, PendingRequest
 
 __all__ = ["add_parsers"]
 
-_ARGS_WIDTH = 60
+_COLUMNS = (
+    _output.Column("TOKEN"),
+    _output.Column("KIND"),
+    _output.Column("TOOL", max_width=32),
+    _output.Column("CALL"),
+    _output.Column("TASK"),
+    _output.Column("AGE", right=True),
+    _output.Column("ARGUMENTS"),
+)
 
 
 def _add_database_options(parser: argparse.ArgumentParser) -> None:
     add_database_option(parser)
-    parser.add_argument("--queue", "-q", metavar="NAME", help="only requests of tasks on this queue (default: all)")
+    add_queue_option(parser, "only requests of tasks on this queue (default: all)")
     parser.add_argument("--scope", metavar="SCOPE", help="only requests of this scope (see `Inbox(scope=...)`)")
 
 
@@ -30,14 +38,14 @@ def add_parsers(subparsers: Any) -> None:
     listing.add_argument("--task", metavar="TASK_ID", help="only requests of this task")
     listing.add_argument("--limit", type=int, metavar="N", help="at most N requests")
     listing.add_argument("--json", action="store_true", help="print JSON (one array) instead of a table")
-    listing.set_defaults(handler=_cmd_inbox)
+    listing.set_defaults(handler=_cmd_inbox, needs_schema=True, validate=_check_inbox)
 
     approve = subparsers.add_parser("approve", help="approve pending calls of a request (default: all of them)")
     _add_database_options(approve)
     approve.add_argument("token", metavar="TOKEN")
     approve.add_argument("--call", metavar="ID", action="append", help="tool call ID to approve (repeatable)")
     approve.add_argument("--by", metavar="NAME", help="who answers (kept as `answered_by`)")
-    approve.set_defaults(handler=_cmd_approve)
+    approve.set_defaults(handler=_cmd_approve, needs_schema=True)
 
     deny = subparsers.add_parser("deny", help="deny pending calls of a request; the model is told the reason")
     _add_database_options(deny)
@@ -45,7 +53,7 @@ def add_parsers(subparsers: Any) -> None:
     deny.add_argument("--reason", required=True, help="what the model is told")
     deny.add_argument("--call", metavar="ID", action="append", help="tool call ID to deny (repeatable)")
     deny.add_argument("--by", metavar="NAME", help="who answers (kept as `answered_by`)")
-    deny.set_defaults(handler=_cmd_deny)
+    deny.set_defaults(handler=_cmd_deny, needs_schema=True)
 
     answer = subparsers.add_parser("answer", help="answer a request with DeferredToolResults JSON")
     _add_database_options(answer)
@@ -56,7 +64,7 @@ def add_parsers(subparsers: Any) -> None:
         metavar="JSON",
         help='DeferredToolResults as JSON, e.g. \'{"calls": {"call-1": "42"}, "approvals": {"call-2": true}}\'',
     )
-    answer.set_defaults(handler=_cmd_answer)
+    answer.set_defaults(handler=_cmd_answer, needs_schema=True)
 
 
 def _inbox(args: argparse.Namespace) -> Inbox:
@@ -81,11 +89,16 @@ def _rows(request: PendingRequest, now: datetime) -> list[list[str]]:
     rows: list[list[str]] = []
     calls = [("approve", call) for call in request.approvals] + [("result", call) for call in request.calls]
     for kind, call in calls:
-        args = call.args_as_json_str()
-        if len(args) > _ARGS_WIDTH:
-            args = args[: _ARGS_WIDTH - 1] + "…"
         rows.append(
-            [request.token, kind, call.tool_name, call.tool_call_id, args, request.task_id, _age(request.asked_at, now)]
+            [
+                request.token,
+                kind,
+                call.tool_name,
+                call.tool_call_id,
+                request.task_id,
+                _age(request.asked_at, now),
+                call.args_as_json_str(),
+            ]
         )
     return rows
 
@@ -110,34 +123,30 @@ def _as_json(request: PendingRequest) -> dict[str, Any]:
     }
 
 
+def _check_inbox(args: argparse.Namespace) -> None:
+    at_least("--limit", args.limit, 1)
+
+
 async def _cmd_inbox(args: argparse.Namespace) -> int:
     from datetime import UTC
 
-    if args.limit is not None and args.limit < 1:
-        from ..errors import InvalidAnswerError
-
-        raise InvalidAnswerError(f"--limit must be at least 1, got {args.limit}.")
     requests = await _inbox(args).pending(task_id=args.task, scope=args.scope, limit=args.limit, queue_name=args.queue)
     if args.json:
-        print(json.dumps([_as_json(request) for request in requests], indent=2, default=str))
+        _output.print_json([_as_json(request) for request in requests])
         return 0
     if not requests:
         print("No pending requests.")
         return 0
     now = datetime.now(UTC)
-    header = ["TOKEN", "KIND", "TOOL", "CALL", "ARGUMENTS", "TASK", "AGE"]
-    table = [header] + [row for request in requests for row in _rows(request, now)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    _output.print_table(_COLUMNS, [row for request in requests for row in _rows(request, now)])
     return 0
 
 
 def _report(token: str, remaining: PendingRequest | None, verb: str) -> int:
     if remaining is None:
-        print(f"{verb} {token}; the run continues.")
+        _output.echo(f"{verb} {token}; the run continues.")
     else:
-        print(f"{verb} {token}; still pending: {', '.join(remaining.tool_call_ids)}.")
+        _output.echo(f"{verb} {token}; still pending: {', '.join(remaining.tool_call_ids)}.")
     return 0
 
 

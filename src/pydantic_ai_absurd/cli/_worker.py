@@ -13,7 +13,9 @@ from typing import Any, cast
 
 from absurd_sdk import AsyncAbsurd
 
+from .._text import visible, with_article
 from ..errors import PydanticAIAbsurdError
+from ._options import CommandLineError, add_database_option, add_queue_option, at_least
 
 
 class WorkerTargetError(PydanticAIAbsurdError):
@@ -52,7 +54,7 @@ def load_client(target: str) -> AsyncAbsurd | Callable[[], Any]:
     if callable(obj):
         return cast("Callable[[], Any]", obj)
     raise WorkerTargetError(
-        f"Worker target {target!r} is a {type(obj).__name__}, not an absurd_sdk.AsyncAbsurd "
+        f"Worker target {target!r} is {with_article(type(obj).__name__)}, not an absurd_sdk.AsyncAbsurd "
         "(or a function returning one)."
     )
 
@@ -66,7 +68,7 @@ async def resolve_client(target: str) -> AsyncAbsurd:
         made = await made
     if not isinstance(made, AsyncAbsurd):
         raise WorkerTargetError(
-            f"Worker target {target!r} returned a {type(made).__name__}, not an absurd_sdk.AsyncAbsurd."
+            f"Worker target {target!r} returned {with_article(type(made).__name__)}, not an absurd_sdk.AsyncAbsurd."
         )
     return made
 
@@ -87,8 +89,8 @@ def add_parsers(subparsers: Any) -> None:
     parser.add_argument("--drain-timeout", type=float, help="seconds to drain after SIGTERM (default 25)")
     parser.add_argument("--poll-interval", type=float, help="seconds between polls (default 0.5)")
     parser.add_argument("--worker-id", help="worker name in logs and claimed_by (default host:pid)")
-    parser.add_argument("--queue", help="queue to work (default: the client's queue)")
-    parser.add_argument("--dsn", help="database URL (default: the client's)")
+    add_queue_option(parser, "queue to work (default: the client's queue)")
+    add_database_option(parser, "Postgres connection string (default: the client's)")
     parser.add_argument("--health-file", help="file touched after every successful poll")
     parser.add_argument(
         "--no-fast-takeover",
@@ -98,7 +100,7 @@ def add_parsers(subparsers: Any) -> None:
         help="hold no liveness lock: tasks of a dead worker resume only when their lease expires",
     )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    parser.set_defaults(handler=worker_command)
+    parser.set_defaults(handler=worker_command, validate=_check_ranges)
 
 
 _CONFIG_OPTIONS = (
@@ -108,10 +110,25 @@ _CONFIG_OPTIONS = (
     "poll_interval",
     "worker_id",
     "queue",
-    "dsn",
     "health_file",
     "fast_takeover",
 )
+
+
+class _VisibleFormatter(logging.Formatter):
+    """Log lines (task names, tool errors) with control characters escaped; tracebacks keep their lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record), keep_newlines=True)
+
+
+def _check_ranges(args: argparse.Namespace) -> None:
+    at_least("--concurrency", args.concurrency, 1)
+    at_least("--claim-timeout", args.claim_timeout, 1)
+    at_least("--drain-timeout", args.drain_timeout, 0)
+    at_least("--poll-interval", args.poll_interval, 0, inclusive=False)
+    if args.health_file is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.health_file))):
+        raise CommandLineError(f"--health-file {args.health_file!r}: its directory does not exist.")
 
 
 async def worker_command(args: argparse.Namespace) -> int:
@@ -119,8 +136,12 @@ async def worker_command(args: argparse.Namespace) -> int:
     from ..worker import WorkerConfig, run_worker
 
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=str(args.log_level).upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        handler = logging.StreamHandler()
+        handler.setFormatter(_VisibleFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=str(args.log_level).upper(), handlers=[handler])
     given = {name: getattr(args, name) for name in _CONFIG_OPTIONS if getattr(args, name) is not None}
+    if args.database is not None:
+        given["dsn"] = args.database
     absurd = await resolve_client(args.target)
     try:
         await run_worker(absurd, config=WorkerConfig(**given))

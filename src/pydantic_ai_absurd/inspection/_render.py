@@ -1,4 +1,4 @@
-"""Human-readable output of `inspect` and `tasks`: aligned, at most 100 columns wide."""
+"""Human-readable output of `inspect` (at most 100 columns wide) and the rows of the `tasks` table."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import re
 from datetime import datetime
 from typing import Any, cast
 
+from .._text import visible
 from ..errors import InvalidDurationError
 from ._records import AttemptRecord, StepRecord, TaskSummary, TaskTimeline, TokenUsage
 from ._steps import short_label
 
-__all__ = ["WIDTH", "parse_duration", "render_tasks", "render_timeline"]
+__all__ = ["TASK_HEADERS", "WIDTH", "parse_duration", "render_timeline", "task_row"]
 
 WIDTH = 100
 """Columns the human output fits in."""
@@ -38,7 +39,7 @@ def parse_duration(text: str) -> float:
 
 
 def _fit(text: str, width: int) -> str:
-    text = " ".join(text.split())
+    text = " ".join(visible(text).split())
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
@@ -64,39 +65,21 @@ def _tokens(usage: TokenUsage) -> str:
     return f"{usage.total_tokens} (in {usage.input_tokens}, out {usage.output_tokens}, {usage.requests} requests)"
 
 
-def render_tasks(tasks: list[TaskSummary]) -> str:
-    """The `tasks` table: task id, (queue,) name, state, attempts, age and the agent's last step."""
-    if not tasks:
-        return "No tasks."
-    with_queue = len({task.queue for task in tasks}) > 1
-    header = ("TASK ID", "QUEUE", "NAME", "STATE", "ATT", "AGE", "LAST STEP")
-    widths = [36, 12, 12, 9, 3, 5]
-    rows = [header] + [
-        (
-            task.task_id,
-            task.queue,
-            task.task_name,
-            task.state,
-            str(task.attempts),
-            _age(task.age_seconds),
-            short_label(task.last_step) if task.last_step else "-",
-        )
-        for task in tasks
-    ]
-    if not with_queue:
-        widths.pop(1)
-        rows = [row[:1] + row[2:] for row in rows]
-    widths.append(WIDTH - sum(widths) - 2 * len(widths))
-    right = {len(widths) - 3, len(widths) - 2}  # attempts and age
-    lines: list[str] = []
-    for row in rows:
-        cells = [_fit(cell, width) for cell, width in zip(row, widths, strict=True)]
-        padded = [
-            cell.rjust(width) if index in right else cell.ljust(width)
-            for index, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        lines.append("  ".join(padded).rstrip())
-    return "\n".join(lines)
+TASK_HEADERS = ("TASK ID", "QUEUE", "NAME", "STATE", "ATT", "AGE", "LAST STEP")
+"""The columns of the `tasks` table (`task_row`)."""
+
+
+def task_row(task: TaskSummary) -> tuple[str, ...]:
+    """One row of the `tasks` table: task id, queue, name, state, attempts, age and the agent's last step."""
+    return (
+        task.task_id,
+        task.queue,
+        task.task_name,
+        task.state,
+        str(task.attempts),
+        _age(task.age_seconds),
+        short_label(task.last_step) if task.last_step else "-",
+    )
 
 
 def _attempt_lines(attempt: AttemptRecord) -> list[str]:

@@ -67,6 +67,16 @@ def _map(err: psycopg.Error, queue: str) -> Exception | None:
     return None
 
 
+async def _queue_names(conn: AsyncConnection[Any]) -> list[str]:
+    try:
+        return await _absurd.list_queue_names(conn)
+    except psycopg.Error as err:
+        mapped = _map(err, "")
+        if mapped is not None:
+            raise mapped from err
+        raise
+
+
 async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None = None) -> TaskTimeline:
     """What task `task_id` did: its attempts, every step grouped by agent run, and the totals.
 
@@ -83,7 +93,7 @@ async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None
     task_id = str(task_id)
     async with _connection(absurd) as conn:
         target = queue or _default_queue(absurd)
-        queues = [target] if target is not None else await _absurd.list_queue_names(conn)
+        queues = [target] if target is not None else await _queue_names(conn)
         for name in queues:
             try:
                 task = await _absurd.read_task(conn, name, task_id)
@@ -312,7 +322,7 @@ async def list_tasks(
     """
     async with _connection(absurd) as conn:
         target = queue or _default_queue(absurd)
-        queues = [target] if target is not None else await _absurd.list_queue_names(conn)
+        queues = [target] if target is not None else await _queue_names(conn)
         now = await _absurd.database_now(conn)
         summaries: list[TaskSummary] = []
         for queue_name in queues:

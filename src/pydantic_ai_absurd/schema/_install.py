@@ -17,7 +17,7 @@ from typing import Any, Literal, cast
 import absurdctl  # pyright: ignore[reportMissingTypeStubs]
 import psycopg
 
-from .._dsn import connect, connect_async, redact_dsn, resolve_dsn
+from .._dsn import connect, connect_async, connection_url, redact_dsn, resolve_dsn
 from ..errors import (
     QueueNameError,
     QueueNotFoundError,
@@ -323,14 +323,15 @@ async def ensure_queue_exists(conn_or_dsn: psycopg.AsyncConnection[Any] | str | 
     """
     validate_queue_name(queue_name)
     if isinstance(conn_or_dsn, psycopg.AsyncConnection):
-        await _ensure_queue_on(conn_or_dsn, queue_name, redact_dsn(conn_or_dsn.info.dsn))
+        await ensure_queue_on(conn_or_dsn, queue_name, connection_url(conn_or_dsn.info))
         return
     dsn = resolve_dsn(conn_or_dsn)
     async with await connect_async(dsn, autocommit=True) as conn:
-        await _ensure_queue_on(conn, queue_name, redact_dsn(dsn))
+        await ensure_queue_on(conn, queue_name, redact_dsn(dsn))
 
 
-async def _ensure_queue_on(conn: psycopg.AsyncConnection[Any], queue_name: str, where: str) -> None:
+async def ensure_queue_on(conn: psycopg.AsyncConnection[Any], queue_name: str, where: str) -> None:
+    """`ensure_queue_exists` on an open connection; errors name the database as `where` (a redacted URL)."""
     cur = await conn.execute(
         "select to_regclass('absurd.queues') is not null and to_regprocedure('absurd.get_schema_version()') is not null"
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ._fork import FORK_HEADER, ForkOrigin, fork_origin, fork_points_of, fork_task
 from ._records import DEFAULT_STATES, RecordedStep, RecordedTask, export_recorded, import_recorded, recorded_tasks
-from ._replay import Handler, replay_recorded, verify_replay
+from ._replay import Handler, ProgressCallback, replay_recorded, verify_replay
 from ._report import Divergence, TaskReplay, VerifyReport
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Divergence",
     "ForkOrigin",
     "Handler",
+    "ProgressCallback",
     "RecordedStep",
     "RecordedTask",
     "TaskReplay",

@@ -187,10 +187,17 @@ async def recorded_tasks(
 
 
 def export_recorded(path: str | PathLike[str], tasks: Iterable[RecordedTask]) -> int:
-    """Write `tasks` to the JSON file `path` (params and checkpoints); return how many were written."""
+    """Write `tasks` to the JSON file `path` (params and checkpoints); return how many were written.
+
+    Raises `RecordingError` when the file cannot be written.
+    """
     entries = [task.to_json() for task in tasks]
     document = {"format": FILE_FORMAT, "version": FILE_VERSION, "tasks": entries}
-    Path(path).write_text(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n"
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise RecordingError(f"Cannot write recorded tasks to {str(path)!r}: {err.strerror or err}.") from err
     return len(entries)
 
 

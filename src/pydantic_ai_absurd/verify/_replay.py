@@ -19,13 +19,16 @@ from ._report import Divergence, TaskReplay, VerifyReport
 from ._sandbox import SandboxContext, WouldRunLive, sandbox_context
 from ._steps import StepPlace, is_model_request, lane_of, places, tool_call_of
 
-__all__ = ["Handler", "replay_recorded", "verify_replay"]
+__all__ = ["Handler", "ProgressCallback", "replay_recorded", "verify_replay"]
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds a replay may take before it is reported as an error (a replay awaits nothing but recorded steps)."""
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
 """A registered task handler: `async def handler(params, ctx)`."""
+
+ProgressCallback = Callable[[int, int], None]
+"""`progress(done, total)`: how many of the tasks being verified are done (the CLI's progress line)."""
 
 
 async def verify_replay(
@@ -36,6 +39,7 @@ async def verify_replay(
     states: Iterable[str] = DEFAULT_STATES,
     records: Iterable[RecordedTask] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
+    progress: ProgressCallback | None = None,
 ) -> VerifyReport:
     """Replay recorded tasks against the handlers registered on `absurd`, executing nothing.
 
@@ -45,21 +49,33 @@ async def verify_replay(
     must be in the recording, in order, with the same digest; the replay of a task stops, fine, at the
     first step the recording lacks (it would run live) and reports the first divergence otherwise. A
     replay that takes longer than `timeout` seconds (the handler awaits something that is not a step) is
-    reported as an error.
+    reported as an error. `progress(done, total)` is called before the first task and after each one.
     """
     tasks = list(records) if records is not None else await recorded_tasks(absurd, task_ids, queue=queue, states=states)
     if records is not None and task_ids is not None:
         wanted = {str(task_id) for task_id in task_ids}
         tasks = [task for task in tasks if task.task_id in wanted]
-    return await replay_recorded(registered_handlers(absurd), tasks, timeout=timeout)
+    return await replay_recorded(registered_handlers(absurd), tasks, timeout=timeout, progress=progress)
 
 
 async def replay_recorded(
-    handlers: Mapping[str, Handler], tasks: Iterable[RecordedTask], *, timeout: float = DEFAULT_TIMEOUT
+    handlers: Mapping[str, Handler],
+    tasks: Iterable[RecordedTask],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: ProgressCallback | None = None,
 ) -> VerifyReport:
     """Replay each of `tasks` with the handler registered under its task name (see `verify_replay`)."""
     check_offline_context_names()
-    return VerifyReport(tuple([await _replay_one(handlers, task, timeout) for task in tasks]))
+    pending = list(tasks)
+    verdicts: list[TaskReplay] = []
+    for task in pending:
+        if progress is not None:
+            progress(len(verdicts), len(pending))
+        verdicts.append(await _replay_one(handlers, task, timeout))
+    if progress is not None:
+        progress(len(verdicts), len(pending))
+    return VerifyReport(tuple(verdicts))
 
 
 async def _replay_one(handlers: Mapping[str, Handler], task: RecordedTask, timeout: float) -> TaskReplay:

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from .._text import visible
+
 __all__ = ["Divergence", "TaskReplay", "VerifyReport"]
 
 ReplayStatus = Literal["ok", "diverged", "error"]
@@ -125,8 +127,8 @@ class VerifyReport:
         return {"ok": self.ok, "tasks": [task.to_json() for task in self.tasks]}
 
     def describe(self) -> str:
-        """One line per task, then a summary line."""
-        lines = [task.describe() for task in self.tasks]
+        """One line per task, then a summary line; control characters (newlines too) are escaped."""
+        lines = [visible(task.describe()) for task in self.tasks]
         failed = len(self.failures)
         lines.append(
             f"{len(self.tasks)} task(s) verified: {len(self.tasks) - failed} ok, {failed} not ok"

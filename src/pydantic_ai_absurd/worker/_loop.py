@@ -54,7 +54,7 @@ from .. import _absurd
 from .._absurd import client_conninfo, client_hooks, client_queue_name, execute_claimed_task, registered_queue
 from .._dsn import redact_dsn, resolve_dsn
 from ..errors import PydanticAIAbsurdError, one_line
-from ..schema import ensure_queue_exists
+from ..schema._install import ensure_queue_on
 from ..telemetry import with_default_hooks
 from ._config import APPLICATION_NAME_PREFIX, WorkerConfig, WorkerHealth
 from ._handback import hand_back_run, take_over_orphans
@@ -178,7 +178,7 @@ class Worker:
         while not self._stop.is_set():
             try:
                 async with self._connection() as conn:
-                    await ensure_queue_exists(conn, self.queue)
+                    await ensure_queue_on(conn, self.queue, redact_dsn(self._dsn))
                 return True
             except PydanticAIAbsurdError:
                 raise

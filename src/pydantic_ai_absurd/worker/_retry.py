@@ -30,6 +30,7 @@ import pydantic
 from absurd_sdk import AbsurdHooks, RetryStrategy, SpawnOptions
 from pydantic_ai.exceptions import UserError
 
+from .._text import with_article
 from ..errors import NonRetryableError
 
 __all__ = [
@@ -86,7 +87,7 @@ def check_json_result(task_name: str, result: object) -> None:
         json.dumps(result)
     except (TypeError, ValueError) as err:
         raise TaskResultNotSerializableError(
-            f"Task {task_name!r} returned a {type(result).__name__} that is not JSON-serializable ({err}); "
+            f"Task {task_name!r} returned {with_article(type(result).__name__)} that is not JSON-serializable ({err}); "
             "return JSON data (dict, list, str, int, float, bool, None), e.g. `model.model_dump(mode='json')`."
         ) from err
 
