@@ -181,6 +181,8 @@ def effects(absurd_dsn: str) -> str:
 
 def _start(workers: list[WorkerProcess], dsn: str, queue: str, tmp_path: Path, **settings: Any) -> WorkerProcess:
     n = len(workers)
+    if "id" in settings:  # unique per test: another session on the same server may run workers "a" and "b" too
+        settings["id"] = f"{queue}-{settings['id']}"
     settings.setdefault("claim_timeout", LONG_LEASE)
     settings.setdefault("poll_interval", 0.1)
     settings.setdefault("health_log", tmp_path / f"health{n}.json")
@@ -238,7 +240,7 @@ async def test_a_paused_worker_keeps_its_task_while_peers_poll(
     task_id = spawned["task_id"]
     await eventually(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
     claimed_by = str((await _run_row(dsn, absurd_queue, task_id))["claimed_by"])
-    name = claimed_by.removeprefix(takeover.CLAIM_PREFIX).split(":")[0]
+    name = claimed_by.removeprefix(takeover.CLAIM_PREFIX).split(":")[0].removeprefix(f"{absurd_queue}-")
     paused, peer = pair[name], pair["b" if name == "a" else "a"]
     paused.proc.send_signal(signal.SIGSTOP)
     try:
@@ -296,13 +298,13 @@ async def test_a_worker_that_lost_one_lock_connection_keeps_its_tasks(
     b = _start(workers, dsn, absurd_queue, tmp_path, id="b")
     await eventually(lambda: _ready(b))
     claimed_by = (await _run_row(dsn, absurd_queue, task_id))["claimed_by"]
-    assert str(claimed_by).startswith(f"{takeover.CLAIM_PREFIX}a:")
-    assert await _terminate_lock_connection(dsn, "a", 0) == 1
+    assert str(claimed_by).startswith(f"{takeover.CLAIM_PREFIX}{absurd_queue}-a:")
+    assert await _terminate_lock_connection(dsn, f"{absurd_queue}-a", 0) == 1
     before = await _polls(b)
     await eventually(lambda: _polls_since(b, before, 3))
     assert await _run_row(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
     assert "took over" not in b.output()
-    await eventually(lambda: _lock_connections_are(dsn, "a", 2))  # reconnected and re-locked
+    await eventually(lambda: _lock_connections_are(dsn, f"{absurd_queue}-a", 2))  # reconnected and re-locked
     await eventually(lambda: is_completed(absurd_client, task_id))
     events = await effect_events(dsn, absurd_queue, task_id)
     assert [count_events(events, f"s{i}", "start") for i in range(2)] == [1, 1]

@@ -145,11 +145,12 @@ async def test_cli_worker_queue_option_runs_the_tasks_of_that_queue(
         await asyncio.to_thread(drop_queue_sync, dsn, other)
 
 
-async def _kill_worker_backends(dsn: str) -> int:
+async def _kill_worker_backends(dsn: str, worker_id: str) -> int:
+    """Terminate every connection of the worker `worker_id` (only its own: other sessions may share the server)."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         cur = await conn.execute(
             "select count(pg_terminate_backend(pid)) from pg_stat_activity where application_name like %s",
-            (APPLICATION_NAME_PREFIX + "%",),
+            (f"{APPLICATION_NAME_PREFIX}{worker_id}%",),
         )
         row = await cur.fetchone()
         return int(row[0]) if row else 0
@@ -161,16 +162,16 @@ async def test_worker_survives_killed_connections(
     dsn = effects
     spawned = await absurd_client.spawn("steps", {"steps": 3, "step_seconds": 0.5}, queue=absurd_queue)
     task_id = spawned["task_id"]
-    w = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=5)
+    w = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=5, id=absurd_queue)
     await eventually(lambda: _seen(dsn, absurd_queue, task_id, "s1", "start"))
-    assert await _kill_worker_backends(dsn) >= 1  # mid-step: the task's, the claimer's, the heartbeat's
+    assert await _kill_worker_backends(dsn, absurd_queue) >= 1  # mid-step: the task's, the claimer's, the heartbeat's
     await eventually(lambda: _completed(absurd_client, task_id))
     events = await _events(dsn, absurd_queue, task_id)
     assert _count(events, "s0", "start") == 1  # a committed step never runs again
     assert [_count(events, f"s{i}", "end") >= 1 for i in range(3)] == [True, True, True]
 
     # Idle connections killed too: the worker reconnects and takes new work.
-    assert await _kill_worker_backends(dsn) >= 1
+    assert await _kill_worker_backends(dsn, absurd_queue) >= 1
     second = await absurd_client.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=absurd_queue)
     await eventually(lambda: _completed(absurd_client, second["task_id"]))
     for tid in (task_id, second["task_id"]):
