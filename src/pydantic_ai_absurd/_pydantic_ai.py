@@ -1,6 +1,6 @@
 """The only place where this package touches private names of `pydantic_ai`.
 
-Both are hooks of `BaseDurabilityCapability` (pydantic-ai-slim 2.68), overridden here, checked by
+Both are hooks of `BaseDurabilityCapability` (pydantic-ai-slim 2.68 to 2.78), overridden here, checked by
 `check_private_names()` when a capability is created and pinned by `tests/test_compat.py`:
 
 - `_stamp_response(response, messages)`: the graph stamps `run_id` / `conversation_id` on a model
