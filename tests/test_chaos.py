@@ -277,7 +277,9 @@ async def test_all_tasks_complete_across_a_postgres_restart(state: Path, workers
             labels = await spawn_many(client, queue, 20)
         finally:
             await client.close()
-        started = [workers.start(concurrency=4, claim_timeout=3, step_seconds=0.2) for _ in range(2)]
+        # Leases outlast the restart however slow it is on a loaded machine: each worker hands its runs back when
+        # it reconnects, so every in-flight step starts again once (an expired lease would add a second start).
+        started = [workers.start(concurrency=4, claim_timeout=60, step_seconds=0.2) for _ in range(2)]
         while len(read_lines(state / "effects")) < 10:
             await asyncio.sleep(0.05)
         await asyncio.to_thread(server.stop)
