@@ -112,8 +112,8 @@ def event_payload(payload: object) -> JsonValue:
         reason = entries.get(_FAILURE_KEY)
         if isinstance(reason, str) and len(entries) == 1:
             raise ExternalEventError(reason)
-        text = entries.get(_checkpoint.VALUE_KEY)
-        if isinstance(text, str) and len(entries) == 1:
+        text = _checkpoint.value_text(entries)
+        if text is not None and len(entries) == 1:
             return cast(JsonValue, json.loads(text))
     return cast(JsonValue, payload)
 

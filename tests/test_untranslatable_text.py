@@ -1,0 +1,110 @@
+"""Text Postgres cannot hold (NUL, lone surrogates, control characters, 1 MB) is stored and replayed exactly."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from absurd_sdk import AsyncAbsurd
+from pydantic_ai import Agent
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
+
+from pydantic_ai_absurd import AbsurdAgent
+from pydantic_ai_absurd._checkpoint import decode
+
+from .support import SimulatedCrash, checkpoints, run_until_done
+
+NASTY_ARG = "a\x00b\x01\x1b[31m\u2028c"  # Pydantic AI cannot send a lone surrogate in arguments
+NASTY_RESULT = "\ud800\udfff\x00 lone \udc80 and a NUL \x00\x7f"
+
+
+class Recorder:
+    """A scripted model that calls `echo` once, then answers with the text the tool returned (plus a NUL)."""
+
+    def __init__(self, *, crash_before_final: bool) -> None:
+        self.calls = 0
+        self.returns: list[object] = []
+        self.crash_before_final = crash_before_final
+
+    def model(self) -> FunctionModel:
+        def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+            self.calls += 1
+            returns = [part.content for m in messages for part in m.parts if isinstance(part, ToolReturnPart)]
+            if not returns:
+                return ModelResponse(parts=[ToolCallPart("echo", {"text": NASTY_ARG}, tool_call_id="c\x001")])
+            self.returns.append(returns[-1])
+            if self.crash_before_final:
+                self.crash_before_final = False
+                raise SimulatedCrash("before the final answer is stored")
+            return ModelResponse(parts=[TextPart(f"{returns[-1]}|\x00|\ud83d")])
+
+        return FunctionModel(respond, model_name="scripted")
+
+
+def strings_in(value: object) -> list[str]:
+    """Every string in a decoded JSON value, keys included."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        items = cast(dict[str, object], value).items()
+        return [text for key, item in items for text in [key, *strings_in(item)]]
+    if isinstance(value, list):
+        return [text for item in cast(list[object], value) for text in strings_in(item)]
+    return []
+
+
+def echo_agent(recorder: Recorder, tool_args: list[str], result: str) -> AbsurdAgent[None, str]:
+    inner = Agent(recorder.model(), name="echoer")
+
+    @inner.tool_plain
+    def echo(text: str) -> str:
+        tool_args.append(text)
+        return result
+
+    return AbsurdAgent(inner)
+
+
+async def test_nul_and_surrogates_in_tool_args_and_results_round_trip(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
+) -> None:
+    recorder = Recorder(crash_before_final=True)
+    tool_args: list[str] = []
+    agent = echo_agent(recorder, tool_args, NASTY_RESULT)
+    outputs: list[str] = []
+
+    @absurd_client.register_task(name="echo")
+    async def task(params: Any, ctx: Any) -> dict[str, int]:
+        outputs.append((await agent.run("go")).output)
+        return {"length": len(outputs[-1])}
+
+    spawned = await absurd_client.spawn("echo", {}, max_attempts=3)
+    snapshot = await run_until_done(absurd_client, spawned["task_id"])
+    assert snapshot.state == "completed", (snapshot.failure or {}).get("traceback")
+    assert tool_args == [NASTY_ARG]  # the tool ran once, with the exact arguments
+    # first run: 2 model calls (the second crashed); the retry replays the first and calls the model once
+    assert recorder.calls == 3
+    assert recorder.returns == [NASTY_RESULT, NASTY_RESULT]  # the replayed tool result is the same text
+    assert outputs == [f"{NASTY_RESULT}|\x00|\ud83d"]
+    stored = await checkpoints(absurd_dsn, absurd_queue, spawned["task_id"])
+    assert NASTY_RESULT in strings_in([decode(state, step=name) for name, state in stored.items()])
+
+
+async def test_a_one_megabyte_tool_result_round_trips(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
+) -> None:
+    big = ("0123456789abcdef\x00\ud800" * 60_000)[:1_048_576]
+    recorder = Recorder(crash_before_final=True)
+    tool_args: list[str] = []
+    agent = echo_agent(recorder, tool_args, big)
+
+    @absurd_client.register_task(name="big")
+    async def task(params: Any, ctx: Any) -> int:
+        return len((await agent.run("go")).output)
+
+    spawned = await absurd_client.spawn("big", {}, max_attempts=3)
+    snapshot = await run_until_done(absurd_client, spawned["task_id"])
+    assert snapshot.state == "completed", snapshot.failure
+    assert len(tool_args) == 1 and recorder.calls == 3
+    assert recorder.returns == [big, big]
+    stored = await checkpoints(absurd_dsn, absurd_queue, spawned["task_id"])
+    assert big in strings_in([decode(state, step=name) for name, state in stored.items()])
