@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
@@ -11,8 +12,11 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent
 from pydantic_ai_absurd._checkpoint import decode
+from pydantic_ai_absurd.errors import NonRetryableError
+from pydantic_ai_absurd.worker import RetryPolicy
 
 from .support import SimulatedCrash, checkpoints, run_until_done
+from .worker_support import eventually, running_worker, task_state
 
 NASTY_ARG = "a\x00b\x01\x1b[31m\u2028c"  # Pydantic AI cannot send a lone surrogate in arguments
 NASTY_RESULT = "\ud800\udfff\x00 lone \udc80 and a NUL \x00\x7f"
@@ -108,3 +112,47 @@ async def test_a_one_megabyte_tool_result_round_trips(
     assert recorder.returns == [big, big]
     stored = await checkpoints(absurd_dsn, absurd_queue, spawned["task_id"])
     assert big in strings_in([decode(state, step=name) for name, state in stored.items()])
+
+
+async def _failed(absurd: AsyncAbsurd, task_id: str) -> dict[str, Any] | None:
+    snapshot = await absurd.fetch_task_result(task_id)
+    if snapshot is None or snapshot.state != "failed":
+        return None
+    return cast(dict[str, Any], snapshot.failure)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "attempts"),
+    [
+        ("non_retryable", "NonRetryableError", 1),  # not retried: the reason is recorded, not lost
+        ("retryable", "ValueError", 2),
+        ("result", "TaskResultNotSerializableError", 1),
+    ],
+)
+async def test_failures_and_results_quoting_nul_or_surrogates_are_recorded_once(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, kind: str, name: str, attempts: int
+) -> None:
+    calls: list[str] = []
+
+    @absurd_client.register_task(name="quoting")
+    async def quoting(params: str, ctx: Any) -> Any:
+        calls.append(params)
+        if params == "non_retryable":
+            raise NonRetryableError("refused tool input 'a\x00b\ud800'")
+        if params == "retryable":
+            raise ValueError("flaky tool said 'a\x00b\ud800'")
+        return {"answer": ["ok", "a\x00b"]}
+
+    spawned = await absurd_client.spawn("quoting", kind, max_attempts=2)
+    async with running_worker(absurd_client, retry_policy=RetryPolicy(default_strategy=None)):
+        failure = await eventually(lambda: _failed(absurd_client, spawned["task_id"]))
+    assert failure["name"] == name
+    assert len(calls) == attempts
+    state = await task_state(absurd_dsn, absurd_queue, spawned["task_id"])
+    assert (state["state"], state["attempts"]) == ("failed", attempts)
+    message = failure["message"]
+    if kind == "result":
+        assert "result['answer'][1] = 'a\\x00b'" in message and "\n" not in message
+    else:
+        assert "'a\\x00b\\ud800'" in message
+        assert "a\\x00b\\ud800" in failure["traceback"]

@@ -16,7 +16,7 @@ A checkpoint is a JSON object:
 
 A NUL character needs no escaping: the JSON text escapes it, and that text is a plain string inside the
 `jsonb` checkpoint. The one-line `"asked"` summary is shown as is, so control characters and surrogates
-are written visibly in it (`visible`).
+are written visibly in it (`_text.visible`).
 
 Checkpoints written before this format (a bare ISO time string, a bare `true` for a timed-out wait)
 are still read.
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +42,7 @@ from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRe
 from pydantic_ai.tools import RunContext
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from ._text import has_surrogate, unstorable_json, utf8, visible
 from .errors import ReplayDivergenceError, UnserializableResultError
 
 __all__ = [
@@ -57,7 +57,6 @@ __all__ = [
     "json_text",
     "jsonb_param",
     "value_text",
-    "visible",
 ]
 
 VALUE_KEY = "json"
@@ -85,28 +84,8 @@ class Asked:
     def of(cls, request: object, summary: str) -> Asked:
         """Digest `request` (JSON-compatible data; object keys sorted, so dict order does not matter)."""
         text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-        digest = hashlib.blake2b(_utf8(text), digest_size=16).hexdigest()
+        digest = hashlib.blake2b(utf8(text), digest_size=16).hexdigest()
         return cls(digest, _one_line(summary))
-
-
-def _utf8(text: str) -> bytes:
-    """`text` as UTF-8, lone surrogates included (as `surrogatepass` writes them): for hashing only."""
-    return text.encode("utf-8", "surrogatepass")
-
-
-# C0 and C1 control characters, DEL, and surrogates: what a terminal or Postgres must not get as is.
-_INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
-
-
-def visible(text: str) -> str:
-    r"""`text` with control characters and lone surrogates written as escapes (`\x00`, `\x1b`, `\ud800`)."""
-    return _INVISIBLE.sub(_escape_char, text)
 
 
 def _one_line(summary: str) -> str:
@@ -120,7 +99,7 @@ def json_text(payload: object) -> str:
 
 
 def _envelope(text: str) -> dict[str, str]:
-    if _SURROGATE.search(text) is None:
+    if not has_surrogate(text):
         return {VALUE_KEY: text}
     return {ESCAPED_KEY: text.encode("unicode_escape").decode("ascii")}
 
@@ -149,11 +128,6 @@ def encode(payload: object, *, asked: Asked | None = None) -> tuple[dict[str, st
     return checkpoint, json.loads(text)
 
 
-def _unstorable_in_jsonb(text: str) -> bool:
-    # `\\u0000` also matches an escaped backslash followed by `u0000`: that only wraps a value needlessly.
-    return "\\u0000" in text or _SURROGATE.search(text) is not None
-
-
 def jsonb_param(data: object) -> str:
     """JSON text to cast to `jsonb` for `data`: `data` itself, or its envelope if `jsonb` cannot hold it.
 
@@ -161,7 +135,7 @@ def jsonb_param(data: object) -> str:
     envelope, `{"json": "<text>"}` or `{"json_escaped": "<text>"}`, which `from_jsonb` reads back.
     """
     text = json_text(data)
-    if not _unstorable_in_jsonb(text):
+    if not unstorable_json(text):
         return text
     return json.dumps(_envelope(text))
 
@@ -287,7 +261,7 @@ def _v1_digest(messages: list[ModelMessage], chunks: tuple[int, ...], model: str
     hasher = hashlib.blake2b(digest_size=16)
     for start, end in zip(chunks, (*chunks[1:], len(messages)), strict=True):
         hasher.update(_messages_json(messages[start:end], _V1_MESSAGE_EXCLUDE))
-    hasher.update(b"\x00model:" + _utf8(model))
+    hasher.update(b"\x00model:" + utf8(model))
     return hasher.hexdigest()
 
 
@@ -298,7 +272,7 @@ def _messages_json(messages: list[ModelMessage], exclude: Any, *, exclude_defaul
         data = ModelMessagesTypeAdapter.dump_python(
             messages, mode="json", exclude=exclude, exclude_defaults=exclude_defaults
         )
-        return _utf8(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+        return utf8(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
 
 def _preview(value: object, limit: int = 60) -> str:
@@ -335,7 +309,7 @@ def asked_for(
             return None
         model = operation_id.model_id or "default"
         hasher, chunks = _messages_digest(messages, chain)
-        hasher.update(b"\x00model:" + _utf8(model))
+        hasher.update(b"\x00model:" + utf8(model))
         summary = f"a request to model {model!r} with {len(messages)} message(s), the last {_last_text(messages)}"
         return Asked(
             _MESSAGES_DIGEST_V2 + hasher.hexdigest(),
