@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart, ToolReturnPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.messages import (
+    FunctionToolCallEvent,
+    FunctionToolResultEvent,
+    ModelMessage,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+)
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
-from pydantic_ai_absurd import AbsurdAgent
+from pydantic_ai_absurd import AbsurdAgent, stream_events
 from pydantic_ai_absurd._checkpoint import decode
 from pydantic_ai_absurd.errors import NonRetryableError
 from pydantic_ai_absurd.worker import RetryPolicy
@@ -42,7 +51,17 @@ class Recorder:
                 raise SimulatedCrash("before the final answer is stored")
             return ModelResponse(parts=[TextPart(f"{returns[-1]}|\x00|\ud83d")])
 
-        return FunctionModel(respond, model_name="scripted")
+        async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | DeltaToolCalls]:
+            for index, part in enumerate(respond(messages, info).parts):
+                if isinstance(part, TextPart):
+                    yield part.content
+                elif isinstance(part, ToolCallPart):
+                    call = DeltaToolCall(
+                        name=part.tool_name, json_args=part.args_as_json_str(), tool_call_id=part.tool_call_id
+                    )
+                    yield {index: call}
+
+        return FunctionModel(respond, stream_function=stream, model_name="scripted")
 
 
 def strings_in(value: object) -> list[str]:
@@ -57,7 +76,9 @@ def strings_in(value: object) -> list[str]:
     return []
 
 
-def echo_agent(recorder: Recorder, tool_args: list[str], result: str) -> AbsurdAgent[None, str]:
+def echo_agent(
+    recorder: Recorder, tool_args: list[str], result: str, *, publish_events: bool = False
+) -> AbsurdAgent[None, str]:
     inner = Agent(recorder.model(), name="echoer")
 
     @inner.tool_plain
@@ -65,7 +86,7 @@ def echo_agent(recorder: Recorder, tool_args: list[str], result: str) -> AbsurdA
         tool_args.append(text)
         return result
 
-    return AbsurdAgent(inner)
+    return AbsurdAgent(inner, publish_events=publish_events)
 
 
 async def test_nul_and_surrogates_in_tool_args_and_results_round_trip(
@@ -156,3 +177,24 @@ async def test_failures_and_results_quoting_nul_or_surrogates_are_recorded_once(
     else:
         assert "'a\\x00b\\ud800'" in message
         assert "a\\x00b\\ud800" in failure["traceback"]
+
+
+async def test_the_event_log_keeps_nul_and_surrogates_exactly(absurd_client: AsyncAbsurd) -> None:
+    recorder = Recorder(crash_before_final=False)
+    tool_args: list[str] = []
+    agent = echo_agent(recorder, tool_args, NASTY_RESULT, publish_events=True)
+
+    @absurd_client.register_task(name="published")
+    async def task(params: Any, ctx: Any) -> int:
+        return len((await agent.run("go")).output)
+
+    spawned = await absurd_client.spawn("published", {}, max_attempts=3)
+    snapshot = await run_until_done(absurd_client, spawned["task_id"])
+    assert snapshot.state == "completed", (snapshot.failure or {}).get("traceback")
+    assert recorder.calls == 2 and tool_args == [NASTY_ARG]
+    events = [item.event async for item in stream_events(absurd_client, spawned["task_id"])]
+    calls = [event for event in events if isinstance(event, FunctionToolCallEvent)]
+    results = [event for event in events if isinstance(event, FunctionToolResultEvent)]
+    assert [call.part.args_as_dict() for call in calls] == [{"text": NASTY_ARG}]
+    assert [call.part.tool_call_id for call in calls] == ["c\x001"]
+    assert [result.part.content for result in results] == [NASTY_RESULT]
