@@ -7,7 +7,9 @@ from typing import Any, cast
 
 import pytest
 from absurd_sdk import AsyncAbsurd
-from pydantic_ai import Agent
+from pydantic_ai import Agent, DeferredToolResults, Tool
+from pydantic_ai.capabilities import HandleDeferredToolCalls
+from pydantic_ai.exceptions import CallDeferred
 from pydantic_ai.messages import (
     FunctionToolCallEvent,
     FunctionToolResultEvent,
@@ -19,9 +21,10 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
-from pydantic_ai_absurd import AbsurdAgent, stream_events
+from pydantic_ai_absurd import AbsurdAgent, Inbox, stream_events
 from pydantic_ai_absurd._checkpoint import decode
 from pydantic_ai_absurd.errors import NonRetryableError
+from pydantic_ai_absurd.testing import run_queued
 from pydantic_ai_absurd.worker import RetryPolicy
 
 from .support import SimulatedCrash, checkpoints, run_until_done
@@ -198,3 +201,53 @@ async def test_the_event_log_keeps_nul_and_surrogates_exactly(absurd_client: Asy
     assert [call.part.args_as_dict() for call in calls] == [{"text": NASTY_ARG}]
     assert [call.part.tool_call_id for call in calls] == ["c\x001"]
     assert [result.part.content for result in results] == [NASTY_RESULT]
+
+
+async def test_inbox_requests_and_answers_keep_nul_and_surrogates_exactly(absurd_client: AsyncAbsurd) -> None:
+    inbox = Inbox(absurd_client)
+    seen: list[object] = []
+    ran: list[str] = []
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        returns = [part.content for m in messages for part in m.parts if isinstance(part, ToolReturnPart)]
+        if not returns:
+            return ModelResponse(
+                parts=[
+                    ToolCallPart("delete_file", {"path": "/tmp/\x00x"}, tool_call_id="d\x001"),
+                    ToolCallPart("lookup", {"key": "k\x1b"}, tool_call_id="l1"),
+                ]
+            )
+        seen.extend(returns)
+        return ModelResponse(parts=[TextPart("done")])
+
+    async def delete_file(path: str) -> str:
+        ran.append(path)
+        return "deleted"
+
+    async def lookup(key: str) -> str:
+        raise CallDeferred(metadata={"key": key})
+
+    inner = Agent(
+        FunctionModel(respond, model_name="scripted"),
+        name="ops",
+        tools=[Tool(delete_file, requires_approval=True), Tool(lookup)],
+        capabilities=[HandleDeferredToolCalls(inbox.ask, name="approve")],
+    )
+    agent = AbsurdAgent(inner)
+
+    @absurd_client.register_task(name="ops")
+    async def ops(params: Any, ctx: Any) -> str:
+        return (await agent.run("go")).output
+
+    spawned = await absurd_client.spawn("ops", {}, max_attempts=2)
+    await run_queued(absurd_client)
+    [request] = await inbox.pending(task_id=spawned["task_id"])
+    assert [(c.args_as_dict(), c.tool_call_id) for c in request.approvals] == [({"path": "/tmp/\x00x"}, "d\x001")]
+    assert request.metadata == {"l1": {"key": "k\x1b"}}
+    rest = await inbox.approve(request.token, answered_by="al\x00ice")
+    assert rest is not None and rest.approvals == [] and [c.tool_call_id for c in rest.calls] == ["l1"]
+    await inbox.answer(request.token, DeferredToolResults(calls={"l1": "v\x00\ud800\udc00"}))
+    done = await run_until_done(absurd_client, spawned["task_id"])
+    assert done.state == "completed", (done.failure or {}).get("traceback")
+    assert ran == ["/tmp/\x00x"]
+    assert sorted(map(str, seen)) == ["deleted", "v\x00\ud800\udc00"]
