@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
 from absurd_sdk import AsyncAbsurd
-from pydantic_ai import Agent, DeferredToolResults, Tool
+from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, Tool
 from pydantic_ai.capabilities import HandleDeferredToolCalls
+from pydantic_ai.conversation import Conversation
 from pydantic_ai.exceptions import CallDeferred
 from pydantic_ai.messages import (
     FunctionToolCallEvent,
     FunctionToolResultEvent,
     ModelMessage,
+    ModelRequest,
     ModelResponse,
     TextPart,
     ToolCallPart,
     ToolReturnPart,
+    UserPromptPart,
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
-from pydantic_ai_absurd import AbsurdAgent, Inbox, stream_events
+from pydantic_ai_absurd import AbsurdAgent, Inbox, PostgresConversationStore, stream_events
 from pydantic_ai_absurd._checkpoint import decode
 from pydantic_ai_absurd.errors import NonRetryableError
 from pydantic_ai_absurd.testing import run_queued
@@ -251,3 +255,22 @@ async def test_inbox_requests_and_answers_keep_nul_and_surrogates_exactly(absurd
     assert done.state == "completed", (done.failure or {}).get("traceback")
     assert ran == ["/tmp/\x00x"]
     assert sorted(map(str, seen)) == ["deleted", "v\x00\ud800\udc00"]
+
+
+async def test_the_conversation_store_keeps_nul_and_surrogates_exactly(absurd_dsn: str) -> None:
+    messages: list[ModelMessage] = [
+        ModelRequest(parts=[UserPromptPart(content="hi \x00")]),
+        ModelResponse(parts=[ToolCallPart("lookup", {"q": "a\x00b"}, tool_call_id="c\x001")]),
+        ModelRequest(parts=[ToolReturnPart("lookup", NASTY_RESULT, tool_call_id="c\x001")]),
+        ModelResponse(parts=[TextPart("plain")]),
+    ]
+    deferred = DeferredToolRequests(calls=[ToolCallPart("ask", {"q": "\ud800"}, tool_call_id="d1")])
+    conversation_id = f"conv-{uuid.uuid4().hex[:12]}"
+    async with PostgresConversationStore(absurd_dsn) as store:
+        conversation = Conversation(conversation_id=conversation_id, messages=messages)
+        conversation.deferred_tool_requests = deferred
+        await store.save(conversation)
+        loaded = await store.load(conversation_id)
+    assert loaded is not None
+    assert loaded.messages == messages
+    assert loaded.deferred_tool_requests == deferred

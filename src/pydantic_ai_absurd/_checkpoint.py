@@ -46,6 +46,7 @@ from ._text import has_surrogate, unstorable_json, utf8, visible
 from .errors import ReplayDivergenceError, UnserializableResultError
 
 __all__ = [
+    "ENVELOPE_TEXT_PREFIXES",
     "Asked",
     "asked_for",
     "check_digest",
@@ -138,6 +139,10 @@ def jsonb_param(data: object) -> str:
     if not unstorable_json(text):
         return text
     return json.dumps(_envelope(text))
+
+
+ENVELOPE_TEXT_PREFIXES = ('{"json": ', '{"json_escaped": ')
+"""How an envelope of `jsonb_param` begins as text (as `jsonb` and `json.dumps` write it)."""
 
 
 def from_jsonb(value: object) -> Any:

@@ -11,12 +11,11 @@ from pydantic import TypeAdapter
 from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.tools import DeferredToolRequests
 
-from .._checkpoint import from_jsonb
+from .._checkpoint import ENVELOPE_TEXT_PREFIXES, from_jsonb
 
 __all__ = ["PendingRequest", "decided_ids", "open_requests", "parse_requests", "record_from_row"]
 
 REQUESTS_ADAPTER: TypeAdapter[DeferredToolRequests] = TypeAdapter(DeferredToolRequests)
-_ENVELOPES = ('{"json": ', '{"json_escaped": ')  # how `jsonb` writes an envelope as text
 
 COLUMNS = (
     "r.token, r.queue_name, r.task_id::text as task_id, r.task_name, r.agent_name, r.wait_name, r.requests::text as requests, r.scope,"
@@ -87,7 +86,7 @@ def parse_requests(value: object) -> DeferredToolRequests:
     Requests holding text `jsonb` refuses are stored in the envelope of `jsonb_param` (`{"json": ...}`).
     """
     if isinstance(value, str):
-        if not value.startswith(_ENVELOPES):
+        if not value.startswith(ENVELOPE_TEXT_PREFIXES):
             return REQUESTS_ADAPTER.validate_json(value)
         value = json.loads(value)
     return REQUESTS_ADAPTER.validate_python(from_jsonb(value))
