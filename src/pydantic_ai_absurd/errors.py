@@ -6,6 +6,11 @@ exactly that line. `docs/troubleshooting.md` has one section per message.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "DatabaseConnectionError",
     "NonRetryableError",
@@ -152,6 +157,22 @@ def one_line(err: BaseException, *, with_type: bool = False) -> str:
     if not text:
         return type(err).__name__
     return f"{type(err).__name__}: {text}" if with_type else text
+
+
+def validation_summary(err: ValidationError, *, limit: int = 3) -> str:
+    """A pydantic `ValidationError` on one line, `where: what` per error, without inputs or documentation URLs."""
+    found: dict[str, str] = {}
+    for error in err.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error["loc"]]
+        # Drop the union member a message is about (`approvals.x.bool` for `bool_type`, `...[A,B]` tags).
+        loc = [part for part in loc if "[" not in part]
+        if loc and error["type"].startswith(f"{loc[-1]}_"):
+            loc.pop()
+        found.setdefault(".".join(loc) or "the value", error["msg"])
+    # Of the members of a union, the one that got furthest says best what is wrong.
+    parts = [f"{where}: {what}" for where, what in found.items() if not any(o.startswith(f"{where}.") for o in found)]
+    more = f" (and {len(parts) - limit} more)" if len(parts) > limit else ""
+    return " ".join(("; ".join(parts[:limit]) + more).split())
 
 
 class InvalidDurationError(PydanticAIAbsurdError, ValueError):
