@@ -8,6 +8,7 @@ from typing import Any, cast
 
 import pytest
 from absurd_sdk import AsyncAbsurd
+from pydantic import BaseModel, ValidationError
 from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, Tool
 from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.conversation import Conversation
@@ -27,9 +28,11 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls
 
 from pydantic_ai_absurd import AbsurdAgent, Inbox, PostgresConversationStore, stream_events
 from pydantic_ai_absurd._checkpoint import decode
-from pydantic_ai_absurd.errors import NonRetryableError
+from pydantic_ai_absurd.client import spawn_task
+from pydantic_ai_absurd.errors import NonRetryableError, UnstorableTextError, one_line
 from pydantic_ai_absurd.testing import run_queued
 from pydantic_ai_absurd.worker import RetryPolicy
+from pydantic_ai_absurd.worker._retry import failure_reason
 
 from .support import SimulatedCrash, checkpoints, run_until_done
 from .worker_support import eventually, running_worker, task_state
@@ -274,3 +277,22 @@ async def test_the_conversation_store_keeps_nul_and_surrogates_exactly(absurd_ds
     assert loaded is not None
     assert loaded.messages == messages
     assert loaded.deferred_tool_requests == deferred
+
+
+async def test_spawning_with_unstorable_params_fails_clearly(absurd_client: AsyncAbsurd) -> None:
+    with pytest.raises(UnstorableTextError) as raised:
+        await spawn_task(absurd_client, "anything", {"q": ["ok", "a\x00b"]}, queue="default")
+    message = str(raised.value)
+    assert "params['q'][1] = 'a\\x00b'" in message and "\n" not in message
+
+
+def test_validation_errors_are_one_line_without_documentation_urls() -> None:
+    class Params(BaseModel):
+        n: int
+
+    with pytest.raises(ValidationError) as raised:
+        Params.model_validate({"n": "many"})
+    expected = "1 validation error for Params: n: Input should be a valid integer, unable to parse string as an integer"
+    assert one_line(raised.value) == expected
+    reason = failure_reason(raised.value, retryable=False)
+    assert reason["message"] == expected and "errors.pydantic.dev" not in reason["message"]

@@ -19,6 +19,7 @@ from . import _checkpoint
 from ._execution import RunScope, remember_end
 from ._naming import escape
 from ._steps import begin, commit, run_body
+from ._text import storable
 
 __all__ = [
     "TOKEN_PREFIX",
@@ -143,4 +144,4 @@ async def resolve_event_token(
 async def fail_event_token(absurd: AsyncAbsurd, token: str, reason: str, *, queue_name: str | None = None) -> None:
     """End the durable wait on `token` with an `ExternalEventError` carrying `reason`."""
     _check_token(token)
-    await absurd.emit_event(token, {_FAILURE_KEY: reason}, queue_name=queue_name)
+    await absurd.emit_event(token, {_FAILURE_KEY: storable(reason)}, queue_name=queue_name)

@@ -16,6 +16,7 @@ __all__ = [
     "NonRetryableError",
     "ReplayDivergenceError",
     "UnserializableResultError",
+    "UnstorableTextError",
     "EmbeddedPostgresError",
     "EventLogError",
     "ConversationConflictError",
@@ -97,6 +98,14 @@ class UnserializableResultError(NonRetryableError):
     """
 
 
+class UnstorableTextError(NonRetryableError, ValueError):
+    """Data to store holds text Postgres refuses (a NUL character or a lone surrogate) where it cannot be escaped.
+
+    Raised by `spawn_task` for task parameters and headers; the message names where the text is. Inside a
+    task it fails the task at once: the same data would be refused on every retry.
+    """
+
+
 class ReplayDivergenceError(NonRetryableError):
     """A replayed step was asked something other than what its checkpoint recorded.
 
@@ -152,11 +161,24 @@ class ConversationUsageError(NonRetryableError):
 
 
 def one_line(err: BaseException, *, with_type: bool = False) -> str:
-    """`str(err)` folded onto one line (the exception's type name when it says nothing)."""
-    text = " ".join(str(err).split())
+    """`str(err)` folded onto one line (the exception's type name when it says nothing).
+
+    A pydantic `ValidationError` is summarised by `validation_message`, without its documentation URLs.
+    """
+    text = " ".join(validation_message(err).split())
     if not text:
         return type(err).__name__
     return f"{type(err).__name__}: {text}" if with_type else text
+
+
+def validation_message(err: BaseException) -> str:
+    """`str(err)`; for a pydantic `ValidationError`, one line without inputs and documentation URLs."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return str(err)
+    count = err.error_count()
+    return f"{count} validation error{'s' if count != 1 else ''} for {err.title}: {validation_summary(err)}"
 
 
 def validation_summary(err: ValidationError, *, limit: int = 3) -> str:

@@ -24,14 +24,14 @@ import json
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import pydantic
 from absurd_sdk import AbsurdHooks, RetryStrategy, SpawnOptions
 from pydantic_ai.exceptions import UserError
 
-from .._text import storable, visible, with_article
-from ..errors import NonRetryableError
+from .._text import storable, unstorable_text_at, with_article
+from ..errors import NonRetryableError, validation_message
 
 __all__ = [
     "AGENT_RETRY_STRATEGY",
@@ -73,7 +73,7 @@ def failure_reason(err: BaseException, *, retryable: bool, reason: str | None = 
     # Messages may quote model or tool text; Postgres refuses NUL and lone surrogates in the jsonb column.
     payload: dict[str, Any] = {
         "name": type(err).__name__,
-        "message": storable(str(err)),
+        "message": storable(validation_message(err)),
         "traceback": None if formatted is None else storable(formatted),
         "retryable": retryable,
     }
@@ -91,29 +91,12 @@ def check_json_result(task_name: str, result: object) -> None:
             f"Task {task_name!r} returned {with_article(type(result).__name__)} that is not JSON-serializable ({err}); "
             "return JSON data (dict, list, str, int, float, bool, None), e.g. `model.model_dump(mode='json')`."
         ) from err
-    where = _unstorable_text_at(result, "result")
+    where = unstorable_text_at(result, "result")
     if where is not None:
         raise TaskResultNotSerializableError(
             f"Task {task_name!r} returned text that Postgres cannot store ({where}); a task result may not "
             "hold NUL characters or lone surrogates: remove or escape them before returning."
         )
-
-
-def _unstorable_text_at(value: object, path: str) -> str | None:
-    """Where in `value` (JSON data) a string holds NUL or a lone surrogate, and a visible excerpt of it."""
-    if isinstance(value, str):
-        return None if storable(value) == value else f"{path} = '{visible(value[:60])}'"
-    if isinstance(value, dict):
-        for key, item in cast(dict[object, object], value).items():
-            found = _unstorable_text_at(key, f"a key of {path}") or _unstorable_text_at(item, f"{path}[{key!r}]")
-            if found is not None:
-                return found
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(cast(list[object], value)):
-            found = _unstorable_text_at(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-    return None
 
 
 FailureOutcome = Literal["retry", "failed"]
