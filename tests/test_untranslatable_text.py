@@ -296,3 +296,27 @@ def test_validation_errors_are_one_line_without_documentation_urls() -> None:
     assert one_line(raised.value) == expected
     reason = failure_reason(raised.value, retryable=False)
     assert reason["message"] == expected and "errors.pydantic.dev" not in reason["message"]
+
+
+async def test_a_tool_returning_bytes_that_are_not_utf8_fails_once_and_never_reruns(absurd_client: AsyncAbsurd) -> None:
+    recorder = Recorder(crash_before_final=False)
+    runs: list[str] = []
+    inner = Agent(recorder.model(), name="echoer")
+
+    @inner.tool_plain
+    def echo(text: str) -> bytes:
+        runs.append(text)
+        return b"\x80\xff raw"
+
+    agent = AbsurdAgent(inner)
+
+    @absurd_client.register_task(name="raw")
+    async def task(params: Any, ctx: Any) -> str:
+        return (await agent.run("go")).output
+
+    spawned = await absurd_client.spawn("raw", {}, max_attempts=3)
+    snapshot = await run_until_done(absurd_client, spawned["task_id"])
+    assert snapshot.state == "failed" and snapshot.failure is not None
+    assert snapshot.failure["name"] == "UnserializableResultError"
+    assert "Tool 'echo'" in str(snapshot.failure["message"])
+    assert len(runs) == 1 and recorder.calls == 1  # three attempts: one tool call, one model request
