@@ -26,7 +26,7 @@ from pydantic_ai.messages import (
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
-from pydantic_ai_absurd import AbsurdAgent, Inbox, PostgresConversationStore, stream_events
+from pydantic_ai_absurd import AbsurdAgent, Inbox, PostgresConversationStore, fork_task, stream_events
 from pydantic_ai_absurd._checkpoint import decode
 from pydantic_ai_absurd.client import spawn_task
 from pydantic_ai_absurd.errors import NonRetryableError, UnstorableTextError, one_line
@@ -284,6 +284,8 @@ async def test_spawning_with_unstorable_params_fails_clearly(absurd_client: Asyn
         await spawn_task(absurd_client, "anything", {"q": ["ok", "a\x00b"]}, queue="default")
     message = str(raised.value)
     assert "params['q'][1] = 'a\\x00b'" in message and "\n" not in message
+    with pytest.raises(UnstorableTextError, match=r"Cannot fork task .*params\['q'\] = '\\ud800'"):
+        await fork_task(absurd_client, str(uuid.uuid4()), at_step=0, params={"q": "\ud800"})
 
 
 def test_validation_errors_are_one_line_without_documentation_urls() -> None:

@@ -101,7 +101,8 @@ class UnserializableResultError(NonRetryableError):
 class UnstorableTextError(NonRetryableError, ValueError):
     """Data to store holds text Postgres refuses (a NUL character or a lone surrogate) where it cannot be escaped.
 
-    Raised by `spawn_task` for task parameters and headers; the message names where the text is. Inside a
+    Raised by `spawn_task` for task parameters and headers, and by `fork_task` for new parameters; the
+    message names where the text is. Inside a
     task it fails the task at once: the same data would be refused on every retry.
     """
 
