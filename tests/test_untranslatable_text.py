@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -28,6 +29,7 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls
 
 from pydantic_ai_absurd import AbsurdAgent, Inbox, PostgresConversationStore, fork_task, stream_events
 from pydantic_ai_absurd._checkpoint import decode
+from pydantic_ai_absurd.cli import main
 from pydantic_ai_absurd.client import spawn_task
 from pydantic_ai_absurd.errors import NonRetryableError, UnstorableTextError, one_line
 from pydantic_ai_absurd.testing import run_queued
@@ -322,3 +324,20 @@ async def test_a_tool_returning_bytes_that_are_not_utf8_fails_once_and_never_rer
     assert snapshot.failure["name"] == "UnserializableResultError"
     assert "Tool 'echo'" in str(snapshot.failure["message"])
     assert len(runs) == 1 and recorder.calls == 1  # three attempts: one tool call, one model request
+
+
+async def test_inspect_prints_lone_surrogates_as_escapes(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    agent = echo_agent(Recorder(crash_before_final=False), [], NASTY_RESULT)
+
+    @absurd_client.register_task(name="echo")
+    async def task(params: Any, ctx: Any) -> int:
+        return len((await agent.run("go")).output)
+
+    spawned = await absurd_client.spawn("echo", {})
+    assert (await run_until_done(absurd_client, spawned["task_id"])).state == "completed"
+    code = await asyncio.to_thread(main, ["inspect", str(spawned["task_id"]), "-d", absurd_dsn, "-q", absurd_queue])
+    out = capsys.readouterr().out
+    assert code == 0 and "\\ud800\\udfff\\x00 lone \\udc80" in out
+    out.encode("utf-8")  # a terminal could print it: no lone surrogate left
