@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -32,6 +33,7 @@ from pydantic_ai_absurd._checkpoint import decode
 from pydantic_ai_absurd.cli import main
 from pydantic_ai_absurd.client import spawn_task
 from pydantic_ai_absurd.errors import NonRetryableError, UnstorableTextError, one_line
+from pydantic_ai_absurd.events import sse_events
 from pydantic_ai_absurd.testing import run_queued
 from pydantic_ai_absurd.worker import RetryPolicy
 from pydantic_ai_absurd.worker._retry import failure_reason
@@ -341,3 +343,21 @@ async def test_inspect_prints_lone_surrogates_as_escapes(
     out = capsys.readouterr().out
     assert code == 0 and "\\ud800\\udfff\\x00 lone \\udc80" in out
     out.encode("utf-8")  # a terminal could print it: no lone surrogate left
+
+
+@pytest.mark.parametrize("protocol", ["vercel-ai", "ag-ui"])
+async def test_sse_sends_lone_surrogates_as_replacement_characters(absurd_client: AsyncAbsurd, protocol: str) -> None:
+    agent = echo_agent(Recorder(crash_before_final=False), [], NASTY_RESULT, publish_events=True)
+
+    @absurd_client.register_task(name="echo")
+    async def task(params: Any, ctx: Any) -> int:
+        return len((await agent.run("go")).output)
+
+    spawned = await absurd_client.spawn("echo", {})
+    assert (await run_until_done(absurd_client, spawned["task_id"])).state == "completed"
+    body = "".join([chunk async for chunk in sse_events(absurd_client, str(spawned["task_id"]), protocol=protocol)])  # type: ignore[arg-type]
+    body.encode("utf-8")  # every chunk was sent, as UTF-8
+    data = [line.removeprefix("data: ") for line in body.split("\n") if line.startswith("data: {")]
+    shown = "\ufffd\ufffd\x00 lone \ufffd and a NUL \x00\x7f"
+    assert any(shown in text for d in data for text in strings_in(json.loads(d)))
+    assert data[-1].startswith(('{"type":"finish"', '{"type":"RUN_FINISHED"'))
