@@ -343,6 +343,12 @@ async def test_inspect_prints_lone_surrogates_as_escapes(
     out = capsys.readouterr().out
     assert code == 0 and "\\ud800\\udfff\\x00 lone \\udc80" in out
     out.encode("utf-8")  # a terminal could print it: no lone surrogate left
+    argv = ["inspect", str(spawned["task_id"]), "--json", "-d", absurd_dsn, "-q", absurd_queue]
+    code = await asyncio.to_thread(main, argv)
+    out = capsys.readouterr().out
+    out.encode("utf-8")
+    # As JSON escapes, which JSON reads back (an adjacent high and low surrogate as the pair they spell).
+    assert code == 0 and any("\x00 lone \udc80 and a NUL \x00\x7f" in text for text in strings_in(json.loads(out)))
 
 
 @pytest.mark.parametrize("protocol", ["vercel-ai", "ag-ui"])
