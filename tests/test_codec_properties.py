@@ -12,10 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic_ai import BinaryContent
 from pydantic_ai.durable_exec import JSON_CODEC
+from pydantic_ai.messages import ModelResponse, PartDeltaEvent, TextPart, TextPartDelta, ToolCallPart
 
 from pydantic_ai_absurd._checkpoint import Asked, decode, encode, from_jsonb, jsonb_param
 from pydantic_ai_absurd._naming import escape
 from pydantic_ai_absurd._text import visible
+from pydantic_ai_absurd.conversations._codec import message_text, messages_from_texts
+from pydantic_ai_absurd.events._model import decode_event, encode_event_json
 
 # Every code point, lone surrogates and NUL included (Hypothesis leaves surrogates out by default).
 ANY_CHAR = st.characters(codec=None, exclude_categories=())
@@ -24,9 +27,9 @@ NASTY_TEXT = st.text(st.sampled_from('\x00\x01\x1b\x7f\x9f\u2028\ud800\udbff\udc
 TEXT = ANY_TEXT | NASTY_TEXT
 
 
-def json_values(scalars: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+def json_values(scalars: st.SearchStrategy[Any], keys: st.SearchStrategy[str] = TEXT) -> st.SearchStrategy[Any]:
     return st.recursive(
-        scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=20
+        scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(keys, inner, max_size=4), max_leaves=20
     )
 
 
@@ -92,3 +95,30 @@ def test_visible_text_holds_no_control_characters_or_surrogates(text: str) -> No
     shown = visible(text)
     assert not any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F or 0xD800 <= ord(char) <= 0xDFFF for char in shown)
     assert shown == text or any(not char.isprintable() for char in text) or "\\" in shown
+
+
+# pydantic-core cannot write a dict key holding a lone surrogate in JSON mode (it raises, or for a typed
+# `dict[str, Any]` writes U+FFFD): such keys are left out here; a tool returning one fails once, clearly.
+SAFE_KEYS = st.text(st.characters(codec="utf-8"), max_size=10)
+ARGS = st.dictionaries(SAFE_KEYS, json_values(st.none() | st.booleans() | st.integers() | TEXT, SAFE_KEYS), max_size=3)
+
+
+@PROPERTY
+@given(content=TEXT, args=ARGS)
+def test_any_message_round_trips_through_the_conversation_store_codec(
+    conn: psycopg.Connection[Any], content: str, args: dict[str, Any]
+) -> None:
+    message = ModelResponse(parts=[TextPart(content), ToolCallPart("tool", args, tool_call_id="c1")])
+    row = conn.execute("select %s::text", (message_text(message),)).fetchone()
+    assert row is not None
+    assert messages_from_texts([row[0]]) == [message]
+
+
+@PROPERTY
+@given(content=TEXT)
+def test_any_event_round_trips_through_the_event_log_codec(conn: psycopg.Connection[Any], content: str) -> None:
+    event = PartDeltaEvent(index=0, delta=TextPartDelta(content_delta=content))
+    kind, text = encode_event_json(event)
+    row = conn.execute("select %s::jsonb", (text,)).fetchone()
+    assert row is not None
+    assert decode_event(kind, row[0]) == event

@@ -304,15 +304,20 @@ def test_validation_errors_are_one_line_without_documentation_urls() -> None:
     assert reason["message"] == expected and "errors.pydantic.dev" not in reason["message"]
 
 
-async def test_a_tool_returning_bytes_that_are_not_utf8_fails_once_and_never_reruns(absurd_client: AsyncAbsurd) -> None:
+# What Pydantic AI's JSON codec cannot write: raw bytes that are not UTF-8. The tool ran; its failure is
+# recorded once.
+@pytest.mark.parametrize("returned", [b"\x80\xff raw"], ids=["bytes"])
+async def test_a_tool_result_the_codec_cannot_write_fails_once_and_never_reruns(
+    absurd_client: AsyncAbsurd, returned: object
+) -> None:
     recorder = Recorder(crash_before_final=False)
     runs: list[str] = []
     inner = Agent(recorder.model(), name="echoer")
 
     @inner.tool_plain
-    def echo(text: str) -> bytes:
+    def echo(text: str) -> Any:
         runs.append(text)
-        return b"\x80\xff raw"
+        return returned
 
     agent = AbsurdAgent(inner)
 
