@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -30,6 +31,7 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls
 
 from pydantic_ai_absurd import AbsurdAgent, Inbox, PostgresConversationStore, fork_task, stream_events
 from pydantic_ai_absurd._checkpoint import decode
+from pydantic_ai_absurd._text import is_storable
 from pydantic_ai_absurd.cli import main
 from pydantic_ai_absurd.client import spawn_task
 from pydantic_ai_absurd.errors import NonRetryableError, UnstorableTextError, one_line
@@ -165,8 +167,15 @@ async def _failed(absurd: AsyncAbsurd, task_id: str) -> dict[str, Any] | None:
     ],
 )
 async def test_failures_and_results_quoting_nul_or_surrogates_are_recorded_once(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, kind: str, name: str, attempts: int
+    absurd_client: AsyncAbsurd,
+    absurd_dsn: str,
+    absurd_queue: str,
+    kind: str,
+    name: str,
+    attempts: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="pydantic_ai_absurd.worker")
     calls: list[str] = []
 
     @absurd_client.register_task(name="quoting")
@@ -191,6 +200,9 @@ async def test_failures_and_results_quoting_nul_or_surrogates_are_recorded_once(
     else:
         assert "'a\\x00b\\ud800'" in message
         assert "a\\x00b\\ud800" in failure["traceback"]
+    logged = [record.getMessage() for record in caplog.records if record.name == "pydantic_ai_absurd.worker"]
+    failed = [line for line in logged if line.startswith("failed ")]
+    assert failed and all(is_storable(line) and "\\x00" in line for line in failed)
 
 
 async def test_the_event_log_keeps_nul_and_surrogates_exactly(absurd_client: AsyncAbsurd) -> None:
