@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from absurd_sdk import AsyncAbsurd
+from pydantic_ai import Agent, DeferredToolResults, Tool
+from pydantic_ai.capabilities import HandleDeferredToolCalls
+from pydantic_ai.exceptions import CallDeferred
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-from pydantic_ai_absurd import Inbox
+from pydantic_ai_absurd import AbsurdAgent, Inbox, InvalidAnswerError
 from pydantic_ai_absurd.cli import main
 
 from .inbox_support import approval_agent
@@ -101,3 +107,85 @@ def test_the_subcommands_are_listed(capsys: pytest.CaptureFixture[str]) -> None:
     out: Any = capsys.readouterr().out
     for name in ("inbox", "approve", "deny", "answer"):
         assert name in out
+
+
+def _waiting_agent(inbox: Inbox) -> AbsurdAgent[None, str]:
+    """Calls `delete_file` (needs approval) and `lookup` (an external result), then says what it got."""
+
+    def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        if len(messages) == 1:
+            return ModelResponse(
+                parts=[
+                    ToolCallPart("delete_file", {"path": "/a"}, tool_call_id="d1"),
+                    ToolCallPart("lookup", {"key": "k"}, tool_call_id="l1"),
+                ]
+            )
+        return ModelResponse(parts=[TextPart("done")])
+
+    async def delete_file(path: str) -> str:
+        return f"deleted {path}"
+
+    async def lookup(key: str) -> str:
+        raise CallDeferred()
+
+    inner = Agent(
+        FunctionModel(respond, model_name="scripted"),
+        name="ops",
+        tools=[Tool(delete_file, requires_approval=True), Tool(lookup)],
+        capabilities=[HandleDeferredToolCalls(inbox.ask, name="approve")],
+    )
+    return AbsurdAgent(inner)
+
+
+BAD_RESULTS = [
+    ("{bad", "invalid JSON (Expecting property name enclosed in double quotes at column 2)"),
+    ("[1]", "a JSON list, not an object"),
+    ('{"call": {"l1": 1}}', "unknown field(s) 'call'"),
+    ('{"calls": [1]}', "calls: Input should be an object"),
+    ('{"approvals": {"d1": "yes"}}', "approvals.d1: Input should be a valid boolean"),
+]
+
+
+async def test_invalid_answers_are_one_line_without_pydantic_urls(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inbox = Inbox(absurd_client)
+    task_id = await start(absurd_client, _waiting_agent(inbox))
+    [request] = await inbox.pending(task_id=task_id)
+    db = ("-d", absurd_dsn, "-q", absurd_queue)
+    expected = "expected an object with calls, approvals, metadata, answered_by, e.g. "
+    for results, problem in BAD_RESULTS:
+        code, out, err = await cli(capsys, "answer", request.token, "--results", results, *db)
+        assert (code, out, err.count("\n")) == (2, "", 1), (results, err)
+        assert f"--results is not DeferredToolResults JSON: {problem}; {expected}" in err
+        assert "errors.pydantic.dev" not in err and "Traceback" not in err
+    code, _, err = await cli(capsys, "deny", request.token, "--reason", "no", "--call", "l1", *db)
+    assert code == 2 and err.count("\n") == 1 and "'l1' are not pending approvals" in err
+    code, _, err = await cli(capsys, "approve", "pydantic-ai-absurd:nope", *db)
+    assert (
+        code == 2
+        and err.strip() == "pydantic-ai-absurd: error: No pending inbox request has token 'pydantic-ai-absurd:nope'."
+    )
+
+
+async def test_invalid_answers_from_python_are_one_line_without_pydantic_urls(absurd_client: AsyncAbsurd) -> None:
+    inbox = Inbox(absurd_client)
+    task_id = await start(absurd_client, _waiting_agent(inbox))
+    [request] = await inbox.pending(task_id=task_id)
+    bad: list[tuple[Callable[[], Awaitable[object]], str]] = [
+        (
+            lambda: inbox.answer(request.token, DeferredToolResults(calls=5)),
+            "calls: Input should be a valid dictionary",
+        ),  # type: ignore[arg-type]
+        (
+            lambda: inbox.deny(request.token, reason=7),  # type: ignore[arg-type]
+            "approvals.d1.tool-denied.message: Input should be a valid string",
+        ),
+        (lambda: inbox.approve(request.token, tool_call_ids="d1"), "not the str 'd1'; pass ['d1']"),
+    ]
+    for call, problem in bad:
+        with pytest.raises(InvalidAnswerError) as raised:
+            await call()
+        message = str(raised.value)
+        assert problem in message and "\n" not in message and "errors.pydantic.dev" not in message
+    assert [c.tool_call_id for c in (await inbox.get(request.token) or request).approvals] == ["d1"]

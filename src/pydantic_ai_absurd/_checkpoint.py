@@ -9,7 +9,14 @@ A checkpoint is a JSON object:
 - `"digest"` and `"asked"` (optional, beside `"json"`): a hash and a one-line summary of what the step
   was asked (model + messages, tool + arguments). A replay whose request hashes differently fails with
   `ReplayDivergenceError` instead of returning the stored result to the wrong call.
+- `{"json_escaped": "<text>"}`: the same, for a value holding lone surrogates (text Postgres cannot store,
+  and JSON cannot carry either: it pairs adjacent surrogate escapes into one character). The JSON text
+  is stored with Python's `unicode_escape` applied, so it is ASCII and decodes to the exact value.
 - `{"error": "<message>"}`: a journaled failure (a value that could not be stored as JSON).
+
+A NUL character needs no escaping: the JSON text escapes it, and that text is a plain string inside the
+`jsonb` checkpoint. The one-line `"asked"` summary is shown as is, so control characters and surrogates
+are written visibly in it (`_text.visible`).
 
 Checkpoints written before this format (a bare ISO time string, a bare `true` for a timed-out wait)
 are still read.
@@ -33,21 +40,28 @@ from pydantic_ai.durable_exec import (
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
 from pydantic_ai.tools import RunContext
-from pydantic_core import to_jsonable_python
+from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from ._text import has_surrogate, unstorable_json, utf8, visible
 from .errors import ReplayDivergenceError, UnserializableResultError
 
 __all__ = [
+    "ENVELOPE_TEXT_PREFIXES",
     "Asked",
     "asked_for",
     "check_digest",
     "decode",
     "encode",
     "encode_error",
+    "from_jsonb",
     "is_checkpoint",
+    "json_text",
+    "jsonb_param",
+    "value_text",
 ]
 
 VALUE_KEY = "json"
+ESCAPED_KEY = "json_escaped"
 ERROR_KEY = "error"
 DIGEST_KEY = "digest"
 ASKED_KEY = "asked"
@@ -71,23 +85,73 @@ class Asked:
     def of(cls, request: object, summary: str) -> Asked:
         """Digest `request` (JSON-compatible data; object keys sorted, so dict order does not matter)."""
         text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-        digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        digest = hashlib.blake2b(utf8(text), digest_size=16).hexdigest()
         return cls(digest, _one_line(summary))
 
 
 def _one_line(summary: str) -> str:
-    text = " ".join(summary.split())
+    text = visible(" ".join(summary.split()))
     return text if len(text) <= _ASKED_PREVIEW else text[: _ASKED_PREVIEW - 1] + "…"
+
+
+def json_text(payload: object) -> str:
+    """`payload` as compact JSON text (non-ASCII kept as is; NUL and other control characters escaped)."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def _envelope(text: str) -> dict[str, str]:
+    if not has_surrogate(text):
+        return {VALUE_KEY: text}
+    return {ESCAPED_KEY: text.encode("unicode_escape").decode("ascii")}
+
+
+def value_text(state: object) -> str | None:
+    """The JSON text a checkpoint (or an envelope of the same keys) stores, or None if it stores none."""
+    if not isinstance(state, dict):
+        return None
+    entries = cast(dict[str, object], state)
+    text = entries.get(VALUE_KEY)
+    if isinstance(text, str):
+        return text
+    escaped = entries.get(ESCAPED_KEY)
+    if isinstance(escaped, str):
+        return escaped.encode("ascii").decode("unicode_escape")
+    return None
 
 
 def encode(payload: object, *, asked: Asked | None = None) -> tuple[dict[str, str], Any]:
     """The checkpoint stored for `payload`, and the value the run continues with."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    checkpoint = {VALUE_KEY: text}
+    text = json_text(payload)
+    checkpoint = _envelope(text)
     if asked is not None:
         checkpoint[DIGEST_KEY] = asked.digest
         checkpoint[ASKED_KEY] = asked.summary
     return checkpoint, json.loads(text)
+
+
+def jsonb_param(data: object) -> str:
+    """JSON text to cast to `jsonb` for `data`: `data` itself, or its envelope if `jsonb` cannot hold it.
+
+    `jsonb` refuses NUL (even escaped) and lone surrogates; data holding them is stored as a one-key
+    envelope, `{"json": "<text>"}` or `{"json_escaped": "<text>"}`, which `from_jsonb` reads back.
+    """
+    text = json_text(data)
+    if not unstorable_json(text):
+        return text
+    return json.dumps(_envelope(text))
+
+
+ENVELOPE_TEXT_PREFIXES = ('{"json": ', '{"json_escaped": ')
+"""How an envelope of `jsonb_param` begins as text (as `jsonb` and `json.dumps` write it)."""
+
+
+def from_jsonb(value: object) -> Any:
+    """The data stored with `jsonb_param` (its envelope unwrapped), from `value` as read from `jsonb`."""
+    if not isinstance(value, dict):
+        return value
+    entries = cast(dict[str, object], value)
+    text = value_text(entries) if len(entries) == 1 else None
+    return entries if text is None else json.loads(text)
 
 
 def encode_error(message: str) -> dict[str, str]:
@@ -97,15 +161,15 @@ def encode_error(message: str) -> dict[str, str]:
 
 def is_checkpoint(state: object) -> bool:
     """Whether `state` is a checkpoint written by this package (any of its formats)."""
-    return isinstance(state, dict) and (VALUE_KEY in state or ERROR_KEY in state)
+    return isinstance(state, dict) and (VALUE_KEY in state or ESCAPED_KEY in state or ERROR_KEY in state)
 
 
 def decode(state: object, *, step: str) -> Any:
     """The value stored in a checkpoint, or the journaled failure raised again."""
     if isinstance(state, dict):
         entries = cast(dict[str, object], state)
-        text = entries.get(VALUE_KEY)
-        if isinstance(text, str):
+        text = value_text(entries)
+        if text is not None:
             return json.loads(text)
         message = entries.get(ERROR_KEY)
         if isinstance(message, str):
@@ -189,7 +253,7 @@ def _messages_digest(messages: list[ModelMessage], chain: DigestChain | None) ->
         chunks = ()
         added = messages
     if added:
-        hasher.update(ModelMessagesTypeAdapter.dump_json(added, exclude=_MESSAGE_EXCLUDE, exclude_defaults=True))
+        hasher.update(_messages_json(added, _MESSAGE_EXCLUDE, exclude_defaults=True))
         chunks = (*chunks, len(messages) - len(added))
     if chain is not None:
         chain.messages = list(messages)
@@ -201,9 +265,19 @@ def _messages_digest(messages: list[ModelMessage], chain: DigestChain | None) ->
 def _v1_digest(messages: list[ModelMessage], chunks: tuple[int, ...], model: str) -> str:
     hasher = hashlib.blake2b(digest_size=16)
     for start, end in zip(chunks, (*chunks[1:], len(messages)), strict=True):
-        hasher.update(ModelMessagesTypeAdapter.dump_json(messages[start:end], exclude=_V1_MESSAGE_EXCLUDE))
-    hasher.update(b"\x00model:" + model.encode())
+        hasher.update(_messages_json(messages[start:end], _V1_MESSAGE_EXCLUDE))
+    hasher.update(b"\x00model:" + utf8(model))
     return hasher.hexdigest()
+
+
+def _messages_json(messages: list[ModelMessage], exclude: Any, *, exclude_defaults: bool = False) -> bytes:
+    try:
+        return ModelMessagesTypeAdapter.dump_json(messages, exclude=exclude, exclude_defaults=exclude_defaults)
+    except PydanticSerializationError:  # lone surrogates, which pydantic-core cannot write as JSON
+        data = ModelMessagesTypeAdapter.dump_python(
+            messages, mode="json", exclude=exclude, exclude_defaults=exclude_defaults
+        )
+        return utf8(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
 
 def _preview(value: object, limit: int = 60) -> str:
@@ -240,7 +314,7 @@ def asked_for(
             return None
         model = operation_id.model_id or "default"
         hasher, chunks = _messages_digest(messages, chain)
-        hasher.update(b"\x00model:" + model.encode())
+        hasher.update(b"\x00model:" + utf8(model))
         summary = f"a request to model {model!r} with {len(messages)} message(s), the last {_last_text(messages)}"
         return Asked(
             _MESSAGES_DIGEST_V2 + hasher.hexdigest(),

@@ -11,7 +11,8 @@ A step name is Pydantic AI's `JournalOperationNamer` name of the operation (agen
 Absurd numbers repeated names in the order they are met (`name`, `name#2`, ...); the tool call ID makes
 tool-scoped names unique within a model response, so parallel tool calls replay by identity, not order.
 Characters that would corrupt a name (`%`, `#`, `@`) are percent-escaped in labels and IDs, and refused
-in agent names, toolset IDs and model IDs.
+in agent names, toolset IDs and model IDs. So are those Postgres cannot store in a `text` column (NUL and
+lone surrogates, as the percent-escapes of their UTF-8 bytes): a model may put them in a tool call ID.
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.tools import RunContext
 
 _FORBIDDEN_IN_IDENTIFIERS = re.compile(r"[#@~%\s\x00-\x1f\x7f]")
-_ESCAPES = {"%": "%25", "#": "%23", "@": "%40"}
-_ESCAPE_PATTERN = re.compile(r"[%#@]")
+_ESCAPE_PATTERN = re.compile(r"[%#@\x00\ud800-\udfff]")
+
+
+def _percent(match: re.Match[str]) -> str:
+    return "".join(f"%{byte:02X}" for byte in match.group().encode("utf-8", "surrogatepass"))
 
 
 def escape(segment: str) -> str:
-    """Percent-escape the characters that carry meaning in a step name."""
-    return _ESCAPE_PATTERN.sub(lambda match: _ESCAPES[match.group()], segment)
+    """Percent-escape the characters that carry meaning in a step name, and those `text` cannot store."""
+    return _ESCAPE_PATTERN.sub(_percent, segment)
 
 
 def check_identifier(kind: str, value: str) -> None:

@@ -19,6 +19,7 @@ from . import _checkpoint
 from ._execution import RunScope, remember_end
 from ._naming import escape
 from ._steps import begin, commit, run_body
+from ._text import storable
 
 __all__ = [
     "TOKEN_PREFIX",
@@ -112,8 +113,8 @@ def event_payload(payload: object) -> JsonValue:
         reason = entries.get(_FAILURE_KEY)
         if isinstance(reason, str) and len(entries) == 1:
             raise ExternalEventError(reason)
-        text = entries.get(_checkpoint.VALUE_KEY)
-        if isinstance(text, str) and len(entries) == 1:
+        text = _checkpoint.value_text(entries)
+        if text is not None and len(entries) == 1:
             return cast(JsonValue, json.loads(text))
     return cast(JsonValue, payload)
 
@@ -143,4 +144,4 @@ async def resolve_event_token(
 async def fail_event_token(absurd: AsyncAbsurd, token: str, reason: str, *, queue_name: str | None = None) -> None:
     """End the durable wait on `token` with an `ExternalEventError` carrying `reason`."""
     _check_token(token)
-    await absurd.emit_event(token, {_FAILURE_KEY: reason}, queue_name=queue_name)
+    await absurd.emit_event(token, {_FAILURE_KEY: storable(reason)}, queue_name=queue_name)

@@ -23,7 +23,8 @@ from absurd_sdk import AsyncAbsurd, CancellationPolicy, RetryStrategy, TaskResul
 from absurd_sdk import TimeoutError as AbsurdTimeoutError
 
 from ._absurd import TERMINAL_TASK_STATES, client_queue_name, is_registered
-from .errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError
+from ._text import unstorable_text_at
+from .errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError, UnstorableTextError
 
 __all__ = [
     "SpawnedTask",
@@ -190,6 +191,11 @@ async def spawn_task(
         )
     if isinstance(params, pydantic.BaseModel):
         params = params.model_dump(mode="json")
+    if where := unstorable_text_at(params, "params") or unstorable_text_at(headers, "headers"):
+        raise UnstorableTextError(
+            f"Cannot spawn {task_name!r}: Postgres cannot store a NUL character or a lone surrogate ({where}); "
+            "remove or escape it first."
+        )
     target = queue or client_queue_name(absurd)
     try:
         spawned = await absurd.spawn(

@@ -6,11 +6,17 @@ exactly that line. `docs/troubleshooting.md` has one section per message.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "DatabaseConnectionError",
     "NonRetryableError",
     "ReplayDivergenceError",
     "UnserializableResultError",
+    "UnstorableTextError",
     "EmbeddedPostgresError",
     "EventLogError",
     "ConversationConflictError",
@@ -92,6 +98,15 @@ class UnserializableResultError(NonRetryableError):
     """
 
 
+class UnstorableTextError(NonRetryableError, ValueError):
+    """Data to store holds text Postgres refuses (a NUL character or a lone surrogate) where it cannot be escaped.
+
+    Raised by `spawn_task` for task parameters and headers, and by `fork_task` for new parameters; the
+    message names where the text is. Inside a
+    task it fails the task at once: the same data would be refused on every retry.
+    """
+
+
 class ReplayDivergenceError(NonRetryableError):
     """A replayed step was asked something other than what its checkpoint recorded.
 
@@ -147,11 +162,40 @@ class ConversationUsageError(NonRetryableError):
 
 
 def one_line(err: BaseException, *, with_type: bool = False) -> str:
-    """`str(err)` folded onto one line (the exception's type name when it says nothing)."""
-    text = " ".join(str(err).split())
+    """`str(err)` folded onto one line (the exception's type name when it says nothing).
+
+    A pydantic `ValidationError` is summarised by `validation_message`, without its documentation URLs.
+    """
+    text = " ".join(validation_message(err).split())
     if not text:
         return type(err).__name__
     return f"{type(err).__name__}: {text}" if with_type else text
+
+
+def validation_message(err: BaseException) -> str:
+    """`str(err)`; for a pydantic `ValidationError`, one line without inputs and documentation URLs."""
+    from pydantic import ValidationError
+
+    if not isinstance(err, ValidationError):
+        return str(err)
+    count = err.error_count()
+    return f"{count} validation error{'s' if count != 1 else ''} for {err.title}: {validation_summary(err)}"
+
+
+def validation_summary(err: ValidationError, *, limit: int = 3) -> str:
+    """A pydantic `ValidationError` on one line, `where: what` per error, without inputs or documentation URLs."""
+    found: dict[str, str] = {}
+    for error in err.errors(include_url=False, include_input=False):
+        loc = [str(part) for part in error["loc"]]
+        # Drop the union member a message is about (`approvals.x.bool` for `bool_type`, `...[A,B]` tags).
+        loc = [part for part in loc if "[" not in part]
+        if loc and error["type"].startswith(f"{loc[-1]}_"):
+            loc.pop()
+        found.setdefault(".".join(loc) or "the value", error["msg"])
+    # Of the members of a union, the one that got furthest says best what is wrong.
+    parts = [f"{where}: {what}" for where, what in found.items() if not any(o.startswith(f"{where}.") for o in found)]
+    more = f" (and {len(parts) - limit} more)" if len(parts) > limit else ""
+    return " ".join(("; ".join(parts[:limit]) + more).split())
 
 
 class InvalidDurationError(PydanticAIAbsurdError, ValueError):

@@ -31,6 +31,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
 from . import _absurd
+from ._checkpoint import value_text
 from ._naming import escape
 from ._pydantic_ai import active_run_usage
 
@@ -162,11 +163,8 @@ def _subtract(run_usage: Any, usage: dict[str, Any]) -> None:
 
 
 def _value(state: object) -> Any:
-    if isinstance(state, dict):
-        text = cast(dict[str, Any], state).get("json")
-        if isinstance(text, str):
-            return json.loads(text)
-    return None
+    text = value_text(state)
+    return None if text is None else json.loads(text)
 
 
 def _reached(name: str, encounters: dict[str, int]) -> bool:

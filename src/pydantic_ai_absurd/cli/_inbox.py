@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _output
 from ._options import add_database_option, add_queue_option, at_least
@@ -169,14 +170,41 @@ async def _cmd_deny(args: argparse.Namespace) -> int:
     return _report(args.token, remaining, "Denied")
 
 
-async def _cmd_answer(args: argparse.Namespace) -> int:
+_RESULTS_EXAMPLE = '{"calls": {"CALL_ID": "result"}, "approvals": {"CALL_ID": true}}'
+_RESULTS_FIELDS = ("calls", "approvals", "metadata", "answered_by")
+
+
+def _results_error(problem: str) -> Exception:
     from ..errors import InvalidAnswerError
+
+    return InvalidAnswerError(
+        f"--results is not DeferredToolResults JSON: {problem}; expected an object with "
+        f"{', '.join(_RESULTS_FIELDS)}, e.g. '{_RESULTS_EXAMPLE}'."
+    )
+
+
+def _parse_results(text: str) -> Any:
+    """`--results` as `DeferredToolResults`, or one line saying what is wrong with it."""
+    from pydantic import ValidationError
+
+    from ..errors import validation_summary
     from ..inbox._answers import RESULTS_ADAPTER
 
     try:
-        results = RESULTS_ADAPTER.validate_json(args.results)
-    except ValueError as exc:
-        detail = " ".join(str(exc).split())
-        raise InvalidAnswerError(f"--results is not DeferredToolResults JSON: {detail}") from exc
+        data: object = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _results_error(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise _results_error(f"a JSON {type(data).__name__}, not an object")
+    if unknown := sorted(set(cast(dict[str, object], data)) - set(_RESULTS_FIELDS)):
+        raise _results_error(f"unknown field(s) {', '.join(map(repr, unknown))}")
+    try:
+        return RESULTS_ADAPTER.validate_json(text)
+    except ValidationError as exc:
+        raise _results_error(validation_summary(exc)) from None
+
+
+async def _cmd_answer(args: argparse.Namespace) -> int:
+    results = _parse_results(args.results)
     remaining = await _inbox(args).answer(args.token, results, scope=args.scope, queue_name=args.queue)
     return _report(args.token, remaining, "Answered")

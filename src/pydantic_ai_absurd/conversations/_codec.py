@@ -1,7 +1,12 @@
-"""How records and entries are stored: messages as JSON text through Pydantic AI's message adapter."""
+"""How records and entries are stored: messages as JSON text through Pydantic AI's message adapter.
+
+pydantic-core cannot write or read lone surrogates as JSON (model or tool text may hold them): such a
+value is stored as the envelope of `jsonb_param` (`{"json_escaped": "<text>"}`), read back exactly.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -11,6 +16,9 @@ from pydantic_ai.conversation_store import ConversationEntry, ConversationRecord
 from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter
 from pydantic_ai.tools import DeferredToolRequests
 from pydantic_ai.usage import RunUsage
+from pydantic_core import PydanticSerializationError
+
+from .._checkpoint import ENVELOPE_TEXT_PREFIXES, from_jsonb, jsonb_param
 
 _USAGE: pydantic.TypeAdapter[RunUsage] = pydantic.TypeAdapter(RunUsage)
 _DEFERRED: pydantic.TypeAdapter[DeferredToolRequests] = pydantic.TypeAdapter(DeferredToolRequests)
@@ -18,14 +26,38 @@ _DEFERRED: pydantic.TypeAdapter[DeferredToolRequests] = pydantic.TypeAdapter(Def
 
 def message_text(message: ModelMessage) -> str:
     """One message as JSON text, exactly as `ModelMessagesTypeAdapter` writes it inside a list."""
-    return ModelMessagesTypeAdapter.dump_json([message]).decode()[1:-1]
+    try:
+        return ModelMessagesTypeAdapter.dump_json([message]).decode()[1:-1]
+    except PydanticSerializationError:
+        return jsonb_param(ModelMessagesTypeAdapter.dump_python([message], mode="json")[0])
 
 
 def messages_from_texts(texts: Sequence[str]) -> list[ModelMessage]:
-    """The messages stored as `texts`, validated in one call."""
+    """The messages stored as `texts`, validated in one call (one per envelope)."""
     if not texts:
         return []
-    return ModelMessagesTypeAdapter.validate_json("[" + ",".join(texts) + "]")
+    if not any(text.startswith(ENVELOPE_TEXT_PREFIXES) for text in texts):
+        return ModelMessagesTypeAdapter.validate_json("[" + ",".join(texts) + "]")
+    messages: list[ModelMessage] = []
+    for text in texts:
+        if text.startswith(ENVELOPE_TEXT_PREFIXES):
+            messages += ModelMessagesTypeAdapter.validate_python([from_jsonb(json.loads(text))])
+        else:
+            messages += ModelMessagesTypeAdapter.validate_json(f"[{text}]")
+    return messages
+
+
+def _deferred_text(deferred: DeferredToolRequests) -> str:
+    try:
+        return _DEFERRED.dump_json(deferred).decode()
+    except PydanticSerializationError:
+        return jsonb_param(_DEFERRED.dump_python(deferred, mode="json"))
+
+
+def _deferred_from_text(text: str) -> DeferredToolRequests:
+    if text.startswith(ENVELOPE_TEXT_PREFIXES):
+        return _DEFERRED.validate_python(from_jsonb(json.loads(text)))
+    return _DEFERRED.validate_json(text)
 
 
 def entries_from_rows(rows: Sequence[tuple[Any, ...]]) -> list[ConversationEntry]:
@@ -46,7 +78,7 @@ def record_params(record: ConversationRecord) -> dict[str, object]:
         "revision": record.revision,
         "scope": record.scope,
         "usage": _USAGE.dump_json(record.usage).decode(),
-        "deferred": _DEFERRED.dump_json(deferred).decode() if deferred is not None else None,
+        "deferred": _deferred_text(deferred) if deferred is not None else None,
         "forked_from": record.forked_from,
         "forked_at": record.forked_at,
         "branches": list(record.branches),
@@ -67,7 +99,7 @@ def record_from_row(row: tuple[Any, ...]) -> ConversationRecord:
         conversation_id=str(conversation_id),
         head_id=head_id,
         usage=_USAGE.validate_json(usage),
-        deferred_tool_requests=_DEFERRED.validate_json(deferred) if deferred is not None else None,
+        deferred_tool_requests=_deferred_from_text(deferred) if deferred is not None else None,
         scope=scope,
         forked_from=forked_from,
         forked_at=forked_at,

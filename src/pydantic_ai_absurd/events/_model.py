@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import Discriminator, JsonValue, TypeAdapter
 from pydantic_ai.messages import AgentStreamEvent
+from pydantic_core import PydanticSerializationError
+
+from .._checkpoint import from_jsonb, jsonb_param
+from .._text import unstorable_json
 
 __all__ = [
     "STATUS_KINDS",
@@ -128,16 +133,26 @@ def encode_event(event: AnyEvent) -> tuple[str, Any]:
 
 
 def encode_event_json(event: AnyEvent) -> tuple[str, str]:
-    """`(kind, JSON text)` of an event (the fast path of the writer)."""
+    """`(kind, JSON text for a jsonb column)` of an event (the fast path of the writer).
+
+    An event holding text `jsonb` refuses (NUL, lone surrogates: model and tool text may) is stored in
+    the envelope of `jsonb_param`, which `decode_event` unwraps.
+    """
     if isinstance(
         event, RunStartedEvent | WaitingForInputEvent | ResumedEvent | StepInterruptedEvent | RunFinishedEvent
     ):
         return event.event_kind, _status_events.dump_json(event).decode()
-    return str(event.event_kind), _agent_events.dump_json(event).decode()
+    try:
+        text = _agent_events.dump_json(event).decode()
+    except PydanticSerializationError:  # lone surrogates, which pydantic-core cannot write as JSON
+        return str(event.event_kind), jsonb_param(_agent_events.dump_python(event, mode="json"))
+    if unstorable_json(text):
+        return str(event.event_kind), jsonb_param(json.loads(text))
+    return str(event.event_kind), text
 
 
 def decode_event(kind: str, value: Any) -> AnyEvent:
     """The event stored as `value` with `kind`."""
     if kind in STATUS_KINDS:
         return _status_events.validate_python(value)
-    return _agent_events.validate_python(value)
+    return _agent_events.validate_python(from_jsonb(value))

@@ -14,6 +14,7 @@ started, waiting for input, step interrupted, ...) are sent as the protocol's cu
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import psycopg
 from absurd_sdk import AsyncAbsurd
+from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 
 from .._absurd import client_conninfo, client_queue_name
 from ..errors import EventLogError
@@ -177,7 +180,7 @@ async def sse_events(
             elif kind == "chunk":
                 index += 1
                 if (group, index) > after:
-                    yield f"id: {group}.{index}\n{ui.encode_event(payload)}"
+                    yield f"id: {group}.{index}\n{_encoded(ui, payload)}"
             elif kind == "error":
                 raise payload
             else:
@@ -185,6 +188,29 @@ async def sse_events(
     finally:
         producer.cancel()
         await asyncio.gather(producer, return_exceptions=True)
+
+
+def _encoded(ui: Any, chunk: Any) -> str:
+    """`ui.encode_event(chunk)`; a lone surrogate, which UTF-8 (and so SSE) cannot carry, is sent as U+FFFD."""
+    try:
+        return ui.encode_event(chunk)
+    except PydanticSerializationError:
+        if not isinstance(chunk, BaseModel):
+            raise
+        return ui.encode_event(type(chunk).model_validate(_replaced(chunk.model_dump(by_alias=True))))
+
+
+def _replaced(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATES.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replaced(key): _replaced(item) for key, item in cast(dict[Any, Any], value).items()}
+    if isinstance(value, list | tuple):
+        return [_replaced(item) for item in cast(list[Any], value)]
+    return value
+
+
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
 
 
 async def _finished_by(absurd: AsyncAbsurd, queue_name: str, task_id: str, after: int) -> bool:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, cast
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, ToolApproved, ToolDenied
 
-from ..errors import InvalidAnswerError
+from ..errors import InvalidAnswerError, one_line, validation_summary
 
 __all__ = ["approval_results", "is_complete", "merge", "results_json"]
 
@@ -36,6 +36,10 @@ def approval_results(
             f"Request {token!r} has no pending approval (it waits for external results: "
             f"{_ids([c.tool_call_id for c in remaining.calls])}); answer those with `answer`."
         )
+    if isinstance(tool_call_ids, str):
+        raise InvalidAnswerError(
+            f"tool_call_ids must be a list of tool call IDs, not the str {tool_call_ids!r}; pass [{tool_call_ids!r}]."
+        )
     chosen = pending if tool_call_ids is None else list(dict.fromkeys(tool_call_ids))
     if not chosen:
         raise InvalidAnswerError(f"No tool call IDs given for request {token!r}; pending approvals: {_ids(pending)}.")
@@ -56,6 +60,8 @@ def results_json(token: str, remaining: DeferredToolRequests, results: DeferredT
         raise InvalidAnswerError(
             f"An answer to request {token!r} must be a DeferredToolResults, not {type(results).__name__}."
         )
+    data = _checked(token, results)
+    results = RESULTS_ADAPTER.validate_python(data)
     approval_ids = {call.tool_call_id for call in remaining.approvals}
     call_ids = {call.tool_call_id for call in remaining.calls}
     checks = (
@@ -74,11 +80,22 @@ def results_json(token: str, remaining: DeferredToolRequests, results: DeferredT
         raise InvalidAnswerError(
             f"The answer to request {token!r} decides no call; pending: {_ids(list(approval_ids | call_ids))}."
         )
+    return data
+
+
+def _checked(token: str, results: DeferredToolResults) -> dict[str, Any]:
+    """`results` as JSON, validated: a dataclass instance is not checked when built (`calls=5`, `message=1`)."""
     try:
-        data = RESULTS_ADAPTER.dump_python(results, mode="json")
+        data = RESULTS_ADAPTER.dump_python(results, mode="json", warnings=False)
         RESULTS_ADAPTER.validate_python(data)
-    except ValueError as exc:
-        raise InvalidAnswerError(f"The answer to request {token!r} is not valid: {' '.join(str(exc).split())}") from exc
+    except ValidationError as exc:
+        raise InvalidAnswerError(
+            f"The answer to request {token!r} is not a valid DeferredToolResults: {validation_summary(exc)}."
+        ) from None
+    except (TypeError, ValueError) as exc:  # a value with no JSON form
+        raise InvalidAnswerError(
+            f"The answer to request {token!r} is not a valid DeferredToolResults: {one_line(exc)}."
+        ) from None
     return cast(dict[str, Any], data)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -9,6 +10,8 @@ from typing import Any, cast
 from pydantic import TypeAdapter
 from pydantic_ai.messages import ToolCallPart
 from pydantic_ai.tools import DeferredToolRequests
+
+from .._checkpoint import ENVELOPE_TEXT_PREFIXES, from_jsonb
 
 __all__ = ["PendingRequest", "decided_ids", "open_requests", "parse_requests", "record_from_row"]
 
@@ -78,16 +81,22 @@ def open_requests(requests: DeferredToolRequests, decisions: dict[str, Any]) -> 
 
 
 def parse_requests(value: object) -> DeferredToolRequests:
-    """The stored `requests` column (JSON text, as `COLUMNS` selects it) as `DeferredToolRequests`."""
+    """The stored `requests` column (JSON text, as `COLUMNS` selects it) as `DeferredToolRequests`.
+
+    Requests holding text `jsonb` refuses are stored in the envelope of `jsonb_param` (`{"json": ...}`).
+    """
     if isinstance(value, str):
-        return REQUESTS_ADAPTER.validate_json(value)
-    return REQUESTS_ADAPTER.validate_python(value)
+        if not value.startswith(ENVELOPE_TEXT_PREFIXES):
+            return REQUESTS_ADAPTER.validate_json(value)
+        value = json.loads(value)
+    return REQUESTS_ADAPTER.validate_python(from_jsonb(value))
 
 
 def record_from_row(row: tuple[Any, ...]) -> PendingRequest:
     """Build a `PendingRequest` from a row of `COLUMNS`."""
     token, queue_name, task_id, task_name, agent_name, wait_name, requests, scope, asked_at, expires_at, decisions = row
     remaining = parse_requests(requests)
+    decisions = from_jsonb(decisions)
     if decisions:
         remaining = open_requests(remaining, cast(dict[str, Any], decisions))
     return PendingRequest(

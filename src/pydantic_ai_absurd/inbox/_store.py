@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, cast
@@ -11,6 +10,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from .. import _absurd
+from .._checkpoint import from_jsonb, jsonb_param
 from ..errors import RequestNotPendingError
 from ..schema._tables import OWN_SCHEMA
 from ._records import COLUMNS
@@ -45,7 +45,7 @@ async def insert_request(
             " n.now + make_interval(secs => %s) from (select absurd.current_time() as now) n"
             " on conflict (token) do nothing"
         ).format(TABLE),
-        (token, queue_name, task_id, task_name, agent_name, wait_name, json.dumps(requests), scope, seconds),
+        (token, queue_name, task_id, task_name, agent_name, wait_name, jsonb_param(requests), scope, seconds),
     )
     cur = await conn.execute(
         sql.SQL("select {}, notified_at is null from {} r where token = %s").format(sql.SQL(COLUMNS), TABLE), (token,)
@@ -147,7 +147,7 @@ async def locked_request(
         )
     if emitted:  # resolved without the inbox (`resolve_event_token`, `absurd.emit_event`)
         raise RequestNotPendingError(f"Inbox request {token!r} was already answered.", token=token)
-    return row, cast(dict[str, Any], row[10] or {})
+    return row, cast(dict[str, Any], from_jsonb(row[10]) or {})
 
 
 async def _task_state(conn: AsyncConnection[Any], queue_name: str, task_id: str, token: str) -> tuple[str | None, bool]:
@@ -178,7 +178,7 @@ async def save_decisions(
         sql.SQL(
             "update {} set decisions = %s::jsonb, answered_at = case when %s then now() end where token = %s"
         ).format(TABLE),
-        (json.dumps(decisions), complete, row[0]),
+        (jsonb_param(decisions), complete, row[0]),
     )
     if complete:
         await emit()

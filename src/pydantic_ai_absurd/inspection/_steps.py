@@ -16,7 +16,7 @@ from typing import Any, cast
 from pydantic import TypeAdapter, ValidationError
 from pydantic_ai.messages import ModelResponse, TextPart, ThinkingPart, ToolCallPart
 
-from .._checkpoint import ERROR_KEY, VALUE_KEY
+from .._checkpoint import ERROR_KEY, value_text
 from ._records import StepKind, TokenUsage
 
 __all__ = ["ParsedName", "StepValue", "decode_value", "parse_step_name", "preview", "short_label"]
@@ -144,8 +144,8 @@ def decode_value(state: object, kind: StepKind) -> StepValue:
     error = entries.get(ERROR_KEY)
     if isinstance(error, str):
         return StepValue(error=error, preview=preview(error))
-    text = entries.get(VALUE_KEY)
-    if not isinstance(text, str):
+    text = value_text(entries)
+    if text is None:
         return StepValue(value=entries, preview=preview(entries))
     if kind == "model_request":
         return _model_response(text)
@@ -162,7 +162,7 @@ def _model_response(text: str) -> StepValue:
     try:
         response = _response_adapter.validate_json(text)
     except ValidationError:
-        value: object = json.loads(text)
+        value: object = json.loads(text)  # invalid, or lone surrogates (which pydantic-core refuses in JSON)
         return StepValue(value=value, preview=preview(value))
     usage = response.usage
     pieces: list[str] = []

@@ -10,7 +10,8 @@ from uuid import UUID
 from absurd_sdk import AsyncAbsurd
 
 from .._absurd import client_queue_name, spawn_with_checkpoints, task_options
-from ..errors import ForkError
+from .._text import unstorable_text_at
+from ..errors import ForkError, UnstorableTextError
 from ._records import RecordedTask, client_connection, read_recorded
 from ._steps import describe_choices, fork_points, wait_of
 
@@ -93,6 +94,11 @@ async def fork_task(
     a wait's ask and its event (`ForkError` names the valid choices). The origin is recorded in the
     `pydantic_ai_absurd.forked_from` header (`fork_origin`). `queue` defaults to the client's.
     """
+    if where := unstorable_text_at(params, "params"):
+        raise UnstorableTextError(
+            f"Cannot fork task {task_id!r}: Postgres cannot store a NUL character or a lone surrogate ({where}); "
+            "remove or escape it first."
+        )
     queue_name = queue or client_queue_name(absurd)
     async with client_connection(absurd) as conn:
         source = await read_recorded(conn, queue_name, str(task_id))

@@ -30,8 +30,8 @@ import pydantic
 from absurd_sdk import AbsurdHooks, RetryStrategy, SpawnOptions
 from pydantic_ai.exceptions import UserError
 
-from .._text import with_article
-from ..errors import NonRetryableError
+from .._text import storable, unstorable_text_at, with_article
+from ..errors import NonRetryableError, validation_message
 
 __all__ = [
     "AGENT_RETRY_STRATEGY",
@@ -70,10 +70,11 @@ flaky external data inside a task should catch it and raise a retryable error in
 def failure_reason(err: BaseException, *, retryable: bool, reason: str | None = None) -> dict[str, Any]:
     """Build the `failure_reason` JSON stored on the failed run (the SDK's shape plus our fields)."""
     formatted = "".join(traceback.format_exception(type(err), err, err.__traceback__)) if err.__traceback__ else None
+    # Messages may quote model or tool text; Postgres refuses NUL and lone surrogates in the jsonb column.
     payload: dict[str, Any] = {
         "name": type(err).__name__,
-        "message": str(err),
-        "traceback": formatted,
+        "message": storable(validation_message(err)),
+        "traceback": None if formatted is None else storable(formatted),
         "retryable": retryable,
     }
     if reason is not None:
@@ -90,6 +91,12 @@ def check_json_result(task_name: str, result: object) -> None:
             f"Task {task_name!r} returned {with_article(type(result).__name__)} that is not JSON-serializable ({err}); "
             "return JSON data (dict, list, str, int, float, bool, None), e.g. `model.model_dump(mode='json')`."
         ) from err
+    where = unstorable_text_at(result, "result")
+    if where is not None:
+        raise TaskResultNotSerializableError(
+            f"Task {task_name!r} returned text that Postgres cannot store ({where}); a task result may not "
+            "hold NUL characters or lone surrogates: remove or escape them before returning."
+        )
 
 
 FailureOutcome = Literal["retry", "failed"]

@@ -16,6 +16,7 @@ from pydantic_ai import Agent
 
 from .._absurd import end_state_of
 from .._execution import execution_state, keep_lease
+from .._text import visible
 from ..errors import one_line
 from ._config import WorkerHealth
 from ._failure import record_task_failure
@@ -177,5 +178,5 @@ def log_outcome(running: Running, health: WorkerHealth) -> None:
 
 
 def describe_error(err: BaseException | None) -> str:
-    """One line for an error (or `?`)."""
-    return "?" if err is None else one_line(err, with_type=True)
+    """One line for an error (or `?`), control characters and lone surrogates (model text) escaped."""
+    return "?" if err is None else visible(one_line(err, with_type=True))
