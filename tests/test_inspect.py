@@ -124,6 +124,7 @@ async def test_json_is_stable_and_cli_prints_it(
     assert set(step) == {
         "index", "name", "kind", "agent", "run_ordinal", "model_name", "usage", "preview", "tool_name",
         "tool_call_id", "tool_args", "result_preview", "error", "executed_by", "replayed_by", "committed_at",
+        "waited_seconds",
     }  # fmt: skip
     assert step["replayed_by"] == [2]
     assert set(data["totals"]) == {"tokens_spent", "tokens_saved", "steps", "steps_replayed", "waiting_seconds"}

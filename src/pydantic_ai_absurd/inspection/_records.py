@@ -159,6 +159,8 @@ class StepRecord:
     Includes the executing attempt itself when that run was claimed again afterwards (resumed after a
     suspension or a wait, or taken over from a dead worker without using an attempt)."""
     committed_at: datetime | None = None
+    waited_seconds: float | None = None
+    """On the ask step of a wait for input: how long it waited for the answer (so far, while unanswered)."""
 
     def to_json(self) -> dict[str, Any]:
         """The step as JSON (see the module docstring for the conventions)."""
@@ -179,6 +181,7 @@ class StepRecord:
             "executed_by": self.executed_by,
             "replayed_by": list(self.replayed_by),
             "committed_at": _iso(self.committed_at),
+            "waited_seconds": None if self.waited_seconds is None else round(self.waited_seconds, 3),
         }
 
 
@@ -213,7 +216,7 @@ class TimelineTotals:
     steps_replayed: int
     """Steps that at least one later attempt replayed."""
     waiting_seconds: float
-    """Time spent waiting for input (ask to answer) and sleeping (graph sleep steps)."""
+    """Time spent waiting for input (ask to answer, or until now while unanswered) and sleeping (graph sleeps)."""
 
     def to_json(self) -> dict[str, Any]:
         """The totals as JSON."""

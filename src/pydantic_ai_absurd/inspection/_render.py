@@ -116,6 +116,8 @@ def _step_lines(step: StepRecord) -> list[str]:
         what += f" {step.preview}" if step.preview else ""
     else:
         what = step.name.split("__", 1)[-1] if step.kind == "other" else (step.preview or "")
+    if step.waited_seconds is not None:
+        what = f"waited {step.waited_seconds:.1f}s" + (f": {what}" if what else "")
     first = head + _fit(what, WIDTH - len(head) - len(tail)).ljust(WIDTH - len(head) - len(tail)) + tail
     lines = [first.rstrip()]
     detail = step.error or step.result_preview
