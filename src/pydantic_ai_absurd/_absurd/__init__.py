@@ -39,6 +39,7 @@ from ._sql import (
     SQLSTATE_FAILED,
     TASK_STATES,
     TERMINAL_TASK_STATES,
+    OrphanedRun,
     backend_pid,
     database_now,
     emit_event_sql,
@@ -66,6 +67,7 @@ from ._sql import (
 
 __all__ = [
     "NamingHookContext",
+    "OrphanedRun",
     "SQLSTATE_CANCELLED",
     "SQLSTATE_FAILED",
     "TASK_STATES",

@@ -15,6 +15,7 @@ __all__ = [
     "JSON_FORMAT_VERSION",
     "AgentRunRecord",
     "AttemptRecord",
+    "LostExecution",
     "StepKind",
     "StepRecord",
     "TaskSummary",
@@ -124,6 +125,38 @@ class AttemptRecord:
             "wake_event": self.wake_event,
             "available_at": _iso(self.available_at),
             "steps_executed": self.steps_executed,
+        }
+
+
+@dataclass(frozen=True)
+class LostExecution:
+    """An execution of an attempt that died with its worker, and what ran again because of it."""
+
+    attempt: int
+    how: Literal["worker_died", "lease_expired"]
+    """`worker_died`: a peer saw the worker's liveness lock gone and took the run over (same attempt);
+    `lease_expired`: the lease ran out and Absurd failed the attempt (`$ClaimTimeout`), the next attempt resumed."""
+    worker: str | None
+    """`claimed_by` of the lost execution."""
+    claimed_at: datetime | None
+    lost_at: datetime | None
+    """When the takeover happened (or the attempt was failed for its expired lease)."""
+    taken_over_by: str | None
+    """The worker that took the run over (`worker_died`) or claimed the next attempt (`lease_expired`)."""
+    reran: tuple[int, ...] = ()
+    """Indexes of the steps that ran again after it: the steps in flight when the worker died (a model
+    request, or the tool calls of one model response)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The lost execution as JSON."""
+        return {
+            "attempt": self.attempt,
+            "how": self.how,
+            "worker": self.worker,
+            "claimed_at": _iso(self.claimed_at),
+            "lost_at": _iso(self.lost_at),
+            "taken_over_by": self.taken_over_by,
+            "reran": list(self.reran),
         }
 
 
@@ -250,6 +283,8 @@ class TaskTimeline:
     totals: TimelineTotals
     forked_from: str | None = None
     """The task this one was forked from (reused its checkpoints), when it records one."""
+    lost_executions: tuple[LostExecution, ...] = ()
+    """Executions that died with their worker (taken over, or their lease expired), oldest first."""
 
     @property
     def steps(self) -> tuple[StepRecord, ...]:
@@ -274,6 +309,7 @@ class TaskTimeline:
             "max_attempts": self.max_attempts,
             "forked_from": self.forked_from,
             "attempts": [attempt.to_json() for attempt in self.attempts],
+            "lost_executions": [lost.to_json() for lost in self.lost_executions],
             "runs": [run.to_json() for run in self.runs],
             "totals": self.totals.to_json(),
         }

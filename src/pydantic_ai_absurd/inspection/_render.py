@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from datetime import datetime
 from typing import Any, cast
 
 from .._text import visible
 from ..errors import InvalidDurationError
-from ._records import AttemptRecord, StepRecord, TaskSummary, TaskTimeline, TokenUsage
+from ._records import AttemptRecord, LostExecution, StepRecord, TaskSummary, TaskTimeline, TokenUsage
 from ._steps import short_label
 
 __all__ = ["TASK_HEADERS", "WIDTH", "parse_duration", "render_timeline", "task_row"]
@@ -95,8 +96,36 @@ def _attempt_lines(attempt: AttemptRecord) -> list[str]:
         reason = f"{failure.get('name', '')}: {failure.get('message', '')}".strip(": ")
         if reason:
             lines.append("       " + _fit(reason, WIDTH - 7))
+        trace = failure.get("traceback")
+        if isinstance(trace, str) and trace.strip():
+            lines.extend(_traceback_lines(trace))
     elif attempt.ended == "waiting" and attempt.wake_event:
         lines.append("       " + _fit(f"waiting for event {attempt.wake_event}", WIDTH - 7))
+    return lines
+
+
+def _traceback_lines(trace: str) -> list[str]:
+    """The traceback, indented, long lines wrapped (never cut: the end of a path is what matters)."""
+    lines: list[str] = []
+    for line in trace.rstrip().splitlines():
+        lines.extend(
+            textwrap.wrap(
+                visible(line), WIDTH, initial_indent="       | ", subsequent_indent="       |   ", drop_whitespace=False
+            )
+            or ["       |"]
+        )
+    return lines
+
+
+def _lost_lines(lost: LostExecution, steps: dict[int, StepRecord]) -> list[str]:
+    how = "worker died" if lost.how == "worker_died" else "lease expired"
+    claimed = lost.claimed_at.strftime("%H:%M:%S.%f")[:-3] if lost.claimed_at else "-"
+    lines = [_fit(f"  #{lost.attempt:<3} {how:<13} by {lost.worker or '-'}, claimed {claimed}", WIDTH)]
+    when = lost.lost_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if lost.lost_at else "-"
+    verb = "taken over" if lost.how == "worker_died" else "failed"
+    lines.append(_fit(f"       {verb} at {when}" + (f" by {lost.taken_over_by}" if lost.taken_over_by else ""), WIDTH))
+    reran = [f"{index} {short_label(steps[index].name)}" for index in lost.reran if index in steps]
+    lines.append(_fit("       ran again (in flight when it died): " + ("; ".join(reran) or "no step"), WIDTH))
     return lines
 
 
@@ -143,6 +172,12 @@ def render_timeline(timeline: TaskTimeline) -> str:
     out.append(f"Attempts ({len(timeline.attempts)}{f' of {timeline.max_attempts}' if timeline.max_attempts else ''})")
     for attempt in timeline.attempts:
         out.extend(_attempt_lines(attempt))
+    if timeline.lost_executions:
+        out.append("")
+        out.append(f"Lost executions ({len(timeline.lost_executions)})")
+        by_index = {step.index: step for step in timeline.steps}
+        for lost in timeline.lost_executions:
+            out.extend(_lost_lines(lost, by_index))
     for run in timeline.runs:
         out.append("")
         label = "Steps outside agent runs" if run.agent is None else f"Agent run {run.agent} #{run.run_ordinal}"

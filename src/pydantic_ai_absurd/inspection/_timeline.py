@@ -14,8 +14,10 @@ from psycopg import AsyncConnection
 
 from .. import _absurd
 from .._dsn import connect_async
+from .._worker_records import read_lost_executions
 from ..client import TaskNotFoundError
 from ..errors import QueueNotFoundError, SchemaNotInstalledError
+from ._lost import lost_executions
 from ._records import (
     AgentRunRecord,
     AttemptEnd,
@@ -104,12 +106,13 @@ async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None
                 last_run = task["last_attempt_run"] or (runs[-1]["run_id"] if runs else None)
                 rows = [] if last_run is None else await _absurd.read_checkpoints(conn, name, task_id, last_run)
                 now = await _absurd.database_now(conn)
+                lost = await read_lost_executions(conn, name, task_id)
             except psycopg.Error as err:
                 mapped = _map(err, name)
                 if mapped is not None:
                     raise mapped from err
                 raise
-            return build_timeline(name, task, runs, rows, now)
+            return build_timeline(name, task, runs, rows, now, lost)
     where = f"queue {target!r}" if target is not None else "any queue"
     raise TaskNotFoundError(
         f"No task {task_id} in {where}: check the id and the queue, or it was removed by Absurd's cleanup."
@@ -145,10 +148,12 @@ def build_timeline(
     runs: list[dict[str, Any]],
     rows: list[tuple[str, Any, str | None, Any]],
     now: datetime | None = None,
+    lost: list[dict[str, Any]] | None = None,
 ) -> TaskTimeline:
     """Assemble the timeline from the task's row, its runs and its checkpoints in write order.
 
-    `now` is the database's time: a wait still unanswered counts until then.
+    `now` is the database's time: a wait still unanswered counts until then. `lost` holds the task's
+    recorded takeovers (`pydantic_ai_absurd.lost_executions` rows).
     """
     attempt_of = {str(run["run_id"]): int(run["attempt"]) for run in runs}
     # How far each attempt got: a completed one went past everything; otherwise its last write.
@@ -278,6 +283,7 @@ def build_timeline(
             waiting_seconds=waiting,
         ),
         forked_from=_forked_from(task),
+        lost_executions=lost_executions(lost or [], attempts, steps),
     )
 
 
