@@ -117,7 +117,7 @@ async def test_json_is_stable_and_cli_prints_it(
     assert set(data) == {
         "format", "task_id", "queue", "task_name", "state", "params", "headers", "result", "failure",
         "enqueued_at", "started_at", "cancelled_at", "max_attempts", "forked_from", "attempts", "runs", "totals",
-        "lost_executions",
+        "lost_executions", "known_to_workers",
     }  # fmt: skip
     assert data["queue"] == absurd_queue
     assert [attempt["ended"] for attempt in data["attempts"]] == ["failed", "completed"]
@@ -200,7 +200,7 @@ async def test_tasks_listing(
     (row,) = data["tasks"]
     assert set(row) == {
         "task_id", "queue", "task_name", "state", "attempts", "enqueued_at", "age_seconds", "last_step",
-        "last_step_at", "claimed_by",
+        "last_step_at", "claimed_by", "known_to_workers",
     }  # fmt: skip
     assert (row["task_id"], row["queue"], row["attempts"]) == (done, absurd_queue, 2)
 

@@ -7,17 +7,24 @@ inspection never fails for lack of them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
+import psycopg
+from absurd_sdk import AsyncAbsurd
 from psycopg import AsyncConnection
 
-from ._absurd import OrphanedRun
+from ._absurd import OrphanedRun, client_queue_name, registered_queue, registered_task_names
+from .errors import one_line
+
+logger = logging.getLogger("pydantic_ai_absurd.worker")
 
 __all__ = [
     "read_lost_executions",
     "record_lost_executions",
     "record_registrations",
+    "record_worker_tasks",
     "registered_names",
 ]
 
@@ -76,6 +83,16 @@ async def record_registrations(
             " registered_at = now()",
             [(queue_name, name, worker_id) for name in names],
         )
+
+
+async def record_worker_tasks(conn: AsyncConnection[Any], queue_name: str, absurd: AsyncAbsurd, worker_id: str) -> None:
+    """Record the tasks a worker of `queue_name` runs (registered on `absurd` for that queue); log a failure."""
+    runnable = (queue_name, client_queue_name(absurd))
+    names = [name for name in registered_task_names(absurd) if registered_queue(absurd, name) in runnable]
+    try:
+        await record_registrations(conn, queue_name, names, worker_id)
+    except psycopg.Error as err:
+        logger.warning("cannot record the task names of this worker: %s", one_line(err, with_type=True))
 
 
 async def registered_names(conn: AsyncConnection[Any], queue_name: str) -> set[str] | None:

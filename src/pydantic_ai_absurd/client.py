@@ -2,7 +2,8 @@
 
 - `spawn_task()`: `AsyncAbsurd.spawn` with an idempotency key (a double-submitted form or a replayed
   webhook yields one task), pydantic models as parameters, and
-  one-line errors for a missing queue or an unregistered task spawned without `queue=`.
+  one-line errors for a missing queue, an unregistered task spawned without `queue=`, and a task name
+  no worker of the queue runs (when its workers recorded theirs).
 - `fetch_result()` / `wait_for_result()`: a task's state and its result validated into a type, or
   `TaskFailedError` / `TaskCancelledError` / `TaskNotFoundError` / `TaskResultTimeoutError`.
 
@@ -22,7 +23,9 @@ import pydantic
 from absurd_sdk import AsyncAbsurd, CancellationPolicy, RetryStrategy, TaskResultSnapshot, TaskResultState
 from absurd_sdk import TimeoutError as AbsurdTimeoutError
 
-from ._absurd import TERMINAL_TASK_STATES, client_queue_name, is_registered
+from ._absurd import TERMINAL_TASK_STATES, client_connection, client_conninfo, client_queue_name, is_registered
+from ._dsn import connect_async
+from ._worker_records import registered_names
 from .errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskResultTimeoutError",
     "TaskStatus",
+    "UnknownTaskError",
     "UnregisteredTaskError",
     "fetch_result",
     "spawn_task",
@@ -43,6 +47,10 @@ T = TypeVar("T")
 
 class UnregisteredTaskError(PydanticAIAbsurdError, ValueError):
     """A task not registered on the spawning client was spawned without `queue=`."""
+
+
+class UnknownTaskError(UnregisteredTaskError):
+    """No worker of the queue runs a task of this name: the queue's workers recorded theirs, and it is not one."""
 
 
 class TaskNotFoundError(PydanticAIAbsurdError, LookupError):
@@ -180,6 +188,8 @@ async def spawn_task(
 
     Raises:
         UnregisteredTaskError: The task is not registered on `absurd` and `queue` is missing.
+        UnknownTaskError: The task is not registered on `absurd`, and the workers of `queue` recorded the
+            tasks they run (`run_worker` does at start-up) without this one: it would never run.
         QueueNotFoundError: The queue does not exist in the database.
         SchemaNotInstalledError: The database has no Absurd schema.
     """
@@ -192,6 +202,8 @@ async def spawn_task(
         params = params.model_dump(mode="json")
     target = queue or client_queue_name(absurd)
     try:
+        if not is_registered(absurd, task_name):
+            await _refuse_unknown(absurd, task_name, target)
         spawned = await absurd.spawn(
             task_name,
             params,
@@ -210,6 +222,24 @@ async def spawn_task(
     return SpawnedTask(
         task_id=str(spawned["task_id"]), run_id=str(spawned["run_id"]), attempt=int(spawned["attempt"]), queue=target
     )
+
+
+async def _refuse_unknown(absurd: AsyncAbsurd, task_name: str, queue: str) -> None:
+    conn = client_connection(absurd)
+    if conn is not None:
+        known = await registered_names(conn, queue)
+    else:
+        conninfo = client_conninfo(absurd)
+        if conninfo is None:
+            return
+        async with await connect_async(conninfo, autocommit=True) as own:
+            known = await registered_names(own, queue)
+    if known is not None and task_name not in known:
+        raise UnknownTaskError(
+            f"No worker of queue {queue!r} runs task {task_name!r} (its workers registered "
+            f"{', '.join(repr(name) for name in sorted(known))}): check the name, or start a worker that "
+            "registers it before spawning."
+        )
 
 
 async def _snapshot(absurd: AsyncAbsurd, task_id: str, queue: str | None) -> TaskResultSnapshot:

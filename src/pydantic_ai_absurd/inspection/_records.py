@@ -285,6 +285,9 @@ class TaskTimeline:
     """The task this one was forked from (reused its checkpoints), when it records one."""
     lost_executions: tuple[LostExecution, ...] = ()
     """Executions that died with their worker (taken over, or their lease expired), oldest first."""
+    known_to_workers: bool | None = None
+    """False when the queue's workers recorded the tasks they run and none runs this one (no worker knows
+    this task: it would wait forever); None when no worker of this package recorded its tasks there."""
 
     @property
     def steps(self) -> tuple[StepRecord, ...]:
@@ -310,6 +313,7 @@ class TaskTimeline:
             "forked_from": self.forked_from,
             "attempts": [attempt.to_json() for attempt in self.attempts],
             "lost_executions": [lost.to_json() for lost in self.lost_executions],
+            "known_to_workers": self.known_to_workers,
             "runs": [run.to_json() for run in self.runs],
             "totals": self.totals.to_json(),
         }
@@ -331,6 +335,8 @@ class TaskSummary:
     """The name of the latest checkpoint written."""
     last_step_at: datetime | None
     claimed_by: str | None
+    known_to_workers: bool | None = None
+    """As `TaskTimeline.known_to_workers`: False when no worker of the queue runs this task name."""
 
     def to_json(self) -> dict[str, Any]:
         """The row as JSON (one element of `tasks --json`'s `"tasks"`)."""
@@ -345,4 +351,5 @@ class TaskSummary:
             "last_step": self.last_step,
             "last_step_at": _iso(self.last_step_at),
             "claimed_by": self.claimed_by,
+            "known_to_workers": self.known_to_workers,
         }

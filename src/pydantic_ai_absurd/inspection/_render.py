@@ -13,7 +13,7 @@ from ..errors import InvalidDurationError
 from ._records import AttemptRecord, LostExecution, StepRecord, TaskSummary, TaskTimeline, TokenUsage
 from ._steps import short_label
 
-__all__ = ["TASK_HEADERS", "WIDTH", "parse_duration", "render_timeline", "task_row"]
+__all__ = ["TASK_HEADERS", "WIDTH", "parse_duration", "render_timeline", "task_row", "unknown_task_notes"]
 
 WIDTH = 100
 """Columns the human output fits in."""
@@ -79,8 +79,31 @@ def task_row(task: TaskSummary) -> tuple[str, ...]:
         task.state,
         str(task.attempts),
         _age(task.age_seconds),
-        short_label(task.last_step) if task.last_step else "-",
+        _last_step(task),
     )
+
+
+def unknown_task_notes(tasks: list[TaskSummary]) -> list[str]:
+    """One line per task name no worker of its queue runs, among `tasks` not finished (printed below the table)."""
+    unknown = sorted({(task.queue, task.task_name) for task in tasks if _unknown(task.known_to_workers, task.state)})
+    return [
+        _fit(f"{_UNKNOWN_TASK}: no worker of queue {queue} registers {name!r} (check the name)", WIDTH)
+        for queue, name in unknown
+    ]
+
+
+_UNKNOWN_TASK = "no worker knows this task"
+_FINISHED = {"completed", "failed", "cancelled"}
+
+
+def _unknown(known_to_workers: bool | None, state: str) -> bool:
+    return known_to_workers is False and state not in _FINISHED
+
+
+def _last_step(task: TaskSummary) -> str:
+    if _unknown(task.known_to_workers, task.state):
+        return "no worker knows it"
+    return short_label(task.last_step) if task.last_step else "-"
 
 
 def _attempt_lines(attempt: AttemptRecord) -> list[str]:
@@ -161,6 +184,11 @@ def render_timeline(timeline: TaskTimeline) -> str:
         _fit(f"Task {timeline.task_id} ({timeline.task_name}) on queue {timeline.queue}: {timeline.state}", WIDTH),
         "  params:  " + _fit(_json(timeline.params), WIDTH - 11),
     ]
+    if _unknown(timeline.known_to_workers, timeline.state):
+        out.append(
+            _fit(f"  {_UNKNOWN_TASK}: no worker of queue {timeline.queue} registers {timeline.task_name!r}", WIDTH)
+        )
+        out.append("  it waits until one does: check the name, or start a worker that registers it")
     if timeline.forked_from:
         out.append(f"  forked from: {timeline.forked_from}")
     if timeline.result is not None:

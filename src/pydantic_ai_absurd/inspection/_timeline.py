@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
@@ -14,7 +15,7 @@ from psycopg import AsyncConnection
 
 from .. import _absurd
 from .._dsn import connect_async
-from .._worker_records import read_lost_executions
+from .._worker_records import read_lost_executions, registered_names
 from ..client import TaskNotFoundError
 from ..errors import QueueNotFoundError, SchemaNotInstalledError
 from ._lost import lost_executions
@@ -107,12 +108,14 @@ async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None
                 rows = [] if last_run is None else await _absurd.read_checkpoints(conn, name, task_id, last_run)
                 now = await _absurd.database_now(conn)
                 lost = await read_lost_executions(conn, name, task_id)
+                known = await registered_names(conn, name)
             except psycopg.Error as err:
                 mapped = _map(err, name)
                 if mapped is not None:
                     raise mapped from err
                 raise
-            return build_timeline(name, task, runs, rows, now, lost)
+            timeline = build_timeline(name, task, runs, rows, now, lost)
+            return replace(timeline, known_to_workers=None if known is None else timeline.task_name in known)
     where = f"queue {target!r}" if target is not None else "any queue"
     raise TaskNotFoundError(
         f"No task {task_id} in {where}: check the id and the queue, or it was removed by Absurd's cleanup."
@@ -365,6 +368,7 @@ async def list_tasks(
                 rows = await _absurd.list_tasks(
                     conn, queue_name, state=state, task_name=name, since_seconds=since, limit=limit
                 )
+                known = await registered_names(conn, queue_name)
             except psycopg.Error as err:
                 mapped = _map(err, queue_name)
                 if mapped is not None:
@@ -382,6 +386,7 @@ async def list_tasks(
                     last_step=row["last_step"],
                     last_step_at=row["last_step_at"],
                     claimed_by=row["claimed_by"],
+                    known_to_workers=None if known is None else str(row["task_name"]) in known,
                 )
                 for row in rows
             )
