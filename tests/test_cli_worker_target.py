@@ -68,3 +68,13 @@ def test_the_tutorial_module_loads_in_the_worker(
         assert asyncio.run(load()) == ["bill"]
     finally:
         sys.modules.pop("paa_tutorial_step", None)
+
+
+def test_no_program_in_the_docs_runs_at_import() -> None:
+    """Any docs program may be pointed at by `pydantic-ai-absurd worker`: none calls `asyncio.run` when imported."""
+    fence = re.compile(r"^```python[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+    bare: list[str] = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in fence.findall(path.read_text()):
+            bare += [f"{path.name}: {line}" for line in block.splitlines() if line.startswith("asyncio.run(")]
+    assert bare == []
