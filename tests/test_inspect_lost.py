@@ -19,7 +19,16 @@ from pydantic_ai_absurd.worker import _takeover as takeover  # pyright: ignore[r
 
 from .support import run_until_done
 from .worker_app import EFFECTS_TABLE
-from .worker_support import WorkerProcess, count_events, effect_events, eventually, is_completed, seen_event
+from .worker_support import (
+    WorkerProcess,
+    count_events,
+    effect_events,
+    eventually,
+    is_completed,
+    open_gate,
+    running_worker,
+    seen_event,
+)
 
 
 @pytest.fixture
@@ -55,7 +64,9 @@ async def test_a_sigkilled_worker_shows_as_a_lost_execution(
     absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
     dsn = effects
-    spawned = await absurd_client.spawn("steps", {"steps": 3, "step_seconds": 0.5}, queue=absurd_queue)
+    # Step s1 holds until the gate opens: `a` is inside it when it is killed, however slowly `b` starts.
+    params = {"steps": 3, "step_seconds": 0.1, "gate": "s1"}
+    spawned = await absurd_client.spawn("steps", params, queue=absurd_queue)
     task_id = spawned["task_id"]
     a = _start(workers, dsn, absurd_queue, tmp_path, "a")
     await eventually(lambda: seen_event(dsn, absurd_queue, task_id, "s1", "start"))
@@ -63,6 +74,7 @@ async def test_a_sigkilled_worker_shows_as_a_lost_execution(
     await eventually(lambda: _ready(b))
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait()
+    await open_gate(dsn, absurd_queue, task_id, "s1")
     await eventually(lambda: is_completed(absurd_client, task_id))
 
     timeline = await inspect_task(absurd_client, task_id)
@@ -74,7 +86,7 @@ async def test_a_sigkilled_worker_shows_as_a_lost_execution(
     assert lost.lost_at is not None and lost.claimed_at is not None and lost.claimed_at < lost.lost_at
     events = await effect_events(dsn, absurd_queue, task_id)
     twice = [f"s{i}" for i in range(3) if count_events(events, f"s{i}", "start") == 2]
-    assert len(twice) == 1  # the step in flight at the kill; those before it had committed
+    assert twice == ["s1"]  # the step in flight at the kill; s0 had committed
     by_index = {step.index: step.name for step in timeline.steps}
     assert [by_index[index] for index in lost.reran] == twice
     text = render_timeline(timeline)
@@ -129,3 +141,25 @@ async def test_the_traceback_of_a_failed_attempt_is_shown(absurd_client: AsyncAb
     assert "Traceback (most recent call last):" in text
     assert 'raise ValueError("the invoice total is negative")' in text
     assert all(len(line) <= 100 for line in text.splitlines())
+
+
+async def test_a_takeover_whose_record_fails_still_hands_the_run_back(
+    absurd_client: AsyncAbsurd, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pydantic_ai_absurd import _worker_records
+
+    monkeypatch.setattr(_worker_records, "_LOST", "pydantic_ai_absurd.migrations")  # exists, other columns
+
+    @absurd_client.register_task(name="hello")
+    async def hello(params: Any, ctx: AsyncTaskContext) -> str:
+        return "hi"
+
+    spawned = await absurd_client.spawn("hello", None)
+    ghost = f"{takeover.CLAIM_PREFIX}ghost:1:deadbeef"  # a worker of ours whose lock nobody holds: dead
+    await absurd_client.claim_tasks(claim_timeout=60, worker_id=ghost)
+    async with running_worker(absurd_client) as worker:
+        await eventually(lambda: is_completed(absurd_client, spawned["task_id"]))
+        assert worker.health.taken_over == 1
+    assert "cannot record the lost executions of a takeover" in caplog.text
+    monkeypatch.undo()
+    assert (await inspect_task(absurd_client, spawned["task_id"])).lost_executions == ()

@@ -48,12 +48,15 @@ async def record_lost_executions(
         (queue_name, run.task_id, run.run_id, run.attempt, run.claimed_by, run.claimed_at, run.handed_back_at)
         for run in runs
     ]
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            f"insert into {_LOST} (queue_name, task_id, run_id, attempt, worker, claimed_at, taken_over_at,"
-            " taken_over_by) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
-            [(*row, taken_over_by) for row in rows],
-        )
+    try:
+        async with conn.transaction(), conn.cursor() as cur:  # a savepoint: a failed record keeps the takeover
+            await cur.executemany(
+                f"insert into {_LOST} (queue_name, task_id, run_id, attempt, worker, claimed_at, taken_over_at,"
+                " taken_over_by) values (%s, %s, %s, %s, %s, %s, %s, %s) on conflict do nothing",
+                [(*row, taken_over_by) for row in rows],
+            )
+    except psycopg.Error as err:
+        logger.warning("cannot record the lost executions of a takeover: %s", one_line(err, with_type=True))
 
 
 async def read_lost_executions(conn: AsyncConnection[Any], queue_name: str, task_id: str) -> list[dict[str, Any]]:
