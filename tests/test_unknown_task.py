@@ -82,3 +82,16 @@ async def test_a_queue_without_recorded_workers_is_not_judged(
     assert row.known_to_workers is None
     assert task_row(row)[-1] != "no worker knows it" and unknown_task_notes([row]) == []
     assert "no worker knows" not in render_timeline(await inspect_task(absurd_dsn, spawned.task_id))
+
+
+async def test_a_role_that_cannot_read_the_registrations_still_spawns(
+    absurd_client: AsyncAbsurd, absurd_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic_ai_absurd import client
+
+    async def refused(conn: Any, queue: str) -> set[str] | None:
+        raise psycopg.errors.InsufficientPrivilege("permission denied for schema pydantic_ai_absurd")
+
+    monkeypatch.setattr(client, "registered_names", refused)
+    spawned = await spawn_task(absurd_client, "runs_elsewhere", {}, queue=absurd_queue)
+    assert spawned.queue == absurd_queue

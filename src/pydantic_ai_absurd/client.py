@@ -15,6 +15,7 @@ stored (until Absurd's cleanup removes it, `cleanup_ttl` 30 days by default, aft
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -224,16 +225,22 @@ async def spawn_task(
     )
 
 
-async def _refuse_unknown(absurd: AsyncAbsurd, task_name: str, queue: str) -> None:
-    conn = client_connection(absurd)
-    if conn is not None:
-        known = await registered_names(conn, queue)
-    else:
+async def _known_names(absurd: AsyncAbsurd, queue: str) -> set[str] | None:
+    # What cannot be read (a role without access to our schema) is not known: the spawn goes ahead.
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+        conn = client_connection(absurd)
+        if conn is not None:
+            return await registered_names(conn, queue)
         conninfo = client_conninfo(absurd)
         if conninfo is None:
-            return
+            return None
         async with await connect_async(conninfo, autocommit=True) as own:
-            known = await registered_names(own, queue)
+            return await registered_names(own, queue)
+    return None
+
+
+async def _refuse_unknown(absurd: AsyncAbsurd, task_name: str, queue: str) -> None:
+    known = await _known_names(absurd, queue)
     if known is not None and task_name not in known:
         raise UnknownTaskError(
             f"No worker of queue {queue!r} runs task {task_name!r} (its workers registered "
