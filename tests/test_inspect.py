@@ -117,6 +117,7 @@ async def test_json_is_stable_and_cli_prints_it(
     assert set(data) == {
         "format", "task_id", "queue", "task_name", "state", "params", "headers", "result", "failure",
         "enqueued_at", "started_at", "cancelled_at", "max_attempts", "forked_from", "attempts", "runs", "totals",
+        "lost_executions", "known_to_workers",
     }  # fmt: skip
     assert data["queue"] == absurd_queue
     assert [attempt["ended"] for attempt in data["attempts"]] == ["failed", "completed"]
@@ -124,6 +125,7 @@ async def test_json_is_stable_and_cli_prints_it(
     assert set(step) == {
         "index", "name", "kind", "agent", "run_ordinal", "model_name", "usage", "preview", "tool_name",
         "tool_call_id", "tool_args", "result_preview", "error", "executed_by", "replayed_by", "committed_at",
+        "waited_seconds",
     }  # fmt: skip
     assert step["replayed_by"] == [2]
     assert set(data["totals"]) == {"tokens_spent", "tokens_saved", "steps", "steps_replayed", "waiting_seconds"}
@@ -198,7 +200,7 @@ async def test_tasks_listing(
     (row,) = data["tasks"]
     assert set(row) == {
         "task_id", "queue", "task_name", "state", "attempts", "enqueued_at", "age_seconds", "last_step",
-        "last_step_at", "claimed_by",
+        "last_step_at", "claimed_by", "known_to_workers",
     }  # fmt: skip
     assert (row["task_id"], row["queue"], row["attempts"]) == (done, absurd_queue, 2)
 

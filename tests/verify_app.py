@@ -2,7 +2,8 @@
 
 `build_app(dsn, queue, variant=...)` returns an `AsyncAbsurd` client with the task `bill` registered, and
 the scripted model (its `calls` count the model requests really sent). Variants model a deploy:
-`same` (unchanged code), `renamed_tool`, `new_prompt`, `swapped` (the two agent runs in the other order).
+`same` (unchanged code), `renamed_tool`, `new_prompt`, `new_instructions` (the billing agent's instructions
+changed: the one-line summaries of the request stay the same), `swapped` (the two agent runs in the other order).
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def build_app(dsn: str, queue: str, *, variant: str = "same", wait: bool = True)
     """The app of one code version (see the module docstring)."""
     absurd = AsyncAbsurd(dsn, queue_name=queue)
     app = App(absurd, billing_script(), summary_script())
-    billing = Agent(app.billing.model(), name="billing")
+    instructions = "Answer in French." if variant == "new_instructions" else "Answer in English."
+    billing = Agent(app.billing.model(), name="billing", instructions=instructions)
     tool_name = "charge_card" if variant == "renamed_tool" else "charge"
 
     @billing.tool_plain(name=tool_name)

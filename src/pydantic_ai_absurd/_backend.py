@@ -16,13 +16,14 @@ from pydantic_ai.durable_exec import (
     record_durable_unit,
 )
 from pydantic_ai.tools import RunContext
+from pydantic_ai.toolsets.function import FunctionToolsetTool
 
 from . import _absurd
 from ._checkpoint import DigestChain, asked_for
 from ._execution import current_run_scope, current_task_context, execution_state, require_task_context
 from ._naming import step_name
 from ._provider_waits import ProviderWaitPolicy, provider_retry
-from ._steps import run_step
+from ._steps import run_step, step_function
 
 _PROVIDER_CALLS = (ModelRequestId, ModelCountTokensId, ModelCompactMessagesId)
 
@@ -55,6 +56,15 @@ def _unserializable_message(
         )
 
     return message
+
+
+def _tool_function(cache_key: tuple[object, ...]) -> object | None:
+    # A function tool's `call_func` is bound to its function schema, which holds the user's function.
+    for item in cache_key:
+        if isinstance(item, FunctionToolsetTool):
+            call_func: object = getattr(item, "call_func", None)  # pyright: ignore[reportUnknownArgumentType]
+            return getattr(getattr(call_func, "__self__", None), "function", None)
+    return None
 
 
 class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[False]]):
@@ -97,12 +107,13 @@ class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[Fal
         )
         chains = execution_state(require_task_context()).digest_chains
         chain = chains.setdefault(scope.prefix if scope is not None else self.agent_name, DigestChain())
-        outcome = await run_step(
-            step,
-            body,
-            asked=asked_for(operation_id, cache_key, chain),
-            on_unencodable=_unserializable_message(operation_id, cache_key),
-            retry=provider_retry(self.provider_waits) if isinstance(operation_id, _PROVIDER_CALLS) else None,
-        )
+        with step_function(_tool_function(cache_key)):
+            outcome = await run_step(
+                step,
+                body,
+                asked=asked_for(operation_id, cache_key, chain),
+                on_unencodable=_unserializable_message(operation_id, cache_key),
+                retry=provider_retry(self.provider_waits) if isinstance(operation_id, _PROVIDER_CALLS) else None,
+            )
         record_durable_unit(executed=outcome.executed)
         return outcome.value

@@ -12,6 +12,10 @@ A checkpoint is a JSON object:
 - `{"json_escaped": "<text>"}`: the same, for a value holding lone surrogates (text Postgres cannot store,
   and JSON cannot carry either: it pairs adjacent surrogate escapes into one character). The JSON text
   is stored with Python's `unicode_escape` applied, so it is ASCII and decodes to the exact value.
+- `"request"` (optional, with the digest): what the digest covers, as indented JSON text of at most
+  `REQUEST_TEXT_LIMIT` characters (a model request: the model and the messages added since the run's
+  previous request, without timestamps; a tool call: the tool and its arguments). A divergence shows the
+  difference between the recorded text and the new one.
 - `{"error": "<message>"}`: a journaled failure (a value that could not be stored as JSON).
 
 A NUL character needs no escaping: the JSON text escapes it, and that text is a plain string inside the
@@ -24,6 +28,7 @@ are still read.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Callable
@@ -65,6 +70,9 @@ ESCAPED_KEY = "json_escaped"
 ERROR_KEY = "error"
 DIGEST_KEY = "digest"
 ASKED_KEY = "asked"
+REQUEST_KEY = "request"
+REQUEST_TEXT_LIMIT = 4000
+"""Characters of a step's request text kept in its checkpoint (for the diff of a divergence)."""
 
 _ASKED_PREVIEW = 160
 
@@ -80,13 +88,31 @@ class Asked:
     digest: str
     summary: str
     legacy: Callable[[], str] | None = field(default=None, compare=False)
+    request: str | None = None
+    """What the digest covers, as text (`REQUEST_TEXT_LIMIT` characters at most)."""
 
     @classmethod
     def of(cls, request: object, summary: str) -> Asked:
         """Digest `request` (JSON-compatible data; object keys sorted, so dict order does not matter)."""
         text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
         digest = hashlib.blake2b(utf8(text), digest_size=16).hexdigest()
-        return cls(digest, _one_line(summary))
+        return cls(digest, _one_line(summary), request=_request_text(request))
+
+
+def _request_text(request: object) -> str:
+    # Written visibly: `jsonb` cannot hold lone surrogates, and the text is shown to an operator.
+    text = visible(json.dumps(request, sort_keys=True, ensure_ascii=False, indent=1, default=str), keep_newlines=True)
+    return text if len(text) <= REQUEST_TEXT_LIMIT else text[: REQUEST_TEXT_LIMIT - 1] + "…"
+
+
+def request_diff(recorded: str, requested: str, *, limit: int = 40) -> str:
+    """A unified diff of two request texts (`recorded` then `now`), at most `limit` lines."""
+    lines = list(
+        difflib.unified_diff(recorded.splitlines(), requested.splitlines(), "recorded", "now", n=1, lineterm="")
+    )
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"... ({len(lines) - limit} more lines)"]
+    return "\n".join(lines)
 
 
 def _one_line(summary: str) -> str:
@@ -126,6 +152,8 @@ def encode(payload: object, *, asked: Asked | None = None) -> tuple[dict[str, st
     if asked is not None:
         checkpoint[DIGEST_KEY] = asked.digest
         checkpoint[ASKED_KEY] = asked.summary
+        if asked.request is not None:
+            checkpoint[REQUEST_KEY] = asked.request
     return checkpoint, json.loads(text)
 
 
@@ -197,6 +225,12 @@ def check_digest(state: object, asked: Asked | None, *, step: str) -> None:
         return
     summary = entries.get(ASKED_KEY)
     recorded_summary = summary if isinstance(summary, str) else f"digest {recorded}"
+    recorded_request = entries.get(REQUEST_KEY)
+    diff = (
+        request_diff(recorded_request, asked.request)
+        if isinstance(recorded_request, str) and asked.request is not None
+        else None
+    )
     raise ReplayDivergenceError(
         f"Replay diverged at step {step!r}: it was recorded for {recorded_summary}, but the code now asks "
         f"for {asked.summary}. The code changed since the task started, or concurrent agent runs in one "
@@ -204,6 +238,7 @@ def check_digest(state: object, asked: Asked | None, *, step: str) -> None:
         step=step,
         recorded=recorded_summary,
         requested=asked.summary,
+        diff=diff,
     )
 
 
@@ -240,7 +275,9 @@ class DigestChain:
     """Where each hashed run of messages starts (format 1 digests are computed again over the same runs)."""
 
 
-def _messages_digest(messages: list[ModelMessage], chain: DigestChain | None) -> tuple[Any, tuple[int, ...]]:
+def _messages_digest(
+    messages: list[ModelMessage], chain: DigestChain | None
+) -> tuple[Any, tuple[int, ...], bytes | None]:
     previous = chain.messages if chain is not None else []
     start: Any = chain.hasher if chain is not None else None
     extends = len(previous) <= len(messages) and all(old is new for old, new in zip(previous, messages, strict=False))
@@ -252,14 +289,15 @@ def _messages_digest(messages: list[ModelMessage], chain: DigestChain | None) ->
         hasher = hashlib.blake2b(digest_size=16)
         chunks = ()
         added = messages
-    if added:
-        hasher.update(_messages_json(added, _MESSAGE_EXCLUDE, exclude_defaults=True))
+    dumped = _messages_json(added, _MESSAGE_EXCLUDE, exclude_defaults=True) if added else None
+    if dumped is not None:
+        hasher.update(dumped)
         chunks = (*chunks, len(messages) - len(added))
     if chain is not None:
         chain.messages = list(messages)
         chain.hasher = hasher.copy()
         chain.chunks = chunks
-    return hasher, chunks
+    return hasher, chunks, dumped
 
 
 def _v1_digest(messages: list[ModelMessage], chunks: tuple[int, ...], model: str) -> str:
@@ -313,13 +351,16 @@ def asked_for(
         if messages is None:
             return None
         model = operation_id.model_id or "default"
-        hasher, chunks = _messages_digest(messages, chain)
+        hasher, chunks, added = _messages_digest(messages, chain)
         hasher.update(b"\x00model:" + utf8(model))
         summary = f"a request to model {model!r} with {len(messages)} message(s), the last {_last_text(messages)}"
+        new_messages: object = json.loads(added.decode("utf-8", "surrogatepass")) if added is not None else []
+        request: dict[str, object] = {"model": model, "new_messages": new_messages}
         return Asked(
             _MESSAGES_DIGEST_V2 + hasher.hexdigest(),
             _one_line(summary),
             partial(_v1_digest, list(messages), chunks, model),
+            request=_request_text(request),
         )
     if isinstance(operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId):
         tool_name: str | None = None

@@ -30,10 +30,12 @@ __all__ = [
     "commit",
     "commit_hook",
     "current_step",
+    "current_step_function",
     "refuse_live",
     "replay_only",
     "run_body",
     "run_step",
+    "step_function",
 ]
 
 _T = TypeVar("_T")
@@ -45,6 +47,24 @@ _current_step: ContextVar[str | None] = ContextVar("pydantic_ai_absurd.current_s
 def current_step() -> str | None:
     """The checkpoint name of the step whose body the current code runs in (`run_step` bodies), else `None`."""
     return _current_step.get()
+
+
+_step_function: ContextVar[object | None] = ContextVar("pydantic_ai_absurd.step_function", default=None)
+
+
+@contextmanager
+def step_function(function: object | None) -> Generator[None]:
+    """Name the user function the step begun in this block runs (a tool's), for `verify` to point at."""
+    token = _step_function.set(function)
+    try:
+        yield
+    finally:
+        _step_function.reset(token)
+
+
+def current_step_function() -> object | None:
+    """The user function of the step being begun (`step_function`), if one was named."""
+    return _step_function.get()
 
 
 @dataclass(frozen=True)

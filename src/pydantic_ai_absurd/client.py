@@ -2,7 +2,8 @@
 
 - `spawn_task()`: `AsyncAbsurd.spawn` with an idempotency key (a double-submitted form or a replayed
   webhook yields one task), pydantic models as parameters, and
-  one-line errors for a missing queue or an unregistered task spawned without `queue=`.
+  one-line errors for a missing queue, an unregistered task spawned without `queue=`, and a task name
+  no worker of the queue runs (when its workers recorded theirs).
 - `fetch_result()` / `wait_for_result()`: a task's state and its result validated into a type, or
   `TaskFailedError` / `TaskCancelledError` / `TaskNotFoundError` / `TaskResultTimeoutError`.
 
@@ -14,6 +15,7 @@ stored (until Absurd's cleanup removes it, `cleanup_ttl` 30 days by default, aft
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast, overload
 
@@ -22,8 +24,10 @@ import pydantic
 from absurd_sdk import AsyncAbsurd, CancellationPolicy, RetryStrategy, TaskResultSnapshot, TaskResultState
 from absurd_sdk import TimeoutError as AbsurdTimeoutError
 
-from ._absurd import TERMINAL_TASK_STATES, client_queue_name, is_registered
+from ._absurd import TERMINAL_TASK_STATES, client_connection, client_conninfo, client_queue_name, is_registered
+from ._dsn import connect_async
 from ._text import unstorable_text_at
+from ._worker_records import registered_names
 from .errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError, UnstorableTextError
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskResultTimeoutError",
     "TaskStatus",
+    "UnknownTaskError",
     "UnregisteredTaskError",
     "fetch_result",
     "spawn_task",
@@ -44,6 +49,10 @@ T = TypeVar("T")
 
 class UnregisteredTaskError(PydanticAIAbsurdError, ValueError):
     """A task not registered on the spawning client was spawned without `queue=`."""
+
+
+class UnknownTaskError(UnregisteredTaskError):
+    """No worker of the queue runs a task of this name: the queue's workers recorded theirs, and it is not one."""
 
 
 class TaskNotFoundError(PydanticAIAbsurdError, LookupError):
@@ -181,6 +190,8 @@ async def spawn_task(
 
     Raises:
         UnregisteredTaskError: The task is not registered on `absurd` and `queue` is missing.
+        UnknownTaskError: The task is not registered on `absurd`, and the workers of `queue` recorded the
+            tasks they run (`run_worker` does at start-up) without this one: it would never run.
         QueueNotFoundError: The queue does not exist in the database.
         SchemaNotInstalledError: The database has no Absurd schema.
     """
@@ -198,6 +209,8 @@ async def spawn_task(
         )
     target = queue or client_queue_name(absurd)
     try:
+        if not is_registered(absurd, task_name):
+            await _refuse_unknown(absurd, task_name, target)
         spawned = await absurd.spawn(
             task_name,
             params,
@@ -216,6 +229,30 @@ async def spawn_task(
     return SpawnedTask(
         task_id=str(spawned["task_id"]), run_id=str(spawned["run_id"]), attempt=int(spawned["attempt"]), queue=target
     )
+
+
+async def _known_names(absurd: AsyncAbsurd, queue: str) -> set[str] | None:
+    # What cannot be read (a role without access to our schema) is not known: the spawn goes ahead.
+    with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
+        conn = client_connection(absurd)
+        if conn is not None:
+            return await registered_names(conn, queue)
+        conninfo = client_conninfo(absurd)
+        if conninfo is None:
+            return None
+        async with await connect_async(conninfo, autocommit=True) as own:
+            return await registered_names(own, queue)
+    return None
+
+
+async def _refuse_unknown(absurd: AsyncAbsurd, task_name: str, queue: str) -> None:
+    known = await _known_names(absurd, queue)
+    if known is not None and task_name not in known:
+        raise UnknownTaskError(
+            f"No worker of queue {queue!r} runs task {task_name!r} (its workers registered "
+            f"{', '.join(repr(name) for name in sorted(known))}): check the name, or start a worker that "
+            "registers it before spawning."
+        )
 
 
 async def _snapshot(absurd: AsyncAbsurd, task_id: str, queue: str | None) -> TaskResultSnapshot:

@@ -112,14 +112,17 @@ class ReplayDivergenceError(NonRetryableError):
 
     The code changed between deploys, or two concurrent agent runs of one task started in another order
     than on the first attempt. The stored result belongs to another call, so the run fails instead of
-    returning it. `step` names the checkpoint; `recorded` and `requested` describe both requests.
+    returning it. `step` names the checkpoint; `recorded` and `requested` describe both requests, and
+    `diff` shows what differs between them (when the checkpoint recorded its request).
     """
 
-    def __init__(self, message: str, *, step: str, recorded: str, requested: str) -> None:
+    def __init__(self, message: str, *, step: str, recorded: str, requested: str, diff: str | None = None) -> None:
         super().__init__(message)
         self.step = step
         self.recorded = recorded
         self.requested = requested
+        self.diff = diff
+        """A unified diff of the recorded request and the new one, when the checkpoint recorded its request."""
 
 
 class RequestNotPendingError(PydanticAIAbsurdError):

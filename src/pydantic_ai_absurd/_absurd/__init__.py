@@ -12,6 +12,7 @@ from ._private import (
     checkpoint_state,
     claim_timeout_of,
     claimed_task_of,
+    client_connection,
     client_conninfo,
     client_hooks,
     client_queue_name,
@@ -39,6 +40,7 @@ from ._sql import (
     SQLSTATE_FAILED,
     TASK_STATES,
     TERMINAL_TASK_STATES,
+    OrphanedRun,
     backend_pid,
     database_now,
     emit_event_sql,
@@ -66,6 +68,7 @@ from ._sql import (
 
 __all__ = [
     "NamingHookContext",
+    "OrphanedRun",
     "SQLSTATE_CANCELLED",
     "SQLSTATE_FAILED",
     "TASK_STATES",
@@ -77,6 +80,7 @@ __all__ = [
     "checkpoint_state",
     "claim_timeout_of",
     "claimed_task_of",
+    "client_connection",
     "client_conninfo",
     "client_hooks",
     "client_queue_name",

@@ -120,6 +120,12 @@ def client_queue_name(absurd: AsyncAbsurd) -> str:
     return absurd._queue_name  # pyright: ignore[reportPrivateUsage]
 
 
+def client_connection(absurd: AsyncAbsurd) -> AsyncConnection[Any] | None:
+    """The client's open autocommit connection (reads `AsyncAbsurd._conn`), if it has one to share."""
+    conn: AsyncConnection[Any] | None = absurd._conn  # pyright: ignore[reportPrivateUsage]
+    return conn if conn is not None and not conn.closed and conn.autocommit else None
+
+
 def client_conninfo(absurd: AsyncAbsurd) -> str | None:
     """Return a connection string for the database of `absurd`, or None if it has neither URL nor connection.
 

@@ -7,6 +7,8 @@ for tasks, runs, checkpoints, events) says so in its docstring.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast
 
@@ -352,35 +354,55 @@ async def worker_lock_held(conn: AsyncConnection[Any], identity: str, pid: int) 
     return bool(row and row[0])
 
 
+@dataclass(frozen=True)
+class OrphanedRun:
+    """A run handed back because its worker died: what `r_<queue>` said of it just before."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    claimed_by: str
+    claimed_at: Any
+    """`started_at`: when the dead worker claimed it."""
+    handed_back_at: Any
+
+
 async def hand_back_orphaned_runs(
-    conn: AsyncConnection[Any], queue_name: str, claim_prefix: str, own_identity: str
-) -> list[tuple[str, str, str]]:
-    """Hand back the running runs of `queue_name` whose worker is dead; return (run_id, task_id, claimed_by).
+    conn: AsyncConnection[Any],
+    queue_name: str,
+    claim_prefix: str,
+    own_identity: str,
+    record: Callable[[AsyncConnection[Any], list[OrphanedRun]], Awaitable[None]] | None = None,
+) -> list[OrphanedRun]:
+    """Hand back the running runs of `queue_name` whose worker is dead, and return them.
 
     A run is a candidate when its `claimed_by` starts with `claim_prefix` (claims of this package's
     workers: runs of other workers are never touched) and is not `own_identity`. It is orphaned when
     `pg_try_advisory_xact_lock` on its worker's lock key succeeds: no session holds that worker's shared
     lock (see `hold_worker_lock`), so every connection of that worker is gone. Each candidate is locked
     first (`for update skip locked`: one peer handles it), and an orphaned one is handed back with
-    `absurd.schedule_run(queue, run_id, now)`: claimable at once, no attempt used. One transaction; the
-    transaction-level locks end with it. Reads `absurd.r_<queue>` (`run_id`, `task_id`, `state`, `claimed_by`).
+    `absurd.schedule_run(queue, run_id, now)`: claimable at once, no attempt used. `record` is awaited with
+    the handed-back runs in the same transaction. One transaction; the transaction-level locks end with
+    it. Reads `absurd.r_<queue>` (`run_id`, `task_id`, `attempt`, `state`, `claimed_by`, `started_at`).
     """
     runs = sql.Identifier(f"r_{queue_name}")
     escaped = claim_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     query = sql.SQL(
-        "select run_id::text, task_id::text, claimed_by from absurd.{}"
+        "select run_id::text, task_id::text, attempt, claimed_by, started_at, absurd.current_time() from absurd.{}"
         " where state = 'running' and claimed_by like %s and claimed_by <> %s"
         " for update skip locked"
     ).format(runs)
-    handed_back: list[tuple[str, str, str]] = []
+    handed_back: list[OrphanedRun] = []
     async with conn.transaction():
         cur = await conn.execute(query, (escaped + "%", own_identity))
-        candidates = [(str(a), str(b), str(c)) for a, b, c in await cur.fetchall()]
-        for run_id, task_id, claimed_by in candidates:
-            cur = await conn.execute("select pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (claimed_by,))
+        candidates = [OrphanedRun(str(a), str(b), int(c), str(d), e, f) for a, b, c, d, e, f in await cur.fetchall()]
+        for run in candidates:
+            cur = await conn.execute("select pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (run.claimed_by,))
             row = await cur.fetchone()
             if not (row and row[0]):
                 continue  # its worker is alive (it holds its lock), even if paused or slow
-            await conn.execute("select absurd.schedule_run(%s, %s, absurd.current_time())", (queue_name, run_id))
-            handed_back.append((run_id, task_id, claimed_by))
+            await conn.execute("select absurd.schedule_run(%s, %s, absurd.current_time())", (queue_name, run.run_id))
+            handed_back.append(run)
+        if handed_back and record is not None:
+            await record(conn, handed_back)
     return handed_back

@@ -79,7 +79,7 @@ def _check_tasks(args: argparse.Namespace) -> None:
 async def _cmd_tasks(args: argparse.Namespace) -> int:
     from .._dsn import resolve_dsn
     from ..inspection import JSON_FORMAT_VERSION, list_tasks
-    from ..inspection._render import TASK_HEADERS, parse_duration, task_row
+    from ..inspection._render import TASK_HEADERS, parse_duration, task_row, unknown_task_notes
 
     since = None if args.since is None else parse_duration(args.since)
     found = await list_tasks(
@@ -97,4 +97,6 @@ async def _cmd_tasks(args: argparse.Namespace) -> int:
             columns.pop(1)
             rows = [row[:1] + row[2:] for row in rows]
         _output.print_table(columns, rows)
+        for note in unknown_task_notes(found):
+            _output.echo(note)
     return 0

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import inspect
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, cast
 
 from absurd_sdk import AsyncAbsurd
@@ -35,13 +38,7 @@ def load_client(target: str) -> AsyncAbsurd | Callable[[], Any]:
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise WorkerTargetError(
-            f"Cannot import module {module_name!r} for worker target {target!r}: {err}. "
-            "Run the command from your project directory or install the package."
-        ) from err
+    obj: Any = _import_module(module_name, target)
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
@@ -56,6 +53,32 @@ def load_client(target: str) -> AsyncAbsurd | Callable[[], Any]:
     raise WorkerTargetError(
         f"Worker target {target!r} is {with_article(type(obj).__name__)}, not an absurd_sdk.AsyncAbsurd "
         "(or a function returning one)."
+    )
+
+
+_NESTED_RUN = "cannot be called from a running event loop"
+
+
+def _import_module(module_name: str, target: str) -> ModuleType:
+    with warnings.catch_warnings():
+        # The coroutine handed to the refused `asyncio.run(...)` is never awaited: not the user's concern here.
+        warnings.filterwarnings("ignore", "coroutine .* was never awaited", RuntimeWarning)
+        try:
+            return importlib.import_module(module_name)
+        except ImportError as err:
+            raise WorkerTargetError(
+                f"Cannot import module {module_name!r} for worker target {target!r}: {err}. "
+                "Run the command from your project directory or install the package."
+            ) from err
+        except RuntimeError as err:
+            if _NESTED_RUN not in str(err):
+                raise
+        finally:
+            gc.collect()
+    raise WorkerTargetError(
+        f"Module {module_name!r} calls asyncio.run(...) when imported, and the worker imports it inside its "
+        'own event loop: put that call under `if __name__ == "__main__":` (worker target '
+        f"{target!r})."
     )
 
 

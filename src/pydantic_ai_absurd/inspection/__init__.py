@@ -1,7 +1,8 @@
 """Inspection: what a durable task did, step by step, read from Absurd's tables and our checkpoints.
 
 `inspect_task(absurd, task_id)` returns a `TaskTimeline`: the task (name, queue, state, params, result
-or failure), its attempts (who claimed each, when, how it ended), every step in execution order
+or failure), its attempts (who claimed each, when, how it ended, the failure traceback), the executions
+lost with their worker (taken over or lease expired, and the steps that ran again), every step in execution order
 grouped by agent run (kind, model, token usage, previews, tool name and arguments, the attempt that
 ran it and the attempts that replayed it) and totals (tokens spent, tokens saved by replay, time
 waiting). `list_tasks` lists tasks newest first. The CLI's `inspect` and `tasks` print them.
@@ -11,6 +12,7 @@ from ._records import (
     JSON_FORMAT_VERSION,
     AgentRunRecord,
     AttemptRecord,
+    LostExecution,
     StepKind,
     StepRecord,
     TaskSummary,
@@ -25,6 +27,7 @@ __all__ = [
     "JSON_FORMAT_VERSION",
     "AgentRunRecord",
     "AttemptRecord",
+    "LostExecution",
     "StepKind",
     "StepRecord",
     "TaskSummary",

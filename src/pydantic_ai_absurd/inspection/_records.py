@@ -15,6 +15,7 @@ __all__ = [
     "JSON_FORMAT_VERSION",
     "AgentRunRecord",
     "AttemptRecord",
+    "LostExecution",
     "StepKind",
     "StepRecord",
     "TaskSummary",
@@ -128,6 +129,38 @@ class AttemptRecord:
 
 
 @dataclass(frozen=True)
+class LostExecution:
+    """An execution of an attempt that died with its worker, and what ran again because of it."""
+
+    attempt: int
+    how: Literal["worker_died", "lease_expired"]
+    """`worker_died`: a peer saw the worker's liveness lock gone and took the run over (same attempt);
+    `lease_expired`: the lease ran out and Absurd failed the attempt (`$ClaimTimeout`), the next attempt resumed."""
+    worker: str | None
+    """`claimed_by` of the lost execution."""
+    claimed_at: datetime | None
+    lost_at: datetime | None
+    """When the takeover happened (or the attempt was failed for its expired lease)."""
+    taken_over_by: str | None
+    """The worker that took the run over (`worker_died`) or claimed the next attempt (`lease_expired`)."""
+    reran: tuple[int, ...] = ()
+    """Indexes of the steps that ran again after it: the steps in flight when the worker died (a model
+    request, or the tool calls of one model response)."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The lost execution as JSON."""
+        return {
+            "attempt": self.attempt,
+            "how": self.how,
+            "worker": self.worker,
+            "claimed_at": _iso(self.claimed_at),
+            "lost_at": _iso(self.lost_at),
+            "taken_over_by": self.taken_over_by,
+            "reran": list(self.reran),
+        }
+
+
+@dataclass(frozen=True)
 class StepRecord:
     """One checkpoint of the task, read as an agent step."""
 
@@ -159,6 +192,8 @@ class StepRecord:
     Includes the executing attempt itself when that run was claimed again afterwards (resumed after a
     suspension or a wait, or taken over from a dead worker without using an attempt)."""
     committed_at: datetime | None = None
+    waited_seconds: float | None = None
+    """On the ask step of a wait for input: how long it waited for the answer (so far, while unanswered)."""
 
     def to_json(self) -> dict[str, Any]:
         """The step as JSON (see the module docstring for the conventions)."""
@@ -179,6 +214,7 @@ class StepRecord:
             "executed_by": self.executed_by,
             "replayed_by": list(self.replayed_by),
             "committed_at": _iso(self.committed_at),
+            "waited_seconds": None if self.waited_seconds is None else round(self.waited_seconds, 3),
         }
 
 
@@ -213,7 +249,7 @@ class TimelineTotals:
     steps_replayed: int
     """Steps that at least one later attempt replayed."""
     waiting_seconds: float
-    """Time spent waiting for input (ask to answer) and sleeping (graph sleep steps)."""
+    """Time spent waiting for input (ask to answer, or until now while unanswered) and sleeping (graph sleeps)."""
 
     def to_json(self) -> dict[str, Any]:
         """The totals as JSON."""
@@ -247,6 +283,11 @@ class TaskTimeline:
     totals: TimelineTotals
     forked_from: str | None = None
     """The task this one was forked from (reused its checkpoints), when it records one."""
+    lost_executions: tuple[LostExecution, ...] = ()
+    """Executions that died with their worker (taken over, or their lease expired), oldest first."""
+    known_to_workers: bool | None = None
+    """False when the queue's workers recorded the tasks they run and none runs this one (no worker knows
+    this task: it would wait forever); None when no worker of this package recorded its tasks there."""
 
     @property
     def steps(self) -> tuple[StepRecord, ...]:
@@ -271,6 +312,8 @@ class TaskTimeline:
             "max_attempts": self.max_attempts,
             "forked_from": self.forked_from,
             "attempts": [attempt.to_json() for attempt in self.attempts],
+            "lost_executions": [lost.to_json() for lost in self.lost_executions],
+            "known_to_workers": self.known_to_workers,
             "runs": [run.to_json() for run in self.runs],
             "totals": self.totals.to_json(),
         }
@@ -292,6 +335,8 @@ class TaskSummary:
     """The name of the latest checkpoint written."""
     last_step_at: datetime | None
     claimed_by: str | None
+    known_to_workers: bool | None = None
+    """As `TaskTimeline.known_to_workers`: False when no worker of the queue runs this task name."""
 
     def to_json(self) -> dict[str, Any]:
         """The row as JSON (one element of `tasks --json`'s `"tasks"`)."""
@@ -306,4 +351,5 @@ class TaskSummary:
             "last_step": self.last_step,
             "last_step_at": _iso(self.last_step_at),
             "claimed_by": self.claimed_by,
+            "known_to_workers": self.known_to_workers,
         }

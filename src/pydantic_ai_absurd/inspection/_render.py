@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from datetime import datetime
 from typing import Any, cast
 
 from .._text import visible
 from ..errors import InvalidDurationError
-from ._records import AttemptRecord, StepRecord, TaskSummary, TaskTimeline, TokenUsage
+from ._records import AttemptRecord, LostExecution, StepRecord, TaskSummary, TaskTimeline, TokenUsage
 from ._steps import short_label
 
-__all__ = ["TASK_HEADERS", "WIDTH", "parse_duration", "render_timeline", "task_row"]
+__all__ = ["TASK_HEADERS", "WIDTH", "parse_duration", "render_timeline", "task_row", "unknown_task_notes"]
 
 WIDTH = 100
 """Columns the human output fits in."""
@@ -78,8 +79,31 @@ def task_row(task: TaskSummary) -> tuple[str, ...]:
         task.state,
         str(task.attempts),
         _age(task.age_seconds),
-        short_label(task.last_step) if task.last_step else "-",
+        _last_step(task),
     )
+
+
+def unknown_task_notes(tasks: list[TaskSummary]) -> list[str]:
+    """One line per task name no worker of its queue runs, among `tasks` not finished (printed below the table)."""
+    unknown = sorted({(task.queue, task.task_name) for task in tasks if _unknown(task.known_to_workers, task.state)})
+    return [
+        _fit(f"{_UNKNOWN_TASK}: no worker of queue {queue} registers {name!r} (check the name)", WIDTH)
+        for queue, name in unknown
+    ]
+
+
+_UNKNOWN_TASK = "no worker knows this task"
+_FINISHED = {"completed", "failed", "cancelled"}
+
+
+def _unknown(known_to_workers: bool | None, state: str) -> bool:
+    return known_to_workers is False and state not in _FINISHED
+
+
+def _last_step(task: TaskSummary) -> str:
+    if _unknown(task.known_to_workers, task.state):
+        return "no worker knows it"
+    return short_label(task.last_step) if task.last_step else "-"
 
 
 def _attempt_lines(attempt: AttemptRecord) -> list[str]:
@@ -95,8 +119,36 @@ def _attempt_lines(attempt: AttemptRecord) -> list[str]:
         reason = f"{failure.get('name', '')}: {failure.get('message', '')}".strip(": ")
         if reason:
             lines.append("       " + _fit(reason, WIDTH - 7))
+        trace = failure.get("traceback")
+        if isinstance(trace, str) and trace.strip():
+            lines.extend(_traceback_lines(trace))
     elif attempt.ended == "waiting" and attempt.wake_event:
         lines.append("       " + _fit(f"waiting for event {attempt.wake_event}", WIDTH - 7))
+    return lines
+
+
+def _traceback_lines(trace: str) -> list[str]:
+    """The traceback, indented, long lines wrapped (never cut: the end of a path is what matters)."""
+    lines: list[str] = []
+    for line in trace.rstrip().splitlines():
+        lines.extend(
+            textwrap.wrap(
+                visible(line), WIDTH, initial_indent="       | ", subsequent_indent="       |   ", drop_whitespace=False
+            )
+            or ["       |"]
+        )
+    return lines
+
+
+def _lost_lines(lost: LostExecution, steps: dict[int, StepRecord]) -> list[str]:
+    how = "worker died" if lost.how == "worker_died" else "lease expired"
+    claimed = lost.claimed_at.strftime("%H:%M:%S.%f")[:-3] if lost.claimed_at else "-"
+    lines = [_fit(f"  #{lost.attempt:<3} {how:<13} by {lost.worker or '-'}, claimed {claimed}", WIDTH)]
+    when = lost.lost_at.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if lost.lost_at else "-"
+    verb = "taken over" if lost.how == "worker_died" else "failed"
+    lines.append(_fit(f"       {verb} at {when}" + (f" by {lost.taken_over_by}" if lost.taken_over_by else ""), WIDTH))
+    reran = [f"{index} {short_label(steps[index].name)}" for index in lost.reran if index in steps]
+    lines.append(_fit("       ran again (in flight when it died): " + ("; ".join(reran) or "no step"), WIDTH))
     return lines
 
 
@@ -116,6 +168,8 @@ def _step_lines(step: StepRecord) -> list[str]:
         what += f" {step.preview}" if step.preview else ""
     else:
         what = step.name.split("__", 1)[-1] if step.kind == "other" else (step.preview or "")
+    if step.waited_seconds is not None:
+        what = f"waited {step.waited_seconds:.1f}s" + (f": {what}" if what else "")
     first = head + _fit(what, WIDTH - len(head) - len(tail)).ljust(WIDTH - len(head) - len(tail)) + tail
     lines = [first.rstrip()]
     detail = step.error or step.result_preview
@@ -130,6 +184,11 @@ def render_timeline(timeline: TaskTimeline) -> str:
         _fit(f"Task {timeline.task_id} ({timeline.task_name}) on queue {timeline.queue}: {timeline.state}", WIDTH),
         "  params:  " + _fit(_json(timeline.params), WIDTH - 11),
     ]
+    if _unknown(timeline.known_to_workers, timeline.state):
+        out.append(
+            _fit(f"  {_UNKNOWN_TASK}: no worker of queue {timeline.queue} registers {timeline.task_name!r}", WIDTH)
+        )
+        out.append("  it waits until one does: check the name, or start a worker that registers it")
     if timeline.forked_from:
         out.append(f"  forked from: {timeline.forked_from}")
     if timeline.result is not None:
@@ -141,6 +200,12 @@ def render_timeline(timeline: TaskTimeline) -> str:
     out.append(f"Attempts ({len(timeline.attempts)}{f' of {timeline.max_attempts}' if timeline.max_attempts else ''})")
     for attempt in timeline.attempts:
         out.extend(_attempt_lines(attempt))
+    if timeline.lost_executions:
+        out.append("")
+        out.append(f"Lost executions ({len(timeline.lost_executions)})")
+        by_index = {step.index: step for step in timeline.steps}
+        for lost in timeline.lost_executions:
+            out.extend(_lost_lines(lost, by_index))
     for run in timeline.runs:
         out.append("")
         label = "Steps outside agent runs" if run.agent is None else f"Agent run {run.agent} #{run.run_ordinal}"

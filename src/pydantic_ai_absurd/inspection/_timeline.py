@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
@@ -14,8 +15,10 @@ from psycopg import AsyncConnection
 
 from .. import _absurd
 from .._dsn import connect_async
+from .._worker_records import read_lost_executions, registered_names
 from ..client import TaskNotFoundError
 from ..errors import QueueNotFoundError, SchemaNotInstalledError
+from ._lost import lost_executions
 from ._records import (
     AgentRunRecord,
     AttemptEnd,
@@ -26,7 +29,8 @@ from ._records import (
     TimelineTotals,
     TokenUsage,
 )
-from ._steps import decode_value, parse_step_name
+from ._steps import ParsedName, StepValue, decode_value, parse_step_name
+from ._waits import WaitRow, wait_durations
 
 __all__ = ["FORKED_FROM_HEADER", "inspect_task", "list_tasks"]
 
@@ -102,12 +106,16 @@ async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None
                 runs = await _absurd.read_runs(conn, name, task_id)
                 last_run = task["last_attempt_run"] or (runs[-1]["run_id"] if runs else None)
                 rows = [] if last_run is None else await _absurd.read_checkpoints(conn, name, task_id, last_run)
+                now = await _absurd.database_now(conn)
+                lost = await read_lost_executions(conn, name, task_id)
+                known = await registered_names(conn, name)
             except psycopg.Error as err:
                 mapped = _map(err, name)
                 if mapped is not None:
                     raise mapped from err
                 raise
-            return build_timeline(name, task, runs, rows)
+            timeline = build_timeline(name, task, runs, rows, now, lost)
+            return replace(timeline, known_to_workers=None if known is None else timeline.task_name in known)
     where = f"queue {target!r}" if target is not None else "any queue"
     raise TaskNotFoundError(
         f"No task {task_id} in {where}: check the id and the queue, or it was removed by Absurd's cleanup."
@@ -142,8 +150,14 @@ def build_timeline(
     task: dict[str, Any],
     runs: list[dict[str, Any]],
     rows: list[tuple[str, Any, str | None, Any]],
+    now: datetime | None = None,
+    lost: list[dict[str, Any]] | None = None,
 ) -> TaskTimeline:
-    """Assemble the timeline from the task's row, its runs and its checkpoints in write order."""
+    """Assemble the timeline from the task's row, its runs and its checkpoints in write order.
+
+    `now` is the database's time: a wait still unanswered counts until then. `lost` holds the task's
+    recorded takeovers (`pydantic_ai_absurd.lost_executions` rows).
+    """
     attempt_of = {str(run["run_id"]): int(run["attempt"]) for run in runs}
     # How far each attempt got: a completed one went past everything; otherwise its last write.
     reached: dict[int, datetime | None] = {}
@@ -185,11 +199,14 @@ def build_timeline(
     tool_calls: dict[tuple[str | None, int | None, str], tuple[str, Any]] = {}
     steps: list[StepRecord] = []
     spent = saved = TokenUsage()
-    waiting = 0.0
-    asks: dict[tuple[str | None, int | None, str | None], datetime] = {}
-    for index, (name, state, owner, updated_at) in enumerate(rows, start=1):
-        parsed = parse_step_name(name)
-        decoded = decode_value(state, parsed.kind)
+    parsed_rows = [parse_step_name(name) for name, _, _, _ in rows]
+    decoded_rows = [
+        decode_value(state, parsed.kind) for parsed, (_, state, _, _) in zip(parsed_rows, rows, strict=True)
+    ]
+    waited = _waits(task, runs, rows, parsed_rows, decoded_rows, now)
+    waiting = sum(waited.values())
+    for index, (name, _, owner, updated_at) in enumerate(rows, start=1):
+        parsed, decoded = parsed_rows[index - 1], decoded_rows[index - 1]
         executed_by = attempt_of.get(owner or "")
         replayed_by = replayers(executed_by, updated_at)
         scope = (parsed.agent, parsed.run_ordinal)
@@ -205,13 +222,7 @@ def build_timeline(
             spent += decoded.usage
             for _ in replayed_by:
                 saved += decoded.usage
-        if parsed.kind == "wait_for_input":
-            key = (parsed.agent, parsed.run_ordinal, parsed.wait_name)
-            if parsed.wait_part == "ask":
-                asks[key] = updated_at
-            elif key in asks:
-                waiting += (updated_at - asks.pop(key)).total_seconds()
-        elif parsed.kind == "sleep" and isinstance(decoded.value, str):
+        if parsed.kind == "sleep" and isinstance(decoded.value, str):
             waiting += _sleep_seconds(decoded.value, updated_at)
         is_tool = parsed.kind in {"tool_call", "mcp_call", "validate_args"}
         steps.append(
@@ -232,6 +243,7 @@ def build_timeline(
                 executed_by=executed_by,
                 replayed_by=replayed_by,
                 committed_at=updated_at,
+                waited_seconds=waited.get(index - 1),
             )
         )
     attempts = tuple(
@@ -274,7 +286,33 @@ def build_timeline(
             waiting_seconds=waiting,
         ),
         forked_from=_forked_from(task),
+        lost_executions=lost_executions(lost or [], attempts, steps),
     )
+
+
+def _waits(
+    task: dict[str, Any],
+    runs: list[dict[str, Any]],
+    rows: list[tuple[str, Any, str | None, Any]],
+    parsed_rows: list[ParsedName],
+    decoded_rows: list[StepValue],
+    now: datetime | None,
+) -> dict[int, float]:
+    claimed_at = {str(run["run_id"]): run["started_at"] for run in runs}
+    ended: datetime | None = task["cancelled_at"]
+    if str(task["state"]) in {"completed", "failed", "cancelled"} and ended is None and runs:
+        ended = runs[-1]["completed_at"] or runs[-1]["failed_at"]
+    open_until = ended if str(task["state"]) in {"completed", "failed", "cancelled"} else now
+    wait_rows = [
+        WaitRow(
+            parsed=parsed,
+            committed_at=updated_at,
+            answered_inline=parsed.kind == "wait_for_input" and decoded.value is not None,
+            claimed_at=claimed_at.get(owner or ""),
+        )
+        for parsed, decoded, (_, _, owner, updated_at) in zip(parsed_rows, decoded_rows, rows, strict=True)
+    ]
+    return wait_durations(wait_rows, open_until)
 
 
 def _sleep_seconds(wake_at: str, committed_at: datetime) -> float:
@@ -330,6 +368,7 @@ async def list_tasks(
                 rows = await _absurd.list_tasks(
                     conn, queue_name, state=state, task_name=name, since_seconds=since, limit=limit
                 )
+                known = await registered_names(conn, queue_name)
             except psycopg.Error as err:
                 mapped = _map(err, queue_name)
                 if mapped is not None:
@@ -347,6 +386,7 @@ async def list_tasks(
                     last_step=row["last_step"],
                     last_step_at=row["last_step_at"],
                     claimed_by=row["claimed_by"],
+                    known_to_workers=None if known is None else str(row["task_name"]) in known,
                 )
                 for row in rows
             )

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
+import pydantic_ai
 from absurd_sdk import AsyncAbsurd
 
 from .._absurd import check_offline_context_names, current_context, registered_handlers
@@ -16,7 +17,7 @@ from .._steps import replay_only
 from ..errors import ReplayDivergenceError, one_line
 from ._records import DEFAULT_STATES, RecordedStep, RecordedTask, recorded_tasks
 from ._report import Divergence, TaskReplay, VerifyReport
-from ._sandbox import SandboxContext, WouldRunLive, sandbox_context
+from ._sandbox import SandboxContext, WouldRunLive, function_location, sandbox_context
 from ._steps import StepPlace, is_model_request, lane_of, places, tool_call_of
 
 __all__ = ["Handler", "ProgressCallback", "replay_recorded", "verify_replay"]
@@ -69,10 +70,15 @@ async def replay_recorded(
     check_offline_context_names()
     pending = list(tasks)
     verdicts: list[TaskReplay] = []
-    for task in pending:
-        if progress is not None:
-            progress(len(verdicts), len(pending))
-        verdicts.append(await _replay_one(handlers, task, timeout))
+    banner = pydantic_ai.BANNER_ENABLED
+    pydantic_ai.BANNER_ENABLED = False  # a replay is no one's first agent run: keep the banner out of the report
+    try:
+        for task in pending:
+            if progress is not None:
+                progress(len(verdicts), len(pending))
+            verdicts.append(await _replay_one(handlers, task, timeout))
+    finally:
+        pydantic_ai.BANNER_ENABLED = banner
     if progress is not None:
         progress(len(verdicts), len(pending))
     return VerifyReport(tuple(verdicts))
@@ -102,7 +108,6 @@ async def _replay_one(handlers: Mapping[str, Handler], task: RecordedTask, timeo
     )
 
     async def run() -> BaseException | None:
-        ctx.root = asyncio.current_task()
         with current_context(ctx), replay_only(ctx.refuse_live):
             try:
                 await handler(task.params, ctx)
@@ -131,12 +136,7 @@ async def _replay_one(handlers: Mapping[str, Handler], task: RecordedTask, timeo
 
 
 def _fallback_source(handler: Handler) -> str | None:
-    try:
-        filename = inspect.getsourcefile(handler)
-        _, line = inspect.getsourcelines(handler)
-    except (OSError, TypeError):
-        return None
-    return f"{filename}:{line}" if filename else None
+    return function_location(inspect.unwrap(handler))
 
 
 def _find(error: BaseException | None, kind: type[BaseException]) -> BaseException | None:
@@ -211,7 +211,7 @@ def _verdict(
     order = _Order(task)
     replayed = 0
 
-    def diverged(step: str, recorded_text: str, requested: str) -> TaskReplay:
+    def diverged(step: str, recorded_text: str, requested: str, diff: str | None = None) -> TaskReplay:
         source = ctx.sources.get(step, fallback)
         return TaskReplay(
             task.task_id,
@@ -219,7 +219,7 @@ def _verdict(
             "diverged",
             replayed,
             recorded,
-            divergence=Divergence(step, recorded_text, requested, source),
+            divergence=Divergence(step, recorded_text, requested, source, diff),
         )
 
     for name in ctx.asked:
@@ -234,13 +234,13 @@ def _verdict(
             kind = "step" if name in order.steps else "new step"
             return diverged(name, f"{_summary(order.steps[skipped.name])} next", f"{kind} {name!r}{detail} instead")
         if name == diverged_at and isinstance(digest_error, ReplayDivergenceError):
-            return diverged(name, digest_error.recorded, digest_error.requested)
+            return diverged(name, digest_error.recorded, digest_error.requested, digest_error.diff)
         if name == stop_step:
             break
         order.ask(name)
         replayed += 1
     if isinstance(digest_error, ReplayDivergenceError):
-        return diverged(digest_error.step, digest_error.recorded, digest_error.requested)
+        return diverged(digest_error.step, digest_error.recorded, digest_error.requested, digest_error.diff)
     if stop is not None:
         return TaskReplay(task.task_id, task.task_name, "ok", replayed, recorded, next_step=stop_step)
     if outcome is not None:

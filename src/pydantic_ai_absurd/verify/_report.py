@@ -24,12 +24,19 @@ class Divergence:
     requested: str
     """What the code asks for now."""
     source: str | None = None
-    """`file:line` of the user code (agent run or handler) that asked for the step, when known."""
+    """`file:line` of the user code that asked for the step: the tool's function for a tool step, else the
+    registered task handler."""
+    diff: str | None = None
+    """A unified diff of the recorded request and the new one (`recorded` then `now`), when the recording
+    holds the request text (checkpoints written by this version and later)."""
 
     def describe(self) -> str:
-        """One line: step, recorded, requested, source."""
+        """One line (step, recorded, requested, source), then the diff of the two requests, indented."""
         where = f" ({self.source})" if self.source else ""
-        return f"step {self.step!r}{where}: recorded {self.recorded}; the code now asks for {self.requested}"
+        line = f"step {self.step!r}{where}: recorded {self.recorded}; the code now asks for {self.requested}"
+        if not self.diff:
+            return line
+        return "\n".join([line, *(f"    {diff_line}" for diff_line in self.diff.splitlines())])
 
 
 @dataclass(frozen=True)

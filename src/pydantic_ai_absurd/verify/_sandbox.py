@@ -10,22 +10,18 @@ heartbeats do nothing; any other use of the database fails.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
 import os
-import sysconfig
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from types import FrameType
+from types import CodeType
 from typing import Any, NoReturn, TypeVar, cast
 
 from absurd_sdk import StepHandle
 
 from .._absurd import NamingHookContext, offline_task_context
-from ._steps import tool_call_of
+from .._steps import current_step_function
 
-__all__ = ["SandboxContext", "SandboxViolation", "WouldRunLive", "sandbox_context"]
+__all__ = ["SandboxContext", "SandboxViolation", "WouldRunLive", "function_location", "sandbox_context"]
 
 _R = TypeVar("_R")
 
@@ -50,74 +46,13 @@ class _NoDatabase:
         raise SandboxViolation(f"verification runs without a database, but the handler used its connection ({name})")
 
 
-@functools.cache
-def _library_dirs() -> tuple[str, ...]:
-    import absurd_sdk
-    import pydantic
-    import pydantic_ai
-
-    paths = sysconfig.get_paths()
-    dirs = {paths["stdlib"], paths["platstdlib"], os.path.dirname(os.path.dirname(__file__))}
-    for module in (pydantic_ai, pydantic, absurd_sdk):
-        dirs.add(os.path.dirname(module.__file__ or ""))
-    return tuple(sorted(directory + os.sep for directory in dirs if directory))
-
-
-def _user_location(frame: FrameType) -> str | None:
-    filename = frame.f_code.co_filename
-    if filename.startswith(_library_dirs()) or filename.startswith("<"):
+def function_location(function: object) -> str | None:
+    """`file:line` where `function` is defined (relative to the current directory when below it)."""
+    code = getattr(function, "__code__", None)
+    if not isinstance(code, CodeType) or code.co_filename.startswith("<"):
         return None
-    relative = os.path.relpath(filename)
-    return f"{filename if relative.startswith('..') else relative}:{frame.f_lineno}"
-
-
-def user_frame(frame: FrameType | None) -> str | None:
-    """`file:line` of the innermost frame at or above `frame` that is user code (not a library's)."""
-    while frame is not None:
-        location = _user_location(frame)
-        if location is not None:
-            return location
-        frame = frame.f_back
-    return None
-
-
-def tool_function_location(frame: FrameType | None, *, depth: int = 40) -> str | None:
-    """`file:line` of the tool function being called at or above `frame`, when a function tool is found.
-
-    Best effort, by duck typing: a local `tool` whose `call_func` is bound to an object with a `function`.
-    """
-    while frame is not None and depth > 0:
-        tool = frame.f_locals.get("tool")
-        call_func = getattr(tool, "call_func", None)
-        function = getattr(getattr(call_func, "__self__", None), "function", None)
-        if inspect.isfunction(function):
-            code = function.__code__
-            relative = os.path.relpath(code.co_filename)
-            return f"{code.co_filename if relative.startswith('..') else relative}:{code.co_firstlineno}"
-        frame = frame.f_back
-        depth -= 1
-    return None
-
-
-def awaiting_user_frame(task: asyncio.Task[Any] | None) -> str | None:
-    """`file:line` of the deepest user code in the chain of awaits of `task` (where it awaits an agent run)."""
-    found: str | None = None
-    coro: Any = task.get_coro() if task is not None else None
-    while coro is not None:
-        frame: FrameType | None = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
-        if frame is None:
-            break
-        found = _user_location(frame) or found
-        coro = getattr(coro, "cr_await", None)
-    return found
-
-
-def _caller_of_the_naming_hook() -> FrameType | None:
-    # this function <- checkpoint_name_given <- the SDK's naming method <- whoever asked for the step
-    frame = inspect.currentframe()
-    for _ in range(3):
-        frame = frame.f_back if frame is not None else None
-    return frame
+    relative = os.path.relpath(code.co_filename)
+    return f"{code.co_filename if relative.startswith('..') else relative}:{code.co_firstlineno}"
 
 
 class SandboxContext(NamingHookContext):
@@ -127,18 +62,14 @@ class SandboxContext(NamingHookContext):
     asked: list[str]
     """Every checkpoint name the handler asked for, in order (recorded or not)."""
     sources: dict[str, str]
-    """Checkpoint name -> `file:line` of the user code that asked for it."""
+    """Checkpoint name -> `file:line` of the user function the step runs (a tool's), when there is one."""
     emitted: list[str]
     """Events the handler would have emitted (not emitted)."""
-    root: asyncio.Task[Any] | None
-    """The task running the handler (its chain of awaits leads to the user code asking for a step)."""
 
     def checkpoint_name_given(self, checkpoint_name: str) -> None:
-        """Record the name asked for, and the user code that asked for it."""
+        """Record the name asked for, and the user function the step runs."""
         self.asked.append(checkpoint_name)
-        caller = _caller_of_the_naming_hook()
-        source = tool_function_location(caller) if tool_call_of(checkpoint_name) is not None and caller else None
-        source = source or (user_frame(caller) if caller else None) or awaiting_user_frame(self.root)
+        source = function_location(current_step_function())
         if source is not None:
             self.sources[checkpoint_name] = source
 
@@ -231,5 +162,4 @@ def sandbox_context(
     ctx.asked = []
     ctx.sources = {}
     ctx.emitted = []
-    ctx.root = None
     return ctx

@@ -11,7 +11,8 @@ from typing import Any
 
 import psycopg
 
-from .._absurd import hand_back_orphaned_runs, schedule_run_now
+from .._absurd import OrphanedRun, hand_back_orphaned_runs, schedule_run_now
+from .._worker_records import record_lost_executions
 from ..errors import one_line
 from ._config import WorkerHealth
 from ._takeover import CLAIM_PREFIX
@@ -60,20 +61,24 @@ async def take_over_orphans(connection: ConnectionFactory, queue: str, identity:
 
     Never raises on a database error (the next check tries again).
     """
+
+    async def record(conn: psycopg.AsyncConnection[Any], runs: list[OrphanedRun]) -> None:
+        await record_lost_executions(conn, queue, runs, identity)
+
     try:
         async with connection() as conn:
-            rows = await hand_back_orphaned_runs(conn, queue, CLAIM_PREFIX, identity)
+            rows = await hand_back_orphaned_runs(conn, queue, CLAIM_PREFIX, identity, record)
     except (psycopg.Error, OSError) as err:
         logger.debug("takeover check failed: %s", one_line(err, with_type=True))
         return 0
     finally:
         health.takeover_checks += 1
-    for run_id, task_id, claimed_by in rows:
+    for run in rows:
         health.taken_over += 1
         logger.info(
             "took over task_id=%s run_id=%s: its worker %s is gone (no liveness lock); claimable again at once",
-            task_id,
-            run_id,
-            claimed_by,
+            run.task_id,
+            run.run_id,
+            run.claimed_by,
         )
     return len(rows)

@@ -53,6 +53,7 @@ from psycopg_pool import AsyncConnectionPool
 from .. import _absurd
 from .._absurd import client_conninfo, client_hooks, client_queue_name, execute_claimed_task, registered_queue
 from .._dsn import redact_dsn, resolve_dsn
+from .._worker_records import record_worker_tasks
 from ..errors import PydanticAIAbsurdError, one_line
 from ..schema._install import ensure_queue_on
 from ..telemetry import with_default_hooks
@@ -179,6 +180,7 @@ class Worker:
             try:
                 async with self._connection() as conn:
                     await ensure_queue_on(conn, self.queue, redact_dsn(self._dsn))
+                    await record_worker_tasks(conn, self.queue, self.absurd, self.worker_id)
                 return True
             except PydanticAIAbsurdError:
                 raise
