@@ -21,8 +21,9 @@ from pydantic_ai import Agent
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
-from pydantic_ai_absurd import AbsurdAgent
+from pydantic_ai_absurd import AbsurdAgent, inspect_task
 from pydantic_ai_absurd._absurd import read_runs
+from pydantic_ai_absurd.inspection._render import render_timeline  # pyright: ignore[reportPrivateUsage]
 
 from .support import checkpoint_names
 from .test_durable_hooks import run_to_end
@@ -135,6 +136,10 @@ async def test_a_long_retry_after_suspends_the_task(
     await absurd_client.work_batch(claim_timeout=30, batch_size=1)
     waiting = await absurd_client.fetch_task_result(spawned["task_id"])
     assert waiting is not None and waiting.state == "sleeping"  # in Postgres, holding no worker slot
+    timeline = await inspect_task(absurd_client, spawned["task_id"])
+    assert [attempt.ended for attempt in timeline.attempts] == ["provider_wait"]
+    assert [step.kind for step in timeline.steps] == ["provider_wait"]
+    assert "waiting for the provider" in render_timeline(timeline)
     snapshot = await run_to_end(absurd_client, spawned["task_id"])
     assert (snapshot.state, snapshot.result) == ("completed", "answered")
     assert len(provider.requests) == 2

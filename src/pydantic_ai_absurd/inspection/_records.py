@@ -37,17 +37,21 @@ StepKind = Literal[
     "event_handler",
     "wait_for_input",
     "sleep",
+    "provider_wait",
     "run_start_time",
     "capability",
     "other",
 ]
 """What a step was: a model request, a tool call (function, dynamic), an MCP call, an argument validation,
 a tool listing, MCP instructions, an event-handler call, a wait for input (ask, event, timeout), a graph
-sleep, the recorded start time of a run, a capability operation, or a step of the user's own."""
+sleep, when a model step was first told by its provider to retry later, the recorded start time of a run, a capability operation, or a step of the user's own."""
 
-AttemptEnd = Literal["completed", "failed", "lease_expired", "cancelled", "sleeping", "waiting", "running", "pending"]
+AttemptEnd = Literal[
+    "completed", "failed", "lease_expired", "cancelled", "sleeping", "provider_wait", "waiting", "running", "pending"
+]
 """How a run (attempt) ended, or where it is: `failed` (with `failure`), `lease_expired` (`$ClaimTimeout`:
 the worker died or stalled), `sleeping` (suspended or handed back, claimable again at `available_at`),
+`provider_wait` (suspended until `available_at` because the model's provider asked to retry later),
 `waiting` (for an event), `running`, `pending` (not claimed yet)."""
 
 

@@ -124,6 +124,11 @@ def _attempt_lines(attempt: AttemptRecord) -> list[str]:
             lines.extend(_traceback_lines(trace))
     elif attempt.ended == "waiting" and attempt.wake_event:
         lines.append("       " + _fit(f"waiting for event {attempt.wake_event}", WIDTH - 7))
+    elif attempt.ended == "provider_wait":
+        lines.append(
+            "       "
+            + _fit(f"waiting for the provider (asked to retry later) until {_time(attempt.available_at)}", WIDTH - 7)
+        )
     return lines
 
 

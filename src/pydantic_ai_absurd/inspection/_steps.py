@@ -17,6 +17,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_ai.messages import ModelResponse, TextPart, ThinkingPart, ToolCallPart
 
 from .._checkpoint import ERROR_KEY, value_text
+from .._provider_waits import PROVIDER_WAIT_SUFFIX
 from ._records import StepKind, TokenUsage
 
 __all__ = ["ParsedName", "StepValue", "decode_value", "parse_step_name", "preview", "short_label"]
@@ -63,6 +64,8 @@ def parse_step_name(name: str) -> ParsedName:
     agent = match.group("agent")
     ordinal = int(match.group("ordinal") or 1)
     rest = match.group("rest")
+    if rest.endswith(PROVIDER_WAIT_SUFFIX):  # `<model step name, escaped>.provider_wait`
+        return ParsedName("provider_wait", agent, ordinal)
     if rest.startswith(("model.request", "model.request_stream")):
         return ParsedName("model_request", agent, ordinal)
     if rest.startswith("model."):
@@ -82,7 +85,7 @@ def parse_step_name(name: str) -> ParsedName:
         run_id = _unescape(rest[len("run.start_time@") :])
         tail = run_id.rpartition(":")[2]
         return ParsedName("run_start_time", agent, int(tail) if tail.isdigit() else ordinal)
-    if rest == "graph.sleep":
+    if rest in ("graph.sleep", "graph.suspend"):
         return ParsedName("sleep", agent, ordinal)
     if rest.startswith("capability__"):
         _, _, call = rest.partition("@")

@@ -23,6 +23,7 @@ from ._records import (
     AgentRunRecord,
     AttemptEnd,
     AttemptRecord,
+    StepKind,
     StepRecord,
     TaskSummary,
     TaskTimeline,
@@ -122,7 +123,8 @@ async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None
     )
 
 
-def _attempt_end(run: dict[str, Any]) -> AttemptEnd:
+def _attempt_end(run: dict[str, Any], *, last_step: StepKind | None = None) -> AttemptEnd:
+    """How `run` ended; a suspended run whose last step records a provider's retry-after waits for the provider."""
     state = str(run["state"])
     if state == "failed":
         reason = run["failure_reason"]
@@ -130,7 +132,9 @@ def _attempt_end(run: dict[str, Any]) -> AttemptEnd:
             return "lease_expired"
         return "failed"
     if state == "sleeping":
-        return "waiting" if run["wake_event"] else "sleeping"
+        if run["wake_event"]:
+            return "waiting"
+        return "provider_wait" if last_step == "provider_wait" else "sleeping"
     return cast(AttemptEnd, state) if state in {"completed", "cancelled", "running", "pending"} else "pending"
 
 
@@ -251,7 +255,7 @@ def build_timeline(
             attempt=int(run["attempt"]),
             run_id=str(run["run_id"]),
             state=str(run["state"]),
-            ended=_attempt_end(run),
+            ended=_attempt_end(run, last_step=steps[-1].kind if steps else None),
             claimed_by=run["claimed_by"],
             created_at=run["created_at"],
             started_at=run["started_at"],
