@@ -6,7 +6,7 @@ parallel tool calls, a second model request, an approval wait that timed out, an
 - `fixtures/checkpoints_0354ed8.json`: main@0354ed8, before the package was reshaped and checkpoints gained
   digests (a timed-out wait is a bare `true` checkpoint).
 - `fixtures/checkpoints_26084a3_pydantic_ai_2.68.json`: main@26084a3 on pydantic-ai-slim 2.68 (request digests,
-  `RequestInput`), before Pydantic AI 2.78 added `request_timestamp` and `duration` to model responses: the
+  the capability 2.78 deprecated for `HandleDeferredToolCalls`), before Pydantic AI 2.78 added `request_timestamp` and `duration` to model responses: the
   digests of the later requests, whose history holds those responses, must still match.
 """
 

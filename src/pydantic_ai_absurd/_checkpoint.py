@@ -100,9 +100,29 @@ class Asked:
 
 
 def _request_text(request: object) -> str:
+    return _clip(json.dumps(request, sort_keys=True, ensure_ascii=False, indent=1, default=str))
+
+
+def _clip(text: str) -> str:
     # Written visibly: `jsonb` cannot hold lone surrogates, and the text is shown to an operator.
-    text = visible(json.dumps(request, sort_keys=True, ensure_ascii=False, indent=1, default=str), keep_newlines=True)
-    return text if len(text) <= REQUEST_TEXT_LIMIT else text[: REQUEST_TEXT_LIMIT - 1] + "…"
+    text = visible(
+        text if len(text) <= REQUEST_TEXT_LIMIT else text[: REQUEST_TEXT_LIMIT - 1] + "…", keep_newlines=True
+    )
+    return text
+
+
+# New messages larger than this are kept as their compact JSON (clipped) rather than parsed and indented again:
+# the request text must stay cheap on every model request, whatever a tool returned.
+_INDENT_LIMIT = 64 * 1024
+
+
+def _model_request_text(model: str, added: bytes | None) -> str:
+    if added is None:
+        return _request_text({"model": model, "new_messages": []})
+    if len(added) > _INDENT_LIMIT:
+        head = added[: 4 * REQUEST_TEXT_LIMIT].decode("utf-8", "ignore")
+        return _clip(f'{{\n "model": {json.dumps(model)},\n "new_messages": {head}')
+    return _request_text({"model": model, "new_messages": json.loads(added.decode("utf-8", "surrogatepass"))})
 
 
 def request_diff(recorded: str, requested: str, *, limit: int = 40) -> str:
@@ -354,13 +374,11 @@ def asked_for(
         hasher, chunks, added = _messages_digest(messages, chain)
         hasher.update(b"\x00model:" + utf8(model))
         summary = f"a request to model {model!r} with {len(messages)} message(s), the last {_last_text(messages)}"
-        new_messages: object = json.loads(added.decode("utf-8", "surrogatepass")) if added is not None else []
-        request: dict[str, object] = {"model": model, "new_messages": new_messages}
         return Asked(
             _MESSAGES_DIGEST_V2 + hasher.hexdigest(),
             _one_line(summary),
             partial(_v1_digest, list(messages), chunks, model),
-            request=_request_text(request),
+            request=_model_request_text(model, added),
         )
     if isinstance(operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId):
         tool_name: str | None = None
