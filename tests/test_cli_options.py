@@ -222,6 +222,8 @@ async def test_cancel_a_waiting_task(
 
 
 async def test_a_missing_queue_on_a_connection_names_its_url(absurd_dsn: str) -> None:
+    from urllib.parse import quote
+
     import psycopg
 
     from pydantic_ai_absurd.errors import QueueNotFoundError
@@ -229,7 +231,8 @@ async def test_a_missing_queue_on_a_connection_names_its_url(absurd_dsn: str) ->
 
     async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
         info = conn.info
-        url = f"postgresql://{info.user}@{info.host}:{info.port}/{info.dbname}"
+        user, host, dbname = (quote(part, safe="") for part in (info.user, info.host, info.dbname))
+        url = f"postgresql://{user}@{host}:{info.port}/{dbname}"  # a socket directory as host is %-quoted
         with pytest.raises(QueueNotFoundError) as raised:
             await ensure_queue_exists(conn, "no_such_queue_here")
     message = str(raised.value)
