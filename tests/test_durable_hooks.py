@@ -78,7 +78,7 @@ async def test_a_long_graph_sleep_suspends_the_task(
     await absurd_client.work_batch(claim_timeout=30, batch_size=1)
     first = await absurd_client.fetch_task_result(spawned["task_id"])
     assert first is not None and first.state == "sleeping"  # suspended in Postgres: no worker slot held
-    assert await checkpoint_names(absurd_dsn, absurd_queue, str(spawned["task_id"])) == ["patient__graph.suspend"]
+    assert await checkpoint_names(absurd_dsn, absurd_queue, str(spawned["task_id"])) == ["patient__graph.sleep"]
     snapshot = await run_to_end(absurd_client, spawned["task_id"])
     assert (snapshot.state, snapshot.result) == ("completed", "done")
     assert calls == ["model", "model"]

@@ -40,22 +40,14 @@ async def run_start_time(agent_name: str, run_id: str) -> datetime:
 async def graph_sleep(prefix: str, delay: float, *, suspend_threshold: float) -> None:
     """The agent graph's sleep (between polls of a provider's background job, or before a model retry).
 
-    A delay of at least `suspend_threshold` seconds suspends the task with Absurd's `sleep_for` (step
-    `<prefix>__graph.suspend`): no worker slot is held, and Pydantic AI leaves a background job running because
-    Absurd's `SuspendTask` is a control-flow error of the engine. A shorter one records its wake time (step
-    `<prefix>__graph.sleep`) and sleeps in the worker under the lease keeper. Either way a resumed run waits only
-    what is left. The choice depends only on `delay`, which comes from replayed model responses, so a replay makes
-    the same steps in the same order.
+    The wake time is recorded in the step `<prefix>__graph.sleep`, so a resumed run waits only what is left.
+    When at least `suspend_threshold` seconds are left, the task is suspended in Postgres until then (no worker
+    slot held; Pydantic AI leaves a background job running, Absurd's `SuspendTask` being the engine's control-flow
+    error); a shorter wait sleeps in the worker under the lease keeper. One step either way, so the step names of
+    a run do not depend on how long a resume took.
     """
-    delay = max(delay, 0.0)
-    task_ctx = require_task_context()
-    if delay >= suspend_threshold:
-        execution_state(task_ctx).raise_if_ended()
-        refuse_live(None)
-        await remember_end(task_ctx, task_ctx.sleep_for(f"{prefix}__graph.suspend", delay))
-        return
-    wake_at = await recorded_time(f"{prefix}__graph.sleep", lambda: now() + timedelta(seconds=delay))
-    await sleep_until(task_ctx, wake_at, suspend_threshold=None)
+    wake_at = await recorded_time(f"{prefix}__graph.sleep", lambda: now() + timedelta(seconds=max(delay, 0.0)))
+    await sleep_until(require_task_context(), wake_at, suspend_threshold=suspend_threshold)
 
 
 async def sleep_until(task_ctx: AsyncTaskContext, wake_at: datetime, *, suspend_threshold: float | None) -> None:

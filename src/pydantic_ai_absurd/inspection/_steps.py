@@ -85,7 +85,7 @@ def parse_step_name(name: str) -> ParsedName:
         run_id = _unescape(rest[len("run.start_time@") :])
         tail = run_id.rpartition(":")[2]
         return ParsedName("run_start_time", agent, int(tail) if tail.isdigit() else ordinal)
-    if rest in ("graph.sleep", "graph.suspend"):
+    if rest == "graph.sleep":
         return ParsedName("sleep", agent, ordinal)
     if rest.startswith("capability__"):
         _, _, call = rest.partition("@")
