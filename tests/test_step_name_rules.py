@@ -11,7 +11,6 @@ from pydantic_ai.durable_exec import (
     CapabilityOperationId,
     DurableOperationId,
     EventStreamHandlerId,
-    JournalOperationNamer,
     ModelCancelSuspendedResponseId,
     ModelCompactMessagesId,
     ModelRequestId,
@@ -24,15 +23,17 @@ from pydantic_ai.messages import FunctionToolCallEvent, PartStartEvent, TextPart
 from pydantic_ai.models.test import TestModel
 from pydantic_ai.usage import RunUsage
 
-from pydantic_ai_absurd._naming import escape, step_name
+from pydantic_ai_absurd._naming import AbsurdOperationNamer, escape
 
 BASE_CTX: RunContext[None] = RunContext(deps=None, model=TestModel(), usage=RunUsage())
 
 
-def name_of(operation_id: DurableOperationId, *cache_key: Any, label: str | None = None, prefix: str = "agent") -> str:
-    invocation = JournalOperationNamer("agent", default_model_id="default").invocation_name(operation_id, label=label)
-    return step_name(
-        invocation.operation_name, operation_id=operation_id, cache_key=cache_key, agent_name="agent", run_prefix=prefix
+def name_of(operation_id: DurableOperationId, *cache_key: Any, label: str | None = None, ordinal: int = 1) -> str:
+    # `label` is what Pydantic AI names a call with; the namer takes the tool name from the run context instead.
+    return (
+        AbsurdOperationNamer("agent", default_model_id="default")
+        .step_name(operation_id, cache_key, ordinal=ordinal)
+        .format()
     )
 
 
@@ -100,7 +101,7 @@ def test_step_name_for_each_operation(
 
 
 def test_later_runs_of_an_agent_get_their_ordinal() -> None:
-    assert name_of(ModelRequestId(None, model_name="m"), BASE_CTX, prefix="agent~3") == "agent~3__model.request"
+    assert name_of(ModelRequestId(None, model_name="m"), BASE_CTX, ordinal=3) == "agent~3__model.request"
 
 
 def test_escape_is_reversible_and_removes_meaningful_characters() -> None:

@@ -6,8 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypedDict
 
 from pydantic_ai.durable_exec import (
+    CallableOperationBackend,
     DurableOperationId,
-    JournalCallableOperationBackend,
     ModelCompactMessagesId,
     ModelCountTokensId,
     ModelRequestId,
@@ -21,7 +21,7 @@ from pydantic_ai.toolsets.function import FunctionToolsetTool
 from . import _absurd
 from ._checkpoint import DigestChain, asked_for
 from ._execution import current_run_scope, current_task_context, execution_state, require_task_context
-from ._naming import step_name
+from ._naming import AbsurdOperationNamer
 from ._provider_waits import ProviderWaitPolicy, provider_retry
 from ._steps import run_step, step_function
 
@@ -67,7 +67,7 @@ def _tool_function(cache_key: tuple[object, ...]) -> object | None:
     return None
 
 
-class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[False]]):
+class AbsurdStepBackend(CallableOperationBackend[StepConfig | Literal[False]]):
     """Runs each durable operation as one Absurd step of the current task, under the lease keeper."""
 
     def __init__(
@@ -78,7 +78,8 @@ class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[Fal
         config: RoleBasedOperationConfig[Any],
         provider_waits: ProviderWaitPolicy,
     ) -> None:
-        super().__init__(agent_name=agent_name, default_model_id=default_model_id, config=config)
+        self.namer = AbsurdOperationNamer(agent_name, default_model_id=default_model_id)
+        super().__init__(namer=self.namer, config=config)
         self.agent_name = agent_name
         self.provider_waits = provider_waits
 
@@ -96,15 +97,13 @@ class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[Fal
         cache_key: tuple[object, ...],
         config: StepConfig | Literal[False],
     ) -> object:
-        """Return the checkpointed result of this step, running `body` first if it has none yet."""
+        """Return the checkpointed result of this step, running `body` first if it has none yet.
+
+        The step is named by the namer from the operation and its cache key; `name` (the operation's name
+        alone) is not the step name.
+        """
         scope = current_run_scope()
-        step = step_name(
-            name,
-            operation_id=operation_id,
-            cache_key=cache_key,
-            agent_name=self.agent_name,
-            run_prefix=scope.prefix if scope is not None else self.agent_name,
-        )
+        step = self.namer.step_name(operation_id, cache_key, ordinal=scope.ordinal if scope is not None else 1).format()
         chains = execution_state(require_task_context()).digest_chains
         chain = chains.setdefault(scope.prefix if scope is not None else self.agent_name, DigestChain())
         with step_function(_tool_function(cache_key)):
