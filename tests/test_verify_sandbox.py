@@ -56,7 +56,9 @@ async def _boom() -> str:
 def test_step_name_rules() -> None:
     assert lane_of("billing~2__model.request#3") == "billing~2"
     assert lane_of("fetch#2") == "fetch#2"
-    assert tool_call_of("a__function_toolset__<agent>.call_tool:x@c%401#2") == "c%401"
+    assert tool_call_of("a__function_toolset__<agent>.call_tool:x@c%401#2") == "c@1"
+    assert tool_call_of("a__conversation_load@chat-1") is None
+    assert tool_call_of("a__event_stream_handler@part_start") is None
     assert tool_call_of("a__run.start_time@T:a:1") is None
     assert tool_call_of("a__model.request") is None
     names = [

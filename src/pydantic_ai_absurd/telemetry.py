@@ -32,8 +32,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
 from . import _absurd
 from ._checkpoint import value_text
-from ._naming import escape
 from ._pydantic_ai import active_run_usage
+from ._step_names import ModelStep, RunStartTime, StepName, ToolsetStep
 
 __all__ = ["OTEL_ENV_VAR", "TRACE_HEADER", "otel_hooks", "run_telemetry", "with_default_hooks"]
 
@@ -167,22 +167,20 @@ def _value(state: object) -> Any:
     return None if text is None else json.loads(text)
 
 
-def _reached(name: str, encounters: dict[str, int]) -> bool:
-    base, sep, count = name.rpartition("#")
-    if sep and count.isdigit():
-        return encounters.get(base, 0) >= int(count)
-    return encounters.get(name, 0) >= 1
+def _reached(name: StepName, encounters: dict[str, int]) -> bool:
+    return encounters.get(name.first().format(), 0) >= name.repeat
 
 
 def _replayed_steps(
     task_ctx: AsyncTaskContext, names: frozenset[str], prefix: str, agent: str, run_id: str
-) -> list[str]:
-    start_time = f"{agent}__run.start_time@{escape(run_id)}" if run_id else None
+) -> list[StepName]:
+    start_time = StepName(RunStartTime(run_id), agent) if run_id else None
     encounters = _absurd.step_encounters(task_ctx)
+    parsed = [StepName.parse(name) for name in names]
     own = [
         name
-        for name in names
-        if (name.startswith(f"{prefix}__") and "__run.start_time@" not in name) or name == start_time
+        for name in parsed
+        if (name.run_prefix == prefix and not isinstance(name.operation, RunStartTime)) or name == start_time
     ]
     return [name for name in own if _reached(name, encounters)]
 
@@ -217,14 +215,21 @@ def run_telemetry(task_ctx: AsyncTaskContext, *, agent: str, prefix: str, run_id
             _discount(run_usage, task_ctx, replayed)
 
 
-def _discount(run_usage: Any, task_ctx: AsyncTaskContext, replayed: list[str]) -> None:
+def _discount(run_usage: Any, task_ctx: AsyncTaskContext, replayed: list[StepName]) -> None:
     for name in replayed:
-        value = _value(_absurd.checkpoint_state(task_ctx, name))
+        operation = name.operation
+        value = _value(_absurd.checkpoint_state(task_ctx, name.format()))
         if not isinstance(value, dict):
             continue
         entries = cast(dict[str, Any], value)
-        if "model.request" in name and isinstance(entries.get("usage"), dict):
+        if isinstance(operation, ModelStep) and operation.operation in {"request", "request_stream"}:
+            if not isinstance(entries.get("usage"), dict):
+                continue
             _subtract(run_usage, cast(dict[str, Any], entries["usage"]))
             run_usage.requests -= 1
-        elif ".call_tool" in name and entries.get("kind") == "tool_return":
+        elif (
+            isinstance(operation, ToolsetStep)
+            and operation.operation == "call_tool"
+            and entries.get("kind") == "tool_return"
+        ):
             run_usage.tool_calls -= 1

@@ -40,11 +40,14 @@ StepKind = Literal[
     "provider_wait",
     "run_start_time",
     "capability",
+    "conversation_load",
+    "conversation_save",
     "other",
 ]
 """What a step was: a model request, a tool call (function, dynamic), an MCP call, an argument validation,
 a tool listing, MCP instructions, an event-handler call, a wait for input (ask, event, timeout), a graph
-sleep, when a model step was first told by its provider to retry later, the recorded start time of a run, a capability operation, or a step of the user's own."""
+sleep, when a model step was first told by its provider to retry later, the recorded start time of a run, a capability
+operation, the load or the save of a stored conversation, or a step of the user's own."""
 
 AttemptEnd = Literal[
     "completed", "failed", "lease_expired", "cancelled", "sleeping", "provider_wait", "waiting", "running", "pending"

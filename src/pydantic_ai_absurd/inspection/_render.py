@@ -8,6 +8,7 @@ import textwrap
 from datetime import datetime
 from typing import Any, cast
 
+from .._step_names import StepName
 from .._text import visible
 from ..errors import InvalidDurationError
 from ._records import AttemptRecord, LostExecution, StepRecord, TaskSummary, TaskTimeline, TokenUsage
@@ -172,7 +173,8 @@ def _step_lines(step: StepRecord) -> list[str]:
         what = f"{step.model_name or '?'} [{usage.input_tokens}+{usage.output_tokens} tok]" if usage else "?"
         what += f" {step.preview}" if step.preview else ""
     else:
-        what = step.name.split("__", 1)[-1] if step.kind == "other" else (step.preview or "")
+        named = step.kind in {"other", "conversation_load", "conversation_save"}
+        what = StepName.parse(step.name).operation_text() if named else (step.preview or "")
     if step.waited_seconds is not None:
         what = f"waited {step.waited_seconds:.1f}s" + (f": {what}" if what else "")
     first = head + _fit(what, WIDTH - len(head) - len(tail)).ljust(WIDTH - len(head) - len(tail)) + tail

@@ -9,7 +9,6 @@ request's value is the serialized `ModelResponse`.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -17,7 +16,18 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_ai.messages import ModelResponse, TextPart, ThinkingPart, ToolCallPart
 
 from .._checkpoint import ERROR_KEY, value_text
-from .._provider_waits import PROVIDER_WAIT_SUFFIX
+from .._step_names import (
+    CapabilityStep,
+    ConversationStep,
+    EventHandlerStep,
+    ExternalEventStep,
+    GraphSleep,
+    ModelStep,
+    ProviderWait,
+    RunStartTime,
+    StepName,
+    ToolsetStep,
+)
 from ._records import StepKind, TokenUsage
 
 __all__ = ["ParsedName", "StepValue", "decode_value", "parse_step_name", "preview", "short_label"]
@@ -25,20 +35,7 @@ __all__ = ["ParsedName", "StepValue", "decode_value", "parse_step_name", "previe
 PREVIEW_LENGTH = 120
 """Characters kept in a preview (whitespace collapsed)."""
 
-_REPEAT = re.compile(r"#(\d+)$")
-_AGENT = re.compile(r"^(?P<agent>[^_~#@%\s][^~#@%\s]*?)(?:~(?P<ordinal>\d+))?__(?P<rest>.+)$")
-_TOOLSET = re.compile(
-    r"^(?P<family>mcp_server|[a-z]+_toolset)__(?P<toolset>.+?)\."
-    r"(?P<op>call_tool|validate_args|get_tools|get_instructions)(?::(?P<tool>[^@]*))?(?:@(?P<call>.*))?$"
-)
-_UNESCAPES = {"%25": "%", "%23": "#", "%40": "@"}
-_UNESCAPE = re.compile(r"%(?:25|23|40)")
-
 _response_adapter: TypeAdapter[ModelResponse] = TypeAdapter(ModelResponse)
-
-
-def _unescape(text: str) -> str:
-    return _UNESCAPE.sub(lambda match: _UNESCAPES[match.group()], text)
 
 
 @dataclass(frozen=True)
@@ -56,67 +53,49 @@ class ParsedName:
 
 
 def parse_step_name(name: str) -> ParsedName:
-    """Classify the checkpoint `name` (Absurd's `#N` repeat suffix included)."""
-    base = _REPEAT.sub("", name)
-    match = _AGENT.match(base)
-    if match is None:
-        return ParsedName("other")
-    agent = match.group("agent")
-    ordinal = int(match.group("ordinal") or 1)
-    rest = match.group("rest")
-    if rest.endswith(PROVIDER_WAIT_SUFFIX):  # `<model step name, escaped>.provider_wait`
-        return ParsedName("provider_wait", agent, ordinal)
-    if rest.startswith(("model.request", "model.request_stream")):
-        return ParsedName("model_request", agent, ordinal)
-    if rest.startswith("model."):
-        return ParsedName("other", agent, ordinal)
-    if rest.startswith("event_stream_handler"):
-        _, _, detail = rest.partition("@")
-        _, _, call = detail.partition("@")
-        return ParsedName("event_handler", agent, ordinal, tool_call_id=_unescape(call) if call else None)
-    if rest.startswith("external_event:"):
-        wait = rest[len("external_event:") :]
-        part = "ask"
-        for suffix in (".timed_out", ".event"):
-            if wait.endswith(suffix):
-                wait, part = wait[: -len(suffix)], suffix[1:]
-        return ParsedName("wait_for_input", agent, ordinal, wait_name=_unescape(wait), wait_part=part)
-    if rest.startswith("run.start_time@"):
-        run_id = _unescape(rest[len("run.start_time@") :])
-        tail = run_id.rpartition(":")[2]
-        return ParsedName("run_start_time", agent, int(tail) if tail.isdigit() else ordinal)
-    if rest == "graph.sleep":
-        return ParsedName("sleep", agent, ordinal)
-    if rest.startswith("capability__"):
-        _, _, call = rest.partition("@")
-        return ParsedName("capability", agent, ordinal, tool_call_id=_unescape(call) if call else None)
-    toolset = _TOOLSET.match(rest)
-    if toolset is None:
-        return ParsedName("other", agent, ordinal)
-    op = toolset.group("op")
-    kind: StepKind
-    if op == "call_tool":
-        kind = "mcp_call" if toolset.group("family") == "mcp_server" else "tool_call"
-    else:
-        kind = cast(StepKind, op)
-    tool, call = toolset.group("tool"), toolset.group("call")
-    return ParsedName(
-        kind,
-        agent,
-        ordinal,
-        tool_name=_unescape(tool) if tool else None,
-        tool_call_id=_unescape(call) if call else None,
-    )
+    """Classify the checkpoint `name` (Absurd's `#N` repeat suffix included), read by `StepName.parse`."""
+    step = StepName.parse(name)
+    scope = step.operation.model_step if isinstance(step.operation, ProviderWait) else step
+    agent, ordinal = scope.agent, scope.ordinal if scope.agent is not None else None
+    operation = step.operation
+    kind = _kind(operation)
+    if isinstance(operation, RunStartTime):
+        ordinal = operation.run_number or ordinal
+    if isinstance(operation, ExternalEventStep):
+        return ParsedName(kind, agent, ordinal, wait_name=operation.name, wait_part=operation.part)
+    tool_name = operation.tool_name if isinstance(operation, ToolsetStep) else None
+    return ParsedName(kind, agent, ordinal, tool_name=tool_name, tool_call_id=step.tool_call_id)
 
 
-_TOOLSET_PART = re.compile(
-    r"__(?:mcp_server|[a-z]+_toolset)__.+?\.(?=call_tool|validate_args|get_tools|get_instructions)"
-)
+def _kind(operation: object) -> StepKind:
+    simple: dict[type, StepKind] = {
+        ProviderWait: "provider_wait",
+        EventHandlerStep: "event_handler",
+        ExternalEventStep: "wait_for_input",
+        RunStartTime: "run_start_time",
+        GraphSleep: "sleep",
+        CapabilityStep: "capability",
+    }
+    if type(operation) in simple:
+        return simple[type(operation)]
+    if isinstance(operation, ModelStep):
+        return "model_request" if operation.operation in {"request", "request_stream"} else "other"
+    if isinstance(operation, ConversationStep):
+        return "conversation_load" if operation.action == "load" else "conversation_save"
+    if isinstance(operation, ToolsetStep):
+        if operation.operation == "call_tool":
+            return "mcp_call" if operation.family == "mcp" else "tool_call"
+        return operation.operation
+    return "other"
 
 
 def short_label(name: str) -> str:
     """`name` shortened for a table: `support call_tool:charge@call_1`, `support~2 model.request#2`."""
-    return _TOOLSET_PART.sub("__", name, count=1).replace("__", " ", 1)
+    step = StepName.parse(name)
+    if not isinstance(step.operation, ToolsetStep):
+        return name.replace("__", " ", 1)
+    toolset_part = f"__{step.operation.toolset_id}."
+    return f"{step.run_prefix} {step.operation_text().partition(toolset_part)[2]}"
 
 
 def preview(value: object, limit: int = PREVIEW_LENGTH) -> str:

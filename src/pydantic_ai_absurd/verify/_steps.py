@@ -1,6 +1,7 @@
 """What a recorded step name says about its place in a run: its lane, its batch, its tool call.
 
-Step names are `<agent>[~N]__<operation>[:label][@tool call id]`, numbered `#N` by Absurd when repeated.
+Step names (`<agent>[~N]__<operation>[:label][@tool call id]`, numbered `#N` by Absurd when repeated) are
+read by `StepName.parse`; tool call IDs are unescaped, as inspection reads them.
 A *lane* is one agent run (the agent segment); steps of one lane happen in order, except the tool steps
 of one model response (a *batch*), which run in parallel and commit in any order. Steps a handler writes
 itself with `ctx.step(...)` have no agent segment: each is a lane of its own.
@@ -8,52 +9,40 @@ itself with `ctx.step(...)` have no agent segment: each is a lane of its own.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from .._step_names import ExternalEventStep, ModelStep, StepName
 
 __all__ = ["StepPlace", "fork_points", "places"]
-
-_COUNTER = re.compile(r"#\d+$")
-_EXTERNAL_EVENT = "__external_event:"
-_WAIT_SUFFIXES = (".event", ".timed_out")
-
-
-def base_name(checkpoint_name: str) -> str:
-    """The name without Absurd's `#N` repetition counter."""
-    return _COUNTER.sub("", checkpoint_name)
 
 
 def lane_of(checkpoint_name: str) -> str:
     """The agent run a step belongs to (`agent`, `agent~2`), or the step itself for a handler's own step."""
-    base = base_name(checkpoint_name)
-    head, sep, _ = base.partition("__")
-    return head if sep else checkpoint_name
+    prefix = StepName.parse(checkpoint_name).run_prefix
+    return checkpoint_name if prefix is None else prefix
 
 
 def is_model_request(checkpoint_name: str) -> bool:
     """Whether the step is a model request (plain or streamed)."""
-    _, sep, rest = base_name(checkpoint_name).partition("__")
-    return bool(sep) and rest.startswith("model.request")
+    operation = StepName.parse(checkpoint_name).operation
+    return isinstance(operation, ModelStep) and operation.operation in {"request", "request_stream"}
 
 
 def tool_call_of(checkpoint_name: str) -> str | None:
-    """The tool call ID a tool-scoped step carries (tool call, validation, tool event), if any."""
-    base = base_name(checkpoint_name)
-    if "__" not in base or "@" not in base or "__run.start_time@" in base:
-        return None
-    return base.rsplit("@", 1)[1]
+    """The tool call ID a tool-scoped step carries (tool call, validation, capability, tool event), if any."""
+    return StepName.parse(checkpoint_name).tool_call_id
 
 
 def wait_of(checkpoint_name: str) -> str | None:
-    """The ask step of the durable external-event wait a step belongs to, if it is one of its steps."""
-    base = base_name(checkpoint_name)
-    if _EXTERNAL_EVENT not in base:
+    """The ask step of the durable external-event wait a step belongs to, if it is one of its steps.
+
+    The N-th ask of a wait name (`...:approve#2`) goes with its N-th event (`...:approve.event#2`).
+    """
+    step = StepName.parse(checkpoint_name)
+    if not isinstance(step.operation, ExternalEventStep):
         return None
-    for suffix in _WAIT_SUFFIXES:
-        if checkpoint_name.endswith(suffix):
-            return checkpoint_name.removesuffix(suffix)
-    return checkpoint_name
+    return replace(step, operation=replace(step.operation, part="ask")).format()
 
 
 @dataclass(frozen=True)
