@@ -189,8 +189,8 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
         Either way the wake time is a checkpoint, so a resumed run waits only what is left.
         """
         scope = current_run_scope()
-        prefix = scope.prefix if scope is not None else self.name
-        await graph_sleep(prefix, seconds, suspend_threshold=self.provider_waits.suspend_threshold)
+        agent, ordinal = (scope.agent_name, scope.ordinal) if scope is not None else (self.name, 1)
+        await graph_sleep(agent, ordinal, seconds, suspend_threshold=self.provider_waits.suspend_threshold)
 
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
         """Install the run's step scope, replay telemetry scope and durable event waiter."""

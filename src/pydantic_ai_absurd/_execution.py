@@ -22,6 +22,7 @@ from pydantic_ai.exceptions import UserError
 
 from ._checkpoint import DigestChain
 from ._lease import LeaseKeeper
+from ._step_names import run_prefix
 
 __all__ = [
     "END_STATES",
@@ -57,7 +58,7 @@ class RunScope:
     @property
     def prefix(self) -> str:
         """The agent segment of this run's step names: the name for the first run, `name~N` for later ones."""
-        return self.agent_name if self.ordinal == 1 else f"{self.agent_name}~{self.ordinal}"
+        return run_prefix(self.agent_name, self.ordinal)
 
 
 _run_scope: ContextVar[RunScope | None] = ContextVar("pydantic_ai_absurd.run_scope", default=None)

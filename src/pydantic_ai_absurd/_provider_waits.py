@@ -18,19 +18,16 @@ from datetime import datetime, timedelta
 from pydantic_ai.durable_exec import model_error_retry_after
 
 from ._execution import require_task_context
-from ._naming import escape
+from ._step_names import ProviderWait, StepName
 from ._steps import RetryAfterFailure
 from ._time import DEFAULT_SUSPEND_THRESHOLD, now, recorded_time, sleep_until
 
-__all__ = ["DEFAULT_MAX_PROVIDER_WAIT", "PROVIDER_WAIT_SUFFIX", "ProviderWaitPolicy", "provider_retry"]
+__all__ = ["DEFAULT_MAX_PROVIDER_WAIT", "ProviderWaitPolicy", "provider_retry"]
 
 logger = logging.getLogger("pydantic_ai_absurd")
 
 DEFAULT_MAX_PROVIDER_WAIT = 900.0
 """How long, in all, one model step waits for a provider that keeps asking to retry later (15 minutes)."""
-
-PROVIDER_WAIT_SUFFIX = ".provider_wait"
-"""The suffix of the step that records when a model step was first throttled."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +50,8 @@ def provider_retry(policy: ProviderWaitPolicy) -> RetryAfterFailure:
         if delay is None:
             return False
         if throttled_since is None:
-            throttled_since = await recorded_time(f"{escape(checkpoint_name)}{PROVIDER_WAIT_SUFFIX}", now)
+            step = StepName(ProviderWait(StepName.parse(checkpoint_name))).format()
+            throttled_since = await recorded_time(step, now)
         wake_at = now() + timedelta(seconds=max(delay, 0.0))
         if (wake_at - throttled_since).total_seconds() > policy.max_wait:
             logger.warning(

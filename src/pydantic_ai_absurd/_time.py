@@ -10,7 +10,7 @@ from absurd_sdk import AsyncTaskContext
 
 from ._absurd import suspend_run_until
 from ._execution import execution_state, remember_end, require_task_context
-from ._naming import escape
+from ._step_names import GraphSleep, RunStartTime, StepName
 from ._steps import refuse_live, run_body, run_step
 
 DEFAULT_SUSPEND_THRESHOLD = 5.0
@@ -34,19 +34,20 @@ async def recorded_time(step: str, compute: Callable[[], datetime]) -> datetime:
 
 async def run_start_time(agent_name: str, run_id: str) -> datetime:
     """When the run with `run_id` first started, recorded in the step `<agent>__run.start_time@<run id>`."""
-    return await recorded_time(f"{agent_name}__run.start_time@{escape(run_id)}", now)
+    return await recorded_time(StepName(RunStartTime(run_id), agent_name).format(), now)
 
 
-async def graph_sleep(prefix: str, delay: float, *, suspend_threshold: float) -> None:
+async def graph_sleep(agent_name: str, ordinal: int, delay: float, *, suspend_threshold: float) -> None:
     """The agent graph's sleep (between polls of a provider's background job, or before a model retry).
 
-    The wake time is recorded in the step `<prefix>__graph.sleep`, so a resumed run waits only what is left.
+    The wake time is recorded in the step `<agent>[~<ordinal>]__graph.sleep`, so a resumed run waits only what is left.
     When at least `suspend_threshold` seconds are left, the task is suspended in Postgres until then (no worker
     slot held; Pydantic AI leaves a background job running, Absurd's `SuspendTask` being the engine's control-flow
     error); a shorter wait sleeps in the worker under the lease keeper. One step either way, so the step names of
     a run do not depend on how long a resume took.
     """
-    wake_at = await recorded_time(f"{prefix}__graph.sleep", lambda: now() + timedelta(seconds=max(delay, 0.0)))
+    step = StepName(GraphSleep(), agent_name, ordinal).format()
+    wake_at = await recorded_time(step, lambda: now() + timedelta(seconds=max(delay, 0.0)))
     await sleep_until(require_task_context(), wake_at, suspend_threshold=suspend_threshold)
 
 

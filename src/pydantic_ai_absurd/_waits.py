@@ -17,7 +17,7 @@ from pydantic_ai.exceptions import UserError
 
 from . import _checkpoint
 from ._execution import RunScope, remember_end
-from ._naming import escape
+from ._step_names import ExternalEventStep, StepName, WaitPart
 from ._steps import begin, commit, run_body
 from ._text import storable
 
@@ -72,8 +72,12 @@ class AbsurdEventWaiter(ExternalEventWaiter):
     ) -> JsonValue:
         """Hand a token to `ask` once, then return its answer or the payload the token is resolved with."""
         task_ctx = self._task_ctx
-        base = f"{self._scope.prefix}__external_event:{escape(name)}"
-        handle = await begin(task_ctx, base)
+        scope = self._scope
+
+        def step(part: WaitPart) -> str:
+            return StepName(ExternalEventStep(name, part), scope.agent_name, scope.ordinal).format()
+
+        handle = await begin(task_ctx, step("ask"))
         token = token_for(task_ctx, handle.checkpoint_name)
         if handle.done:
             answer = None if handle.state is None else _checkpoint.decode(handle.state, step=handle.checkpoint_name)
@@ -87,13 +91,13 @@ class AbsurdEventWaiter(ExternalEventWaiter):
             await commit(task_ctx, handle, checkpoint)
         if answer is not None:
             return cast(JsonValue, answer)
-        timed_out = await begin(task_ctx, f"{base}.timed_out")
+        timed_out = await begin(task_ctx, step("timed_out"))
         if timed_out.done:
             raise ExternalEventError(f"Timed out waiting for {name!r}")
         seconds = None if timeout is None else max(int(timeout.total_seconds()), 1)
         try:
             payload = await remember_end(
-                task_ctx, task_ctx.await_event(token, step_name=f"{base}.event", timeout=seconds)
+                task_ctx, task_ctx.await_event(token, step_name=step("event"), timeout=seconds)
             )
         except AbsurdTimeoutError:
             await commit(task_ctx, timed_out, _checkpoint.encode(True)[0])

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic_ai.conversation import Conversation, ConversationTypeAdapter
 from pydantic_ai.conversation_store import ConversationConflict, ConversationStore
@@ -26,8 +26,8 @@ from pydantic_ai.run import AgentRunResult
 
 from .._checkpoint import Asked
 from .._execution import current_task_context
-from .._naming import escape
 from .._pydantic_ai import mark_result_saved
+from .._step_names import ConversationStep, StepName
 from .._steps import run_step
 from ..errors import ConversationConflictError, ConversationUsageError
 from ._store import PostgresConversationStore, saving_turn
@@ -120,8 +120,8 @@ class StoredTurn:
         return [entry.id for entry in entries]
 
 
-def _step_name(agent_name: str, action: str, conversation_id: str) -> str:
-    return f"{agent_name}__conversation_{action}@{escape(conversation_id)}"
+def _step_name(agent_name: str, action: Literal["load", "save"], conversation_id: str) -> str:
+    return StepName(ConversationStep(action, conversation_id), agent_name).format()
 
 
 async def _load(
