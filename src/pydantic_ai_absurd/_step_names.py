@@ -60,7 +60,7 @@ _MODEL_OPERATIONS: tuple[ModelOperation, ...] = (
 )
 _REPEAT = re.compile(r"#([2-9]|[1-9][0-9]+)$")
 _ORDINAL = re.compile(r"~([2-9]|[1-9][0-9]+)$")
-_AGENT = re.compile(r"[^_~#@%\s][^~#@%\s]*")
+_AGENT = re.compile(r"[^~#@%\s]+")
 _TOOLSET = re.compile(
     r"(?P<family>mcp_server|[a-z]+_toolset)__(?P<toolset>[^#@%\s]+?)\."
     r"(?P<op>call_tool|validate_args|get_tools|get_instructions)(?::(?P<tool>[^@]*))?(?:@(?P<call>.*))?"
@@ -314,8 +314,10 @@ def _parse_base(base: str) -> StepName | None:
 def _parse_operation(rest: str) -> Operation | None:
     if rest.startswith("model."):
         return _parse_model(rest.removeprefix("model."))
-    if rest == "event_stream_handler" or rest.startswith("event_stream_handler@"):
-        _, _, detail = rest.partition("@")
+    if rest == "event_stream_handler":
+        return EventHandlerStep()
+    if rest.startswith("event_stream_handler@"):
+        detail = rest.removeprefix("event_stream_handler@")
         kind, _, call = detail.partition("@")
         return EventHandlerStep(unescape(kind), unescape(call) if "@" in detail else None)
     if rest.startswith("external_event:"):
