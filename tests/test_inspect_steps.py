@@ -40,6 +40,10 @@ from pydantic_ai_absurd.inspection._timeline import build_timeline
         ("support__run.start_time@t1:support:2", ("run_start_time", "support", 2, None, None)),
         ("support__graph.sleep", ("sleep", "support", 1, None, None)),
         ("support__capability__audit.record@c-2", ("capability", "support", 1, None, "c-2")),
+        ("support__conversation_load@chat-1", ("conversation_load", "support", 1, None, None)),
+        ("support__conversation_save@chat%401#2", ("conversation_save", "support", 1, None, None)),
+        ("support~2__model.request%232.provider_wait", ("provider_wait", "support", 2, None, None)),
+        ("support__event_stream_handler@part_start", ("event_handler", "support", 1, None, None)),
         ("my-own-step", ("other", None, None, None, None)),
     ],
 )

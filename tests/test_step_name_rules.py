@@ -11,6 +11,7 @@ from pydantic_ai.durable_exec import (
     CapabilityOperationId,
     DurableOperationId,
     EventStreamHandlerId,
+    JournalOperationNamer,
     ModelCancelSuspendedResponseId,
     ModelCompactMessagesId,
     ModelRequestId,
@@ -107,3 +108,23 @@ def test_later_runs_of_an_agent_get_their_ordinal() -> None:
 def test_escape_is_reversible_and_removes_meaningful_characters() -> None:
     assert escape("a%b#c@d") == "a%25b%23c%40d"
     assert "#" not in escape("###") and "@" not in escape("@@")
+
+
+@pytest.mark.parametrize(
+    "operation_id",
+    [
+        ModelRequestId(None, model_name="m"),
+        ModelRequestId("alt", streaming=True, model_name="m"),
+        ModelCompactMessagesId("default", model_name="m"),
+        ModelCancelSuspendedResponseId("alt", model_name="m"),
+        ToolsetGetToolsId("function", toolset_id="fns"),
+        ToolsetGetInstructionsId("srv"),
+        ToolsetValidateToolArgumentsId("dynamic", toolset_id="dyn"),
+        ToolsetCallToolId("mcp", toolset_id="srv"),
+        CapabilityOperationId("audit", operation="record"),
+        EventStreamHandlerId(),
+    ],
+)
+def test_the_namer_names_operations_as_the_journal_convention_does(operation_id: DurableOperationId) -> None:
+    journal = JournalOperationNamer("agent", default_model_id="default")
+    assert AbsurdOperationNamer("agent").operation_name(operation_id) == journal.operation_name(operation_id)

@@ -92,10 +92,12 @@ def _kind(operation: object) -> StepKind:
 def short_label(name: str) -> str:
     """`name` shortened for a table: `support call_tool:charge@call_1`, `support~2 model.request#2`."""
     step = StepName.parse(name)
-    if not isinstance(step.operation, ToolsetStep):
-        return name.replace("__", " ", 1)
-    toolset_part = f"__{step.operation.toolset_id}."
-    return f"{step.run_prefix} {step.operation_text().partition(toolset_part)[2]}"
+    if step.agent is None:
+        return name.replace("__", " ", 1)  # a provider wait starts with the agent segment of its model step
+    text = step.operation_text()
+    if isinstance(step.operation, ToolsetStep):
+        text = text.partition(f"__{step.operation.toolset_id}.")[2]
+    return f"{step.run_prefix} {text}"
 
 
 def preview(value: object, limit: int = PREVIEW_LENGTH) -> str:
