@@ -103,7 +103,8 @@ class AbsurdStepBackend(CallableOperationBackend[StepConfig | Literal[False]]):
         alone) is not the step name.
         """
         scope = current_run_scope()
-        step = self.namer.step_name(operation_id, cache_key, ordinal=scope.ordinal if scope is not None else 1).format()
+        agent, ordinal = (scope.agent_name, scope.ordinal) if scope is not None else (self.agent_name, 1)
+        step = self.namer.step_name(operation_id, cache_key, agent=agent, ordinal=ordinal).format()
         chains = execution_state(require_task_context()).digest_chains
         chain = chains.setdefault(scope.prefix if scope is not None else self.agent_name, DigestChain())
         with step_function(_tool_function(cache_key)):

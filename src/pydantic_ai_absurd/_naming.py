@@ -96,8 +96,10 @@ class AbsurdOperationNamer(JournalOperationNamer):
         """The name of the operation, without anything a single call adds."""
         return StepName(self.operation(operation_id), self.agent_name).format()
 
-    def step_name(self, operation_id: DurableOperationId, cache_key: tuple[object, ...], *, ordinal: int) -> StepName:
-        """The step name of one call (before Absurd's `#N`), in the `ordinal`-th run of the agent."""
+    def step_name(
+        self, operation_id: DurableOperationId, cache_key: tuple[object, ...], *, ordinal: int, agent: str | None = None
+    ) -> StepName:
+        """The step name of one call (before Absurd's `#N`), in the `ordinal`-th run of `agent` (default: this one's)."""
         operation = self.operation(operation_id)
         if isinstance(operation, EventHandlerStep):
             event = _event_in(cache_key)
@@ -114,7 +116,7 @@ class AbsurdOperationNamer(JournalOperationNamer):
                 elif operation.operation in {"call_tool", "validate_args"}:
                     tool = run_context.tool_name or None
                     operation = ToolsetStep(operation.family, operation.toolset_id, operation.operation, tool, call)
-        return StepName(operation, self.agent_name, ordinal)
+        return StepName(operation, self.agent_name if agent is None else agent, ordinal)
 
     def operation(self, operation_id: DurableOperationId) -> Operation:
         """The `StepName` operation of `operation_id`, without anything a single call adds."""
