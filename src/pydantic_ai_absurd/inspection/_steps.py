@@ -1,6 +1,6 @@
 """Reading our checkpoints as agent steps: what a step name says, and what its stored value holds.
 
-The step names are the ones `pydantic_ai_absurd._naming` documents (`support__model.request`,
+Step names are read by `pydantic_ai_absurd._step_names.StepName` (`support__model.request`,
 `support~2__function_toolset__tools.call_tool:charge@call_1#2`, `support__external_event:approve`, ...);
 the values are `{"json": "<text>", ...}` checkpoints (`pydantic_ai_absurd._checkpoint`), and a model
 request's value is the serialized `ModelResponse`.
