@@ -75,7 +75,6 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         self._absurd = absurd
         self._conversation_store = conversation_store
         self._conversation_limit = conversation_limit
-        self._publish_events = publish_events
         if publish_events:
             event_stream_handler = publishing_handler(event_stream_handler)
         self._durability = AbsurdDurability[AgentDepsT](

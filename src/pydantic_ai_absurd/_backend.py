@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 from pydantic_ai.durable_exec import (
     DurableOperationId,
@@ -26,10 +26,6 @@ from ._provider_waits import ProviderWaitPolicy, provider_retry
 from ._steps import run_step, step_function
 
 _PROVIDER_CALLS = (ModelRequestId, ModelCountTokensId, ModelCompactMessagesId)
-
-
-class StepConfig(TypedDict, total=False):
-    """Per-operation step configuration (reserved: Absurd retries whole tasks, never single steps)."""
 
 
 class UnserializableValue(Exception):
@@ -67,7 +63,7 @@ def _tool_function(cache_key: tuple[object, ...]) -> object | None:
     return None
 
 
-class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[False]]):
+class AbsurdStepBackend(JournalCallableOperationBackend[bool]):
     """Runs each durable operation as one Absurd step of the current task, under the lease keeper."""
 
     def __init__(
@@ -94,9 +90,13 @@ class AbsurdStepBackend(JournalCallableOperationBackend[StepConfig | Literal[Fal
         name: str,
         body: Callable[[], Awaitable[object]],
         cache_key: tuple[object, ...],
-        config: StepConfig | Literal[False],
+        config: bool,
     ) -> object:
-        """Return the checkpointed result of this step, running `body` first if it has none yet."""
+        """Return the checkpointed result of this step, running `body` first if it has none yet.
+
+        `config` is whether the operation is a step at all: a step has no settings of its own (Absurd
+        retries whole tasks, never single steps), and Pydantic AI never calls this for `False`.
+        """
         scope = current_run_scope()
         step = step_name(
             name,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from absurd_sdk import CancelledTask, FailedTask, SuspendTask
 from pydantic_ai.agent import EventStreamHandler
@@ -26,7 +26,7 @@ from pydantic_ai.tools import AgentDepsT, RunContext
 from pydantic_ai.toolsets import AbstractToolset
 
 from ._absurd import check_private_names
-from ._backend import AbsurdStepBackend, StepConfig, UnserializableValue
+from ._backend import AbsurdStepBackend, UnserializableValue
 from ._execution import current_run_scope, current_task_context, execution_state, in_step, run_scope
 from ._naming import check_identifier
 from ._provider_waits import DEFAULT_MAX_PROVIDER_WAIT, ProviderWaitPolicy
@@ -45,15 +45,14 @@ def _unserializable(error: Exception) -> BaseException:
     return UnserializableValue(error)
 
 
-def _tool_config(operation_id: DurableOperationId, tool: object | None, tool_name: str) -> StepConfig | Literal[False]:
+def _tool_config(operation_id: DurableOperationId, tool: object | None, tool_name: str) -> bool:
+    """Whether a tool call is a step: `False` for a tool with `metadata={"absurd": False}`."""
     tool_def = getattr(tool, "tool_def", None)
     metadata = getattr(tool_def, "metadata", None)
     setting: object = (
         cast(Mapping[str, object], metadata).get(TOOL_METADATA_KEY) if isinstance(metadata, Mapping) else None
     )
-    if setting is False:
-        return False
-    return {}
+    return setting is not False
 
 
 class AbsurdDurability(PrivateHooks[AgentDepsT]):
@@ -175,8 +174,8 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
             backend = AbsurdStepBackend(
                 agent_name=self.name,
                 default_model_id=self.default_model_id,
-                config=RoleBasedOperationConfig[StepConfig | Literal[False]](
-                    model={}, event={}, capability={}, tool={}, resolve_tool=_tool_config
+                config=RoleBasedOperationConfig[bool](
+                    model=True, event=True, capability=True, tool=True, resolve_tool=_tool_config
                 ),
                 provider_waits=self.provider_waits,
             )

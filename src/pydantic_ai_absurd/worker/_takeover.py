@@ -173,9 +173,3 @@ class Liveness:
             if conn is not None:
                 await conn.close()
 
-
-async def run_checks(liveness: Liveness, interval: float) -> None:
-    """Check the liveness lock connections every `interval` seconds, forever."""
-    while True:
-        await asyncio.sleep(interval)
-        await liveness.check()
