@@ -8,6 +8,7 @@ themselves are written by `_steps.run_step`; the claim is kept alive by `_lease.
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Generator
 from contextlib import asynccontextmanager, contextmanager
@@ -43,8 +44,7 @@ _T = TypeVar("_T")
 END_STATES: tuple[type[BaseException], ...] = (CancelledTask, FailedTask, SuspendTask)
 """Absurd's exceptions that end an execution: the task was cancelled, the run failed elsewhere, or it suspended."""
 
-_in_step: ContextVar[bool] = ContextVar("pydantic_ai_absurd.in_step", default=False)
-_body_id: ContextVar[object | None] = ContextVar("pydantic_ai_absurd.body_id", default=None)
+_step_body: ContextVar[object | None] = ContextVar("pydantic_ai_absurd.step_body", default=None)
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,26 @@ class ExecutionState:
     run_scopes: dict[str, int] = field(default_factory=dict[str, int])
     digest_chains: dict[str, DigestChain] = field(default_factory=dict[str, DigestChain])
     """Per agent run (by step-name prefix): the chain that makes model-request digests incremental."""
-    ended: BaseException | None = None
+    once: dict[str, asyncio.Future[None]] = field(default_factory=dict[str, "asyncio.Future[None]"])
+    """Work a layer does once per execution, by key (the event log's start): later callers await the first."""
     ended_in: object | None = None
     """The step body the end state surfaced in (that body's result must not be committed), if any."""
     lease: LeaseKeeper = field(init=False)
 
     def __post_init__(self) -> None:
-        self.lease = LeaseKeeper(self.task_ctx, self)
+        self.lease = LeaseKeeper(self.task_ctx, on_end=self._note_body)
+
+    @property
+    def ended(self) -> BaseException | None:
+        """The first end state Absurd reported for this execution (kept by the lease keeper), if any."""
+        return self.lease.ended
 
     def end(self, ended: BaseException) -> None:
         """Remember the first end state Absurd reported for this execution."""
-        if self.ended is None:
-            self.ended = ended
-            self.ended_in = _body_id.get()
+        self.lease.end(ended)
+
+    def _note_body(self) -> None:
+        self.ended_in = _step_body.get()
 
     def raise_if_ended(self) -> None:
         """Raise the remembered end state again: nothing more may run in this execution."""
@@ -159,22 +166,20 @@ async def remember_end(task_ctx: AsyncTaskContext, write: Awaitable[_T]) -> _T:
 
 def in_step() -> bool:
     """Whether the current code runs inside a durable step's body."""
-    return _in_step.get()
+    return _step_body.get() is not None
 
 
 @contextmanager
-def step_body_scope(body_id: object | None = None) -> Generator[None]:
+def step_body_scope(body_id: object) -> Generator[None]:
     """Mark the code inside as a step body: agent runs started there become part of the step.
 
     `body_id` identifies the body, so an end state that surfaces inside it is known to belong to it.
     """
-    in_step_token = _in_step.set(True)
-    body_token = _body_id.set(body_id)
+    token = _step_body.set(body_id)
     try:
         yield
     finally:
-        _body_id.reset(body_token)
-        _in_step.reset(in_step_token)
+        _step_body.reset(token)
 
 
 def current_run_scope() -> RunScope | None:

@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any, Generic
-from weakref import WeakKeyDictionary
 
 import psycopg
 from absurd_sdk import AsyncTaskContext
@@ -24,7 +23,7 @@ from pydantic_ai.messages import AgentStreamEvent, PartDeltaEvent
 from pydantic_ai.tools import AgentDepsT, RunContext
 
 from .._absurd import claimed_task_of, task_connection, task_identity
-from .._execution import current_task_context, in_step
+from .._execution import current_task_context, execution_state, in_step
 from .._steps import current_step
 from ..errors import EventLogError
 from ._model import AnyEvent, RunStartedEvent, encode_event_json
@@ -166,7 +165,7 @@ class StepPublisher:
             self._stopped = True
 
 
-_announced: WeakKeyDictionary[AsyncTaskContext, asyncio.Future[None]] = WeakKeyDictionary()
+_ANNOUNCED = "events.announced"
 
 
 async def announce_execution() -> None:
@@ -180,10 +179,10 @@ async def announce_execution() -> None:
     task_ctx = current_task_context()
     if task_ctx is None or in_step():
         return
-    announced = _announced.get(task_ctx)
+    once = execution_state(task_ctx).once
+    announced = once.get(_ANNOUNCED)
     if announced is None:
-        announced = asyncio.ensure_future(_start_execution(task_ctx))
-        _announced[task_ctx] = announced
+        announced = once[_ANNOUNCED] = asyncio.ensure_future(_start_execution(task_ctx))
     await asyncio.shield(announced)
 
 
