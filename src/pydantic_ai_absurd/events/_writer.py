@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Generic
 
 import psycopg
@@ -24,6 +25,7 @@ from pydantic_ai.tools import AgentDepsT, RunContext
 
 from .._absurd import claimed_task_of, task_connection, task_identity
 from .._execution import current_task_context, execution_state, in_step
+from .._extensions import DurableRun
 from .._steps import current_step
 from ..errors import EventLogError
 from ._model import AnyEvent, RunStartedEvent, encode_event_json
@@ -171,7 +173,7 @@ _ANNOUNCED = "events.announced"
 async def announce_execution() -> None:
     """Start the log of this execution of the task: mark interrupted steps, write `run_started` once per attempt.
 
-    Called by a publishing `AbsurdAgent` when a durable run starts, outside any step. It runs once per
+    Called by the publishing handler's `DurableRunHook` when a durable run starts, outside any step. It runs once per
     execution (concurrent agent runs of one execution wait for the same call), before any of its steps
     publishes, so every step with events but no checkpoint at that point belongs to an execution that
     died or failed inside it.
@@ -207,9 +209,11 @@ class _PublishingHandler(Generic[AgentDepsT]):
     def __init__(self, handler: EventStreamHandler[AgentDepsT] | None) -> None:
         self._handler = handler
 
-    async def before_durable_run(self) -> None:
-        """Start this execution's log before the run's first step (called by `AbsurdDurability.wrap_run`)."""
+    @asynccontextmanager
+    async def durable_run(self, run: DurableRun) -> AsyncGenerator[None]:
+        """Start this execution's log before the run's first step (a `DurableRunHook` of the capability)."""
         await announce_execution()
+        yield
 
     async def __call__(self, ctx: RunContext[AgentDepsT], stream: AsyncIterable[AgentStreamEvent]) -> None:
         handler = self._handler

@@ -172,4 +172,3 @@ class Liveness:
         for conn in conns:
             if conn is not None:
                 await conn.close()
-
