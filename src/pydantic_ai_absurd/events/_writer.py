@@ -24,9 +24,8 @@ from pydantic_ai.messages import AgentStreamEvent, PartDeltaEvent
 from pydantic_ai.tools import AgentDepsT, RunContext
 
 from .._absurd import claimed_task_of, task_connection, task_identity
-from .._execution import current_task_context, execution_state, in_step
+from .._execution import current_step, current_task_context, execution_state, in_step
 from .._extensions import DurableRun
-from .._steps import current_step
 from ..errors import EventLogError
 from ._model import AnyEvent, RunStartedEvent, encode_event_json
 
@@ -84,7 +83,7 @@ class StepPublisher:
         """A publisher for the step body the current code runs in, or `None` outside a durable step."""
         step = current_step()
         task_ctx = current_task_context()
-        if step is None or task_ctx is None or not in_step():
+        if step is None or task_ctx is None:
             return None
         return cls(task_ctx, step)
 
