@@ -36,7 +36,7 @@ from ._extensions import DurableRun
 from ._naming import escape
 from ._pydantic_ai import active_run_usage
 
-__all__ = ["OTEL_ENV_VAR", "TRACE_HEADER", "RunTelemetry", "otel_hooks", "run_telemetry", "with_default_hooks"]
+__all__ = ["OTEL_ENV_VAR", "TRACE_HEADER", "otel_hooks", "run_telemetry", "with_default_hooks"]
 
 TRACE_HEADER = "otel"
 """The task header holding the propagated trace context (a dict of `traceparent`, `tracestate`, ...)."""
