@@ -11,9 +11,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._extensions import LAYERS as _LAYERS
+
 if TYPE_CHECKING:
+    from pydantic_ai.agent import EventStreamHandler
+    from pydantic_ai.conversation_store import ConversationStore
+
     from ._agent import AbsurdAgent
     from ._durability import TOOL_METADATA_KEY, AbsurdDurability
+    from ._extensions import DurableRunHook, RunExtension
     from ._waits import fail_event_token, resolve_event_token
     from .conversations import PostgresConversationStore
     from .errors import (
@@ -106,3 +112,29 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
+
+
+# -- The layers the core serves its public arguments with (see `_extensions`), each imported on first use.
+
+
+def _telemetry() -> DurableRunHook:
+    from .telemetry import RunTelemetry
+
+    return RunTelemetry()
+
+
+def _conversations(store: ConversationStore, limit: int | None) -> RunExtension:
+    from .conversations._turn import StoredConversations
+
+    return StoredConversations(store, limit)
+
+
+def _publishing(handler: EventStreamHandler[Any] | None) -> EventStreamHandler[Any]:
+    from .events import publish_events
+
+    return publish_events(handler)
+
+
+_LAYERS.run_hooks.append(_telemetry)
+_LAYERS.conversations = _conversations
+_LAYERS.publishing = _publishing

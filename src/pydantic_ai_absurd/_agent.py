@@ -1,9 +1,14 @@
-"""`AbsurdAgent`: wrap an existing agent so its runs are durable inside Absurd tasks."""
+"""`AbsurdAgent`: wrap an existing agent so its runs are durable inside Absurd tasks.
+
+Its conversation and event-log arguments are served by layers this module does not import: it asks
+`_extensions.LAYERS` for them (see there).
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, overload
 
 from absurd_sdk import AsyncAbsurd
@@ -18,10 +23,12 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT
 
 from ._durability import AbsurdDurability
+from ._extensions import LAYERS, AgentRunCall, RunExtension
 from ._provider_waits import DEFAULT_MAX_PROVIDER_WAIT
 from ._time import DEFAULT_SUSPEND_THRESHOLD
-from .conversations._turn import begin_turn, run_scope_override, uses_store
-from .events import publish_events as publishing_handler
+
+_run_scope_arg: ContextVar[str | None] = ContextVar("pydantic_ai_absurd.run_scope_arg", default=None)
+"""The `scope=` given to `AbsurdAgent.run`, read by the `iter` it calls (`Agent.run` passes on no extra argument)."""
 
 
 class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
@@ -74,10 +81,13 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             )
         self._absurd = absurd
         self._conversation_store = conversation_store
-        self._conversation_limit = conversation_limit
-        self._publish_events = publish_events
+        self._extensions: tuple[RunExtension, ...] = ()
+        if conversation_store is not None:
+            assert LAYERS.conversations is not None, "wired by pydantic_ai_absurd/__init__.py"
+            self._extensions = (LAYERS.conversations(conversation_store, conversation_limit),)
         if publish_events:
-            event_stream_handler = publishing_handler(event_stream_handler)
+            assert LAYERS.publishing is not None, "wired by pydantic_ai_absurd/__init__.py"
+            event_stream_handler = LAYERS.publishing(event_stream_handler)
         self._durability = AbsurdDurability[AgentDepsT](
             name=agent_name,
             models=models,
@@ -128,11 +138,11 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
         `scope` (whose conversation it is, e.g. a user or tenant ID) is passed to the store's load and save.
         """
-        token = run_scope_override.set(scope)
+        token = _run_scope_arg.set(scope)
         try:
             return await super().run(*args, **kwargs)
         finally:
-            run_scope_override.reset(token)
+            _run_scope_arg.reset(token)
 
     @asynccontextmanager
     async def iter(  # pyright: ignore[reportIncompatibleMethodOverride]
@@ -142,25 +152,20 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         scope: str | None = None,
         **kwargs: Any,
     ) -> AsyncGenerator[AgentRun[AgentDepsT, Any]]:
-        """Iterate over the run's nodes, with the durability capability added to the run."""
-        store = self._conversation_store
-        if store is not None and uses_store(store, kwargs):
-            turn = await begin_turn(
-                store,
-                agent_name=self._durability.name,
-                conversation_id=kwargs.pop("conversation_id"),
-                scope=scope if scope is not None else run_scope_override.get(),
-                durable=self._durability.in_durable_context,
-                limit=self._conversation_limit,
-            )
-            kwargs.pop("conversation", None)
+        """Iterate over the run's nodes, with the durability capability added to the run.
+
+        The agent's run extensions (a `conversation_store`) are entered around the run.
+        """
+        call = AgentRunCall(
+            agent_name=self._durability.name,
+            durable=self._durability.in_durable_context,
+            scope=scope if scope is not None else _run_scope_arg.get(),
+            kwargs=kwargs,
+        )
+        async with AsyncExitStack() as extensions:
+            for extension in self._extensions:
+                await extensions.enter_async_context(extension.around_run(call))
             capabilities = [*(capabilities or ()), self._durability]
-            async with self.wrapped.iter(
-                *args, conversation=turn.conversation, capabilities=capabilities, **kwargs
-            ) as run:
+            async with self.wrapped.iter(*args, capabilities=capabilities, **call.kwargs) as run:
                 yield run
-            if run.result is not None:  # a run left early (or failed) saves nothing
-                await turn.save(run.result)
-            return
-        async with self.wrapped.iter(*args, capabilities=[*(capabilities or ()), self._durability], **kwargs) as run:
-            yield run
+            call.result = run.result

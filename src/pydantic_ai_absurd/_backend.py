@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 from pydantic_ai.durable_exec import (
     CallableOperationBackend,
@@ -26,10 +26,6 @@ from ._provider_waits import ProviderWaitPolicy, provider_retry
 from ._steps import run_step, step_function
 
 _PROVIDER_CALLS = (ModelRequestId, ModelCountTokensId, ModelCompactMessagesId)
-
-
-class StepConfig(TypedDict, total=False):
-    """Per-operation step configuration (reserved: Absurd retries whole tasks, never single steps)."""
 
 
 class UnserializableValue(Exception):
@@ -67,7 +63,7 @@ def _tool_function(cache_key: tuple[object, ...]) -> object | None:
     return None
 
 
-class AbsurdStepBackend(CallableOperationBackend[StepConfig | Literal[False]]):
+class AbsurdStepBackend(CallableOperationBackend[bool]):
     """Runs each durable operation as one Absurd step of the current task, under the lease keeper."""
 
     def __init__(
@@ -95,12 +91,14 @@ class AbsurdStepBackend(CallableOperationBackend[StepConfig | Literal[False]]):
         name: str,
         body: Callable[[], Awaitable[object]],
         cache_key: tuple[object, ...],
-        config: StepConfig | Literal[False],
+        config: bool,
     ) -> object:
         """Return the checkpointed result of this step, running `body` first if it has none yet.
 
         The step is named by the namer from the operation and its cache key; `name` (the operation's name
-        alone) is not the step name.
+        alone) is not the step name. `config` is whether the operation is a step at all: a step has no
+        settings of its own (Absurd retries whole tasks, never single steps), and Pydantic AI never calls this
+        for `False`.
         """
         scope = current_run_scope()
         agent, ordinal = (scope.agent_name, scope.ordinal) if scope is not None else (self.agent_name, 1)

@@ -59,7 +59,6 @@ __all__ = [
     "encode",
     "encode_error",
     "from_jsonb",
-    "is_checkpoint",
     "json_text",
     "jsonb_param",
     "value_text",
@@ -205,11 +204,6 @@ def from_jsonb(value: object) -> Any:
 def encode_error(message: str) -> dict[str, str]:
     """The checkpoint of a journaled failure: a retry raises `UnserializableResultError(message)` again."""
     return {ERROR_KEY: message}
-
-
-def is_checkpoint(state: object) -> bool:
-    """Whether `state` is a checkpoint written by this package (any of its formats)."""
-    return isinstance(state, dict) and (VALUE_KEY in state or ESCAPED_KEY in state or ERROR_KEY in state)
 
 
 def decode(state: object, *, step: str) -> Any:

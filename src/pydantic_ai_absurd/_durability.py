@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 from absurd_sdk import CancelledTask, FailedTask, SuspendTask
 from pydantic_ai.agent import EventStreamHandler
@@ -26,8 +27,9 @@ from pydantic_ai.tools import AgentDepsT, RunContext
 from pydantic_ai.toolsets import AbstractToolset
 
 from ._absurd import check_private_names
-from ._backend import AbsurdStepBackend, StepConfig, UnserializableValue
+from ._backend import AbsurdStepBackend, UnserializableValue
 from ._execution import current_run_scope, current_task_context, execution_state, in_step, run_scope
+from ._extensions import LAYERS, DurableRun, DurableRunHook
 from ._naming import check_identifier
 from ._provider_waits import DEFAULT_MAX_PROVIDER_WAIT, ProviderWaitPolicy
 from ._pydantic_ai import PrivateHooks
@@ -35,7 +37,6 @@ from ._pydantic_ai import check_private_names as check_pydantic_ai_private_names
 from ._time import DEFAULT_SUSPEND_THRESHOLD, graph_sleep, run_start_time
 from ._waits import AbsurdEventWaiter
 from .errors import ReplayDivergenceError
-from .telemetry import run_telemetry
 
 TOOL_METADATA_KEY = "absurd"
 """Tool metadata key for per-tool step settings: `metadata={"absurd": False}` runs a pure tool without a step."""
@@ -45,15 +46,14 @@ def _unserializable(error: Exception) -> BaseException:
     return UnserializableValue(error)
 
 
-def _tool_config(operation_id: DurableOperationId, tool: object | None, tool_name: str) -> StepConfig | Literal[False]:
+def _tool_config(operation_id: DurableOperationId, tool: object | None, tool_name: str) -> bool:
+    """Whether a tool call is a step: `False` for a tool with `metadata={"absurd": False}`."""
     tool_def = getattr(tool, "tool_def", None)
     metadata = getattr(tool_def, "metadata", None)
     setting: object = (
         cast(Mapping[str, object], metadata).get(TOOL_METADATA_KEY) if isinstance(metadata, Mapping) else None
     )
-    if setting is False:
-        return False
-    return {}
+    return setting is not False
 
 
 class AbsurdDurability(PrivateHooks[AgentDepsT]):
@@ -120,10 +120,9 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
         for model_id in models or {}:
             check_identifier("model ID", model_id)
         super().__init__(models=models, event_stream_handler=event_stream_handler, name=name)
-        # A handler may ask to be told when a durable run starts, before its first step (the event log does).
-        self._before_durable_run: Callable[[], Awaitable[None]] | None = getattr(
-            event_stream_handler, "before_durable_run", None
-        )
+        # The layers' hooks around each durable run (see `_extensions`): the handler's, then the defaults.
+        handler_hooks = [event_stream_handler] if isinstance(event_stream_handler, DurableRunHook) else []
+        self._run_hooks: tuple[DurableRunHook, ...] = (*handler_hooks, *(make() for make in LAYERS.run_hooks))
         self._backend: AbsurdStepBackend | None = None
         self.provider_waits = ProviderWaitPolicy(suspend_threshold=suspend_threshold, max_wait=max_provider_wait)
 
@@ -175,8 +174,8 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
             backend = AbsurdStepBackend(
                 agent_name=self.name,
                 default_model_id=self.default_model_id,
-                config=RoleBasedOperationConfig[StepConfig | Literal[False]](
-                    model={}, event={}, capability={}, tool={}, resolve_tool=_tool_config
+                config=RoleBasedOperationConfig[bool](
+                    model=True, event=True, capability=True, tool=True, resolve_tool=_tool_config
                 ),
                 provider_waits=self.provider_waits,
             )
@@ -193,17 +192,14 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
         await graph_sleep(agent, ordinal, seconds, suspend_threshold=self.provider_waits.suspend_threshold)
 
     async def wrap_run(self, ctx: RunContext[AgentDepsT], *, handler: WrapRunHandler) -> AgentRunResult[Any]:
-        """Install the run's step scope, replay telemetry scope and durable event waiter."""
+        """Install the run's step scope, replay scope and durable event waiter, and enter the run hooks."""
         task_ctx = current_task_context()
         if task_ctx is None or in_step():
             return await super().wrap_run(ctx, handler=handler)
-        if self._before_durable_run is not None:
-            await self._before_durable_run()
         scope = execution_state(task_ctx).next_run_scope(self.name)
-        with (
-            run_scope(scope),
-            replay_scope(),
-            external_event_scope(AbsurdEventWaiter(task_ctx, scope)),
-            run_telemetry(task_ctx, agent=self.name, prefix=scope.prefix, run_id=ctx.run_id),
-        ):
-            return await super().wrap_run(ctx, handler=handler)
+        run = DurableRun(task_ctx, agent_name=self.name, prefix=scope.prefix, run_id=ctx.run_id)
+        with run_scope(scope), replay_scope(), external_event_scope(AbsurdEventWaiter(task_ctx, scope)):
+            async with AsyncExitStack() as hooks:
+                for hook in self._run_hooks:
+                    await hooks.enter_async_context(hook.durable_run(run))
+                return await super().wrap_run(ctx, handler=handler)

@@ -4,10 +4,29 @@ Absurd's end states (`CancelledTask`, `FailedTask`, `SuspendTask`) are remembere
 the first time any write reports them (`remember_end`) and raised again at every later step, so user
 code that swallows them (`except Exception:`) cannot keep a finished run calling the model. Steps
 themselves are written by `_steps.run_step`; the claim is kept alive by `_lease.LeaseKeeper`.
+
+Run state is passed as arguments where the code that needs it is called by this package. Where Pydantic
+AI or user code stands in between, it is kept in one of these (the package's only ones):
+
+| Variable                        | Holds                                                  | Set by                      |
+|---------------------------------|--------------------------------------------------------|-----------------------------|
+| `_execution._states`            | `ExecutionState` per task context (a weak dictionary)  | `execution_state()`         |
+| `_execution._step_body`         | the step body running: `in_step()`, `current_step()`   | `_steps.run_body`           |
+| `_execution._run_scope`         | the durable agent run steps belong to (`RunScope`)     | `AbsurdDurability.wrap_run` |
+| `_steps._step_function`         | the user function of the step being begun (verify)     | `_backend` (`step_function`)|
+| `_steps._commit_hook`           | a hook before every checkpoint write (tests' faults)   | `commit_hook()`             |
+| `_steps._live_guard`            | replay-only mode: nothing may run or be written        | `verify` (`replay_only`)    |
+| `_waits._CURRENT_WAIT`          | the durable wait whose `ask` runs (name, timeout)      | `AbsurdEventWaiter`         |
+| `_agent._run_scope_arg`         | `AbsurdAgent.run(scope=...)` for the `iter` it calls   | `AbsurdAgent.run`           |
+| `conversations._store._turn_id` | the durable turn whose save runs (exactly-once save)   | `_store.saving_turn`        |
+
+Work a layer does once per execution is kept in `ExecutionState.once`; a process-wide cache,
+`events._writer._triggers_installed`, remembers the queues whose event triggers are installed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Generator
 from contextlib import asynccontextmanager, contextmanager
@@ -28,7 +47,9 @@ __all__ = [
     "END_STATES",
     "ExecutionState",
     "RunScope",
+    "StepBody",
     "current_run_scope",
+    "current_step",
     "current_task_context",
     "execution_state",
     "in_step",
@@ -44,8 +65,16 @@ _T = TypeVar("_T")
 END_STATES: tuple[type[BaseException], ...] = (CancelledTask, FailedTask, SuspendTask)
 """Absurd's exceptions that end an execution: the task was cancelled, the run failed elsewhere, or it suspended."""
 
-_in_step: ContextVar[bool] = ContextVar("pydantic_ai_absurd.in_step", default=False)
-_body_id: ContextVar[object | None] = ContextVar("pydantic_ai_absurd.body_id", default=None)
+
+@dataclass(frozen=True, eq=False)
+class StepBody:
+    """One run of a step's body; compared by identity, so an end state that surfaces in it is known as its own."""
+
+    checkpoint_name: str | None
+    """The checkpoint name of the step (`None` for the bodies of waits and sleeps, which publish no events)."""
+
+
+_step_body: ContextVar[StepBody | None] = ContextVar("pydantic_ai_absurd.step_body", default=None)
 
 
 @dataclass(frozen=True)
@@ -74,19 +103,26 @@ class ExecutionState:
     run_scopes: dict[str, int] = field(default_factory=dict[str, int])
     digest_chains: dict[str, DigestChain] = field(default_factory=dict[str, DigestChain])
     """Per agent run (by step-name prefix): the chain that makes model-request digests incremental."""
-    ended: BaseException | None = None
-    ended_in: object | None = None
+    once: dict[str, asyncio.Future[None]] = field(default_factory=dict[str, "asyncio.Future[None]"])
+    """Work a layer does once per execution, by key (the event log's start): later callers await the first."""
+    ended_in: StepBody | None = None
     """The step body the end state surfaced in (that body's result must not be committed), if any."""
     lease: LeaseKeeper = field(init=False)
 
     def __post_init__(self) -> None:
-        self.lease = LeaseKeeper(self.task_ctx, self)
+        self.lease = LeaseKeeper(self.task_ctx, on_end=self._note_body)
+
+    @property
+    def ended(self) -> BaseException | None:
+        """The first end state Absurd reported for this execution (kept by the lease keeper), if any."""
+        return self.lease.ended
 
     def end(self, ended: BaseException) -> None:
         """Remember the first end state Absurd reported for this execution."""
-        if self.ended is None:
-            self.ended = ended
-            self.ended_in = _body_id.get()
+        self.lease.end(ended)
+
+    def _note_body(self) -> None:
+        self.ended_in = _step_body.get()
 
     def raise_if_ended(self) -> None:
         """Raise the remembered end state again: nothing more may run in this execution."""
@@ -160,22 +196,23 @@ async def remember_end(task_ctx: AsyncTaskContext, write: Awaitable[_T]) -> _T:
 
 def in_step() -> bool:
     """Whether the current code runs inside a durable step's body."""
-    return _in_step.get()
+    return _step_body.get() is not None
+
+
+def current_step() -> str | None:
+    """The checkpoint name of the step whose body the current code runs in, else `None`."""
+    body = _step_body.get()
+    return body.checkpoint_name if body is not None else None
 
 
 @contextmanager
-def step_body_scope(body_id: object | None = None) -> Generator[None]:
-    """Mark the code inside as a step body: agent runs started there become part of the step.
-
-    `body_id` identifies the body, so an end state that surfaces inside it is known to belong to it.
-    """
-    in_step_token = _in_step.set(True)
-    body_token = _body_id.set(body_id)
+def step_body_scope(body: StepBody) -> Generator[None]:
+    """Mark the code inside as the step body `body`: agent runs started there become part of the step."""
+    token = _step_body.set(body)
     try:
         yield
     finally:
-        _body_id.reset(body_token)
-        _in_step.reset(in_step_token)
+        _step_body.reset(token)
 
 
 def current_run_scope() -> RunScope | None:

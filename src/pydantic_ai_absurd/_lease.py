@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from absurd_sdk import AsyncTaskContext, CancelledTask, FailedTask
 
@@ -22,12 +22,6 @@ MIN_HEARTBEAT_INTERVAL = 0.2
 """Seconds; heartbeats are never sent more often than this, whatever the claim timeout."""
 
 
-class _EndState(Protocol):
-    ended: BaseException | None
-
-    def end(self, ended: BaseException) -> None: ...
-
-
 class LeaseKeeper:
     """Heartbeats one task run's claim while it holds work: a step body, or the whole execution.
 
@@ -36,7 +30,8 @@ class LeaseKeeper:
     again. One keeper serves a whole task execution (all its parallel steps, and the worker's hold on
     the execution itself): it sends one heartbeat every third of the claim timeout while anything is
     held. When a heartbeat reports that the task was cancelled or the run has failed, it remembers that
-    end state, cancels every running body and makes each step raise that Absurd exception.
+    end state, cancels every running body and makes each step raise that Absurd exception. The keeper is
+    where an execution's end state is kept (`ExecutionState.ended` reads it), whoever reported it.
 
     The keeper owns the bodies it starts: when the caller of `run` is cancelled, the body is cancelled
     and awaited before `run` returns, so no body of a handed-back run still runs when another worker
@@ -44,30 +39,28 @@ class LeaseKeeper:
     waits for its thread before it hands the run back.
     """
 
-    def __init__(self, task_ctx: AsyncTaskContext, state: _EndState | None = None) -> None:
+    def __init__(self, task_ctx: AsyncTaskContext, *, on_end: Callable[[], None] | None = None) -> None:
+        """Keep `task_ctx`'s claim; `on_end` is called where the first end state is reported."""
         self._task_ctx = task_ctx
-        self._state = state
+        self._on_end = on_end
         self._bodies: set[asyncio.Task[Any]] = set()
         self._holds = 0
         self._held_tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
-        self._ended: BaseException | None = None
+        self.ended: BaseException | None = None
+        """The Absurd end state a heartbeat or write reported first, if any."""
 
     @property
     def interval(self) -> float:
         """Seconds between two heartbeats."""
         return max(claim_timeout_of(self._task_ctx) / 3, MIN_HEARTBEAT_INTERVAL)
 
-    @property
-    def ended(self) -> BaseException | None:
-        """The Absurd end state a heartbeat or write reported, if any."""
-        return self._state.ended if self._state is not None else self._ended
-
-    def _end(self, ended: BaseException) -> None:
-        if self._state is not None:
-            self._state.end(ended)
-        elif self._ended is None:
-            self._ended = ended
+    def end(self, ended: BaseException) -> None:
+        """Remember `ended` unless an end state was reported before."""
+        if self.ended is None:
+            self.ended = ended
+            if self._on_end is not None:
+                self._on_end()
 
     async def run(self, body: Callable[[], Awaitable[_T]]) -> _T:
         """Run `body` with the claim kept alive; raise Absurd's exception if the run ends meanwhile."""
@@ -131,7 +124,7 @@ class LeaseKeeper:
             try:
                 await self._task_ctx.heartbeat()
             except (CancelledTask, FailedTask) as ended:
-                self._end(ended)
+                self.end(ended)
                 targets = list(self._bodies) or list(self._held_tasks)
                 for target in targets:
                     target.cancel()

@@ -20,7 +20,7 @@ from absurd_sdk import AsyncTaskContext, StepHandle
 from . import _checkpoint
 from ._absurd import begin_step, give_up_retries, release_step_name
 from ._checkpoint import Asked
-from ._execution import END_STATES, execution_state, remember_end, require_task_context, step_body_scope
+from ._execution import END_STATES, StepBody, execution_state, remember_end, require_task_context, step_body_scope
 from .errors import ReplayDivergenceError, UnserializableResultError
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "begin",
     "commit",
     "commit_hook",
-    "current_step",
     "current_step_function",
     "refuse_live",
     "replay_only",
@@ -39,14 +38,6 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-
-
-_current_step: ContextVar[str | None] = ContextVar("pydantic_ai_absurd.current_step", default=None)
-
-
-def current_step() -> str | None:
-    """The checkpoint name of the step whose body the current code runs in (`run_step` bodies), else `None`."""
-    return _current_step.get()
 
 
 _step_function: ContextVar[object | None] = ContextVar("pydantic_ai_absurd.step_function", default=None)
@@ -145,22 +136,26 @@ async def begin(task_ctx: AsyncTaskContext, step: str) -> StepHandle:
     return await begin_step(task_ctx, step)
 
 
-async def run_body(task_ctx: AsyncTaskContext, body: Callable[[], Awaitable[_T]]) -> _T:
+async def run_body(
+    task_ctx: AsyncTaskContext, body: Callable[[], Awaitable[_T]], *, checkpoint_name: str | None = None
+) -> _T:
     """Run a step body under the lease keeper, marked as a step body (agent runs inside join the step).
+
+    `checkpoint_name` is the step's, for the code inside (`current_step()`); waits and sleeps give none.
 
     If Absurd reported an end state from inside this body and the body returned anyway, that end state is
     raised instead of the value.
     """
     refuse_live(None)
     state = execution_state(task_ctx)
-    body_id = object()
+    step_body = StepBody(checkpoint_name)
 
     async def in_body() -> _T:
-        with step_body_scope(body_id):
+        with step_body_scope(step_body):
             return await body()
 
     value = await state.lease.run(in_body)
-    if state.ended is not None and state.ended_in is body_id:
+    if state.ended is not None and state.ended_in is step_body:
         # The body swallowed Absurd's end state (`except Exception:` around a wait, say): its result is
         # not what the run would have produced, so it is never committed.
         raise state.ended
@@ -193,7 +188,6 @@ async def run_step(
         await _check_digest(task_ctx, handle, asked)
         return StepOutcome(_checkpoint.decode(handle.state, step=handle.checkpoint_name), False, handle.checkpoint_name)
     refuse_live(handle.checkpoint_name)
-    step_token = _current_step.set(handle.checkpoint_name)
     try:
         payload = await _run_body_retrying(task_ctx, body, handle.checkpoint_name, retry)
     except Exception as error:
@@ -204,8 +198,6 @@ async def run_step(
             raise
         await commit(task_ctx, handle, _checkpoint.encode_error(message))
         raise UnserializableResultError(message) from error
-    finally:
-        _current_step.reset(step_token)
     checkpoint, value = _checkpoint.encode(payload, asked=asked)
     await commit(task_ctx, handle, checkpoint)
     return StepOutcome(value, True, handle.checkpoint_name)
@@ -216,7 +208,7 @@ async def _run_body_retrying(
 ) -> _T:
     while True:
         try:
-            return await run_body(task_ctx, body)
+            return await run_body(task_ctx, body, checkpoint_name=checkpoint_name)
         except END_STATES:
             raise
         except Exception as error:

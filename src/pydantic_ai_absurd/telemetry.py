@@ -23,7 +23,7 @@ import dataclasses
 import inspect
 import json
 import os
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import Any, cast
 
 from absurd_sdk import AbsurdHooks, AsyncTaskContext, CancelledTask, FailedTask, SpawnOptions, SuspendTask
@@ -32,6 +32,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
 from . import _absurd
 from ._checkpoint import value_text
+from ._extensions import DurableRun
 from ._pydantic_ai import active_run_usage
 from ._step_names import ModelStep, RunStartTime, StepName, ToolsetStep
 
@@ -233,3 +234,16 @@ def _discount(run_usage: Any, task_ctx: AsyncTaskContext, replayed: list[StepNam
             and entries.get("kind") == "tool_return"
         ):
             run_usage.tool_calls -= 1
+
+
+class RunTelemetry:
+    """The `DurableRunHook` of every capability: `run_telemetry` around each durable agent run.
+
+    The package facade registers it in `_extensions.LAYERS`, so the core needs no import of this module.
+    """
+
+    @contextlib.asynccontextmanager
+    async def durable_run(self, run: DurableRun) -> AsyncGenerator[None]:
+        """Annotate the run's span (see `run_telemetry`)."""
+        with run_telemetry(run.task_ctx, agent=run.agent_name, prefix=run.prefix, run_id=run.run_id):
+            yield

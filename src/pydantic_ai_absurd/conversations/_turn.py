@@ -15,8 +15,8 @@ turn with `ConversationConflictError`, which the worker does not retry: nothing 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from contextvars import ContextVar
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,16 +26,14 @@ from pydantic_ai.run import AgentRunResult
 
 from .._checkpoint import Asked
 from .._execution import current_task_context
+from .._extensions import AgentRunCall
 from .._pydantic_ai import mark_result_saved
 from .._step_names import ConversationStep, StepName
 from .._steps import run_step
 from ..errors import ConversationConflictError, ConversationUsageError
 from ._store import PostgresConversationStore, saving_turn
 
-__all__ = ["StoredTurn", "begin_turn", "run_scope_override", "uses_store"]
-
-run_scope_override: ContextVar[str | None] = ContextVar("pydantic_ai_absurd.conversation_scope", default=None)
-"""The `scope=` given to `AbsurdAgent.run`, read by the `iter` it calls."""
+__all__ = ["StoredConversations", "StoredTurn", "begin_turn", "uses_store"]
 
 _NEW = "new"
 
@@ -174,3 +172,34 @@ async def begin_turn(
     task_ctx = current_task_context()
     turn_id = f"{task_ctx.task_id}/{outcome.checkpoint_name}" if task_ctx is not None else None
     return StoredTurn(store, conversation, agent_name, scope, durable=True, turn_id=turn_id)
+
+
+@dataclass(frozen=True)
+class StoredConversations:
+    """The `RunExtension` of `AbsurdAgent(..., conversation_store=store, conversation_limit=limit)`.
+
+    A run given `conversation_id=` continues that stored conversation: loaded before the run, and what the
+    run added saved after it (a run that fails or is left early saves nothing).
+    """
+
+    store: ConversationStore
+    limit: int | None
+
+    @asynccontextmanager
+    async def around_run(self, call: AgentRunCall) -> AsyncGenerator[None]:
+        """Load the conversation into the run's arguments, run, and save the result."""
+        if not uses_store(self.store, call.kwargs):
+            yield
+            return
+        turn = await begin_turn(
+            self.store,
+            agent_name=call.agent_name,
+            conversation_id=call.kwargs.pop("conversation_id"),
+            scope=call.scope,
+            durable=call.durable,
+            limit=self.limit,
+        )
+        call.kwargs["conversation"] = turn.conversation
+        yield
+        if call.result is not None:
+            await turn.save(call.result)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Generic
-from weakref import WeakKeyDictionary
 
 import psycopg
 from absurd_sdk import AsyncTaskContext
@@ -24,8 +24,8 @@ from pydantic_ai.messages import AgentStreamEvent, PartDeltaEvent
 from pydantic_ai.tools import AgentDepsT, RunContext
 
 from .._absurd import claimed_task_of, task_connection, task_identity
-from .._execution import current_task_context, in_step
-from .._steps import current_step
+from .._execution import current_step, current_task_context, execution_state, in_step
+from .._extensions import DurableRun
 from ..errors import EventLogError
 from ._model import AnyEvent, RunStartedEvent, encode_event_json
 
@@ -83,7 +83,7 @@ class StepPublisher:
         """A publisher for the step body the current code runs in, or `None` outside a durable step."""
         step = current_step()
         task_ctx = current_task_context()
-        if step is None or task_ctx is None or not in_step():
+        if step is None or task_ctx is None:
             return None
         return cls(task_ctx, step)
 
@@ -166,13 +166,13 @@ class StepPublisher:
             self._stopped = True
 
 
-_announced: WeakKeyDictionary[AsyncTaskContext, asyncio.Future[None]] = WeakKeyDictionary()
+_ANNOUNCED = "events.announced"
 
 
 async def announce_execution() -> None:
     """Start the log of this execution of the task: mark interrupted steps, write `run_started` once per attempt.
 
-    Called by a publishing `AbsurdAgent` when a durable run starts, outside any step. It runs once per
+    Called by the publishing handler's `DurableRunHook` when a durable run starts, outside any step. It runs once per
     execution (concurrent agent runs of one execution wait for the same call), before any of its steps
     publishes, so every step with events but no checkpoint at that point belongs to an execution that
     died or failed inside it.
@@ -180,10 +180,10 @@ async def announce_execution() -> None:
     task_ctx = current_task_context()
     if task_ctx is None or in_step():
         return
-    announced = _announced.get(task_ctx)
+    once = execution_state(task_ctx).once
+    announced = once.get(_ANNOUNCED)
     if announced is None:
-        announced = asyncio.ensure_future(_start_execution(task_ctx))
-        _announced[task_ctx] = announced
+        announced = once[_ANNOUNCED] = asyncio.ensure_future(_start_execution(task_ctx))
     await asyncio.shield(announced)
 
 
@@ -208,9 +208,11 @@ class _PublishingHandler(Generic[AgentDepsT]):
     def __init__(self, handler: EventStreamHandler[AgentDepsT] | None) -> None:
         self._handler = handler
 
-    async def before_durable_run(self) -> None:
-        """Start this execution's log before the run's first step (called by `AbsurdDurability.wrap_run`)."""
+    @asynccontextmanager
+    async def durable_run(self, run: DurableRun) -> AsyncGenerator[None]:
+        """Start this execution's log before the run's first step (a `DurableRunHook` of the capability)."""
         await announce_execution()
+        yield
 
     async def __call__(self, ctx: RunContext[AgentDepsT], stream: AsyncIterable[AgentStreamEvent]) -> None:
         handler = self._handler

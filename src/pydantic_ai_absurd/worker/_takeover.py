@@ -172,10 +172,3 @@ class Liveness:
         for conn in conns:
             if conn is not None:
                 await conn.close()
-
-
-async def run_checks(liveness: Liveness, interval: float) -> None:
-    """Check the liveness lock connections every `interval` seconds, forever."""
-    while True:
-        await asyncio.sleep(interval)
-        await liveness.check()
