@@ -17,6 +17,7 @@ CORE = {
     "_durability",
     "_backend",
     "_naming",
+    "_step_names",
     "_execution",
     "_extensions",
     "_steps",
