@@ -85,7 +85,7 @@ async def test_graph_sleep_keeps_its_wake_time_across_a_resume(
     @absurd_client.register_task(name="sleepy")
     async def task(params: Any, ctx: Any) -> str:
         assert current_task_context() is not None
-        await graph_sleep("sleeper", 0.3, suspend_threshold=5.0)
+        await graph_sleep("sleeper", 1, 0.3, suspend_threshold=5.0)
         if crash["armed"]:
             crash["armed"] = False
             raise SimulatedCrash("after the sleep")
