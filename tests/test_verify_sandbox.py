@@ -23,6 +23,16 @@ def test_private_sdk_names_of_the_offline_context_exist() -> None:
     assert missing_offline_context_names() == ()
 
 
+@pytest.mark.parametrize("name", ["_lookup_checkpoint", "_persist_checkpoint", "_schedule_run_after"])
+def test_a_missing_overridden_sdk_method_is_reported(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    missing_offline_context_names.cache_clear()
+    monkeypatch.delattr(AsyncTaskContext, name)
+    try:
+        assert missing_offline_context_names() == (f"AsyncTaskContext.{name}",)
+    finally:
+        missing_offline_context_names.cache_clear()
+
+
 class _Reached(BaseException):
     pass
 
