@@ -83,7 +83,7 @@ def bench_digest(turns: int, reps: int) -> dict[str, Any]:
     from pydantic_ai.durable_exec import ModelRequestId, ToolsetCallToolId
     from pydantic_ai.messages import ModelRequest
 
-    from pydantic_ai_absurd._checkpoint import DigestChain, asked_for
+    from pydantic_ai_absurd._digest import DigestChain, asked_for
 
     inner, _ = scripted_agent(turns, name="digest")
     messages = inner.run_sync("go", usage_limits=NO_LIMITS).all_messages()

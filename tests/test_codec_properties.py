@@ -14,7 +14,8 @@ from pydantic_ai import BinaryContent
 from pydantic_ai.durable_exec import JSON_CODEC
 from pydantic_ai.messages import ModelResponse, PartDeltaEvent, TextPart, TextPartDelta, ToolCallPart
 
-from pydantic_ai_absurd._checkpoint import Asked, decode, encode, from_jsonb, jsonb_param
+from pydantic_ai_absurd._checkpoint import Checkpoint, from_jsonb, jsonb_param
+from pydantic_ai_absurd._digest import Asked
 from pydantic_ai_absurd._naming import escape
 from pydantic_ai_absurd._text import visible
 from pydantic_ai_absurd.conversations._codec import message_text, messages_from_texts
@@ -56,11 +57,17 @@ def through_jsonb(conn: psycopg.Connection[Any], value: object) -> Any:
 @PROPERTY
 @given(value=JSON)
 def test_any_json_value_round_trips_through_a_jsonb_checkpoint(conn: psycopg.Connection[Any], value: object) -> None:
-    checkpoint, continued = encode(value, asked=Asked.of({"args": value}, f"tool with {value!r}"))
-    assert continued == value
-    stored = through_jsonb(conn, checkpoint)
-    assert decode(stored, step="s") == value
-    assert json.dumps(decode(stored, step="s")) == json.dumps(value)  # the same text, key order included
+    asked = Asked.of({"args": value}, f"tool with {value!r}")
+    checkpoint = Checkpoint.of(value, asked=asked)
+    assert checkpoint.value == value
+    read = Checkpoint.read(through_jsonb(conn, checkpoint.stored()))
+    assert read == checkpoint and (read.digest, read.asked, read.request) == (
+        asked.digest,
+        asked.summary,
+        asked.request,
+    )
+    assert read.decode(step="s") == value
+    assert json.dumps(read.decode(step="s")) == json.dumps(value)  # the same text, key order included
 
 
 @PROPERTY
@@ -75,8 +82,8 @@ def test_any_json_value_round_trips_through_a_jsonb_column(conn: psycopg.Connect
 @given(data=st.binary(max_size=64))
 def test_any_bytes_round_trip_through_the_codec_and_a_checkpoint(conn: psycopg.Connection[Any], data: bytes) -> None:
     content = BinaryContent(data=data, media_type="application/octet-stream")
-    checkpoint, _ = encode(JSON_CODEC.dump(BinaryContent, content))
-    assert JSON_CODEC.load(BinaryContent, decode(through_jsonb(conn, checkpoint), step="s")).data == data
+    stored = through_jsonb(conn, Checkpoint.of(JSON_CODEC.dump(BinaryContent, content)).stored())
+    assert JSON_CODEC.load(BinaryContent, Checkpoint.read(stored).decode(step="s")).data == data
 
 
 @PROPERTY

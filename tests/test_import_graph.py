@@ -26,6 +26,7 @@ CORE = {
     "_time",
     "_provider_waits",
     "_checkpoint",
+    "_digest",
     "_agent",
     "_absurd",
     "_pydantic_ai",

@@ -30,7 +30,7 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, Inbox, PostgresConversationStore, fork_task, stream_events
-from pydantic_ai_absurd._checkpoint import decode
+from pydantic_ai_absurd._checkpoint import Checkpoint
 from pydantic_ai_absurd._text import is_storable
 from pydantic_ai_absurd.cli import main
 from pydantic_ai_absurd.client import spawn_task
@@ -127,7 +127,7 @@ async def test_nul_and_surrogates_in_tool_args_and_results_round_trip(
     assert recorder.returns == [NASTY_RESULT, NASTY_RESULT]  # the replayed tool result is the same text
     assert outputs == [f"{NASTY_RESULT}|\x00|\ud83d"]
     stored = await checkpoints(absurd_dsn, absurd_queue, spawned["task_id"])
-    assert NASTY_RESULT in strings_in([decode(state, step=name) for name, state in stored.items()])
+    assert NASTY_RESULT in strings_in([Checkpoint.read(state).decode(step=name) for name, state in stored.items()])
 
 
 async def test_a_one_megabyte_tool_result_round_trips(
@@ -148,7 +148,7 @@ async def test_a_one_megabyte_tool_result_round_trips(
     assert len(tool_args) == 1 and recorder.calls == 3
     assert recorder.returns == [big, big]
     stored = await checkpoints(absurd_dsn, absurd_queue, spawned["task_id"])
-    assert big in strings_in([decode(state, step=name) for name, state in stored.items()])
+    assert big in strings_in([Checkpoint.read(state).decode(step=name) for name, state in stored.items()])
 
 
 async def _failed(absurd: AsyncAbsurd, task_id: str) -> dict[str, Any] | None:

@@ -6,9 +6,14 @@ import asyncio
 from typing import Any
 
 import pytest
-from absurd_sdk import AsyncAbsurd, AsyncTaskContext, get_current_context
+from absurd_sdk import AsyncAbsurd, AsyncTaskContext, StepHandle, get_current_context
 
-from pydantic_ai_absurd._absurd import missing_offline_context_names, registered_handlers
+from pydantic_ai_absurd._absurd import (
+    OfflineTaskContext,
+    missing_offline_context_names,
+    offline_task_context,
+    registered_handlers,
+)
 from pydantic_ai_absurd.verify import RecordedStep, RecordedTask, replay_recorded
 from pydantic_ai_absurd.verify._sandbox import SandboxViolation, WouldRunLive, sandbox_context
 from pydantic_ai_absurd.verify._steps import describe_choices, fork_points, lane_of, tool_call_of
@@ -16,6 +21,53 @@ from pydantic_ai_absurd.verify._steps import describe_choices, fork_points, lane
 
 def test_private_sdk_names_of_the_offline_context_exist() -> None:
     assert missing_offline_context_names() == ()
+
+
+@pytest.mark.parametrize("name", ["_lookup_checkpoint", "_persist_checkpoint", "_schedule_run_after"])
+def test_a_missing_overridden_sdk_method_is_reported(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    missing_offline_context_names.cache_clear()
+    monkeypatch.delattr(AsyncTaskContext, name)
+    try:
+        assert missing_offline_context_names() == (f"AsyncTaskContext.{name}",)
+    finally:
+        missing_offline_context_names.cache_clear()
+
+
+class _Reached(BaseException):
+    pass
+
+
+class _Tracing(OfflineTaskContext):
+    """Answers a lookup of "asleep" with a wake time far ahead; every other hook stops with `_Reached`."""
+
+    async def lookup_checkpoint(self, checkpoint_name: str) -> object:
+        if checkpoint_name == "asleep":
+            return "2999-01-01T00:00:00+00:00"
+        raise _Reached("lookup", checkpoint_name)
+
+    async def persist_checkpoint(self, checkpoint_name: str, value: Any) -> Any:
+        raise _Reached("persist", checkpoint_name)
+
+    async def schedule_run_after(self, seconds: float) -> Any:
+        raise _Reached("schedule", seconds > 0)
+
+
+async def test_the_sdks_own_context_methods_store_only_through_the_offline_hooks() -> None:
+    """Pins `AsyncTaskContext._lookup_checkpoint`, `_persist_checkpoint` and `_schedule_run_after` (absurd-sdk 0.5.1)."""
+    task: Any = {"task_id": "t", "task_name": "n", "run_id": "r", "attempt": 1, "headers": {}}
+    ctx = offline_task_context(_Tracing, task=task, queue_name="q", checkpoints={}, connection=None)
+    with pytest.raises(_Reached) as reached:
+        await ctx.begin_step("a")
+    assert reached.value.args == ("lookup", "a")
+    with pytest.raises(_Reached) as reached:
+        await ctx.complete_step(StepHandle(name="b", checkpoint_name="b", done=False), 1)
+    assert reached.value.args == ("persist", "b")
+    with pytest.raises(_Reached) as reached:
+        await ctx.sleep_until("asleep", 0)
+    assert reached.value.args == ("schedule", True)
+    with pytest.raises(_Reached) as reached:
+        await ctx.await_event("e", "waiting")
+    assert reached.value.args == ("lookup", "waiting")
 
 
 def test_the_sandbox_context_is_an_sdk_context_that_refuses_the_database() -> None:

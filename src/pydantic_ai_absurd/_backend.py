@@ -19,7 +19,7 @@ from pydantic_ai.tools import RunContext
 from pydantic_ai.toolsets.function import FunctionToolsetTool
 
 from . import _absurd
-from ._checkpoint import DigestChain, asked_for
+from ._digest import DigestChain, asked_for
 from ._execution import current_run_scope, current_task_context, execution_state, require_task_context
 from ._naming import AbsurdOperationNamer
 from ._provider_waits import ProviderWaitPolicy, provider_retry

@@ -1,4 +1,4 @@
-"""The one checkpoint format every step kind stores, and the digest of what a step was asked.
+"""The one checkpoint format every step kind stores: `Checkpoint` writes it and reads it, and nothing else does.
 
 A checkpoint is a JSON object:
 
@@ -24,119 +24,155 @@ are written visibly in it (`_text.visible`).
 
 Checkpoints written before this format (a bare ISO time string, a bare `true` for a timed-out wait)
 are still read.
+
+What a step was asked (its digest, summary and request text) is computed in `_digest`; this module only
+stores it.
 """
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, TypeGuard, cast
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
-from pydantic_ai.durable_exec import (
-    DurableOperationId,
-    ModelRequestId,
-    ToolsetCallToolId,
-    ToolsetValidateToolArgumentsId,
-)
 from pydantic_ai.exceptions import UserError
-from pydantic_ai.messages import ModelMessage, ModelMessagesTypeAdapter, ModelRequest, ModelResponse
-from pydantic_ai.tools import RunContext
-from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from ._text import has_surrogate, unstorable_json, utf8, visible
-from .errors import ReplayDivergenceError, UnserializableResultError
+from ._text import has_surrogate, unstorable_json
+from .errors import UnserializableResultError
 
-__all__ = [
-    "ENVELOPE_TEXT_PREFIXES",
-    "Asked",
-    "asked_for",
-    "check_digest",
-    "decode",
-    "encode",
-    "encode_error",
-    "from_jsonb",
-    "json_text",
-    "jsonb_param",
-    "value_text",
-]
+__all__ = ["ENVELOPE_TEXT_PREFIXES", "Checkpoint", "Stamp", "from_jsonb", "json_text", "jsonb_param"]
 
-VALUE_KEY = "json"
-ESCAPED_KEY = "json_escaped"
-ERROR_KEY = "error"
-DIGEST_KEY = "digest"
-ASKED_KEY = "asked"
-REQUEST_KEY = "request"
-REQUEST_TEXT_LIMIT = 4000
-"""Characters of a step's request text kept in its checkpoint (for the diff of a divergence)."""
+_VALUE_KEY = "json"
+_ESCAPED_KEY = "json_escaped"
+_ERROR_KEY = "error"
+_DIGEST_KEY = "digest"
+_ASKED_KEY = "asked"
+_REQUEST_KEY = "request"
 
-_ASKED_PREVIEW = 160
+
+class Stamp(Protocol):
+    """What a step was asked, as stored beside its value (`_digest.Asked` is one)."""
+
+    @property
+    def digest(self) -> str:
+        """The request's digest."""
+        ...
+
+    @property
+    def summary(self) -> str:
+        """A one-line summary of the request."""
+        ...
+
+    @property
+    def request(self) -> str | None:
+        """What the digest covers, as text."""
+        ...
 
 
 @dataclass(frozen=True)
-class Asked:
-    """What a step was asked: a stable digest of the request and a short human summary of it.
+class Checkpoint:
+    """A checkpoint as stored: the value's JSON text or a journaled failure, and what the step was asked.
 
-    `legacy` computes the digest in the format of earlier builds, for checkpoints they recorded (called only
-    on a replay of such a checkpoint).
+    `Checkpoint.read(state)` reads any stored state (fields it lacks are None); `stored()` is what is written.
     """
 
-    digest: str
-    summary: str
-    legacy: Callable[[], str] | None = field(default=None, compare=False)
+    text: str | None = None
+    """The step's value as JSON text (unescaped when it was stored as `json_escaped`)."""
+    error: str | None = None
+    """The message of a journaled failure."""
+    digest: str | None = None
+    asked: str | None = None
+    """The one-line summary of what the step was asked."""
     request: str | None = None
-    """What the digest covers, as text (`REQUEST_TEXT_LIMIT` characters at most)."""
+    """What the digest covers, as text (at most `_digest.REQUEST_TEXT_LIMIT` characters)."""
+    legacy: str | bool | None = None
+    """The whole state of a checkpoint of 0.1.0 development builds (a bare ISO time, a bare `true`)."""
 
     @classmethod
-    def of(cls, request: object, summary: str) -> Asked:
-        """Digest `request` (JSON-compatible data; object keys sorted, so dict order does not matter)."""
-        text = json.dumps(request, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-        digest = hashlib.blake2b(utf8(text), digest_size=16).hexdigest()
-        return cls(digest, _one_line(summary), request=_request_text(request))
+    def of(cls, payload: object, *, asked: Stamp | None = None) -> Checkpoint:
+        """The checkpoint of a step that returned `payload` (JSON-compatible data), asked `asked`."""
+        if asked is None:
+            return cls(json_text(payload))
+        return cls(json_text(payload), digest=asked.digest, asked=asked.summary, request=asked.request)
+
+    @classmethod
+    def failure(cls, message: str) -> Checkpoint:
+        """The checkpoint of a journaled failure: a retry raises `UnserializableResultError(message)` again."""
+        return cls(error=message)
+
+    @classmethod
+    def read(cls, state: object) -> Checkpoint:
+        """Read a stored checkpoint; a state of another shape reads as a checkpoint without any field."""
+        if isinstance(state, str | bool):
+            return cls(legacy=state)
+        if not isinstance(state, dict):
+            return cls()
+        entries = cast(dict[str, object], state)
+        return cls(
+            _value_text(entries),
+            _text(entries, _ERROR_KEY),
+            _text(entries, _DIGEST_KEY),
+            _text(entries, _ASKED_KEY),
+            _text(entries, _REQUEST_KEY),
+        )
+
+    @classmethod
+    def read_sole(cls, state: object) -> Checkpoint | None:
+        """The checkpoint if `state` is one of its one-key forms (a value or a failure, nothing beside), else None."""
+        if not isinstance(state, dict):
+            return None
+        entries = cast(dict[str, object], state)
+        if len(entries) != 1:
+            return None
+        checkpoint = cls.read(entries)
+        return checkpoint if checkpoint.text is not None or checkpoint.error is not None else None
+
+    def stored(self) -> dict[str, str]:
+        """The JSON object stored for this checkpoint."""
+        if self.text is not None:
+            stored = _envelope(self.text)
+        elif self.error is not None:
+            stored = {_ERROR_KEY: self.error}
+        else:
+            raise ValueError("a checkpoint stores a value or a failure")
+        for key, text in ((_DIGEST_KEY, self.digest), (_ASKED_KEY, self.asked), (_REQUEST_KEY, self.request)):
+            if text is not None:
+                stored[key] = text
+        return stored
+
+    @property
+    def has_value(self) -> bool:
+        """Whether the checkpoint stores a value (a legacy one included)."""
+        return self.text is not None or self.legacy is not None
+
+    @property
+    def value(self) -> Any:
+        """The value stored (decoded from its JSON text), the legacy state, or None when it stores no value."""
+        return json.loads(self.text) if self.text is not None else self.legacy
+
+    def decode(self, *, step: str) -> Any:
+        """The value stored, or the journaled failure raised again (`step` names the checkpoint in errors)."""
+        if self.has_value:
+            return self.value
+        if self.error is not None:
+            raise UnserializableResultError(self.error)
+        raise UserError(
+            f"The checkpoint of step {step!r} was not written by pydantic-ai-absurd (or by an incompatible "
+            "version of it), so it cannot be replayed. Cancel the task, or retry it with `spawn_new=True`."
+        )
 
 
-def _request_text(request: object) -> str:
-    return _clip(json.dumps(request, sort_keys=True, ensure_ascii=False, indent=1, default=str))
+def _text(entries: dict[str, object], key: str) -> str | None:
+    text = entries.get(key)
+    return text if isinstance(text, str) else None
 
 
-def _clip(text: str) -> str:
-    # Written visibly: `jsonb` cannot hold lone surrogates, and the text is shown to an operator.
-    text = visible(
-        text if len(text) <= REQUEST_TEXT_LIMIT else text[: REQUEST_TEXT_LIMIT - 1] + "…", keep_newlines=True
-    )
-    return text
-
-
-# New messages larger than this are kept as their compact JSON (clipped) rather than parsed and indented again:
-# the request text must stay cheap on every model request, whatever a tool returned.
-_INDENT_LIMIT = 64 * 1024
-
-
-def _model_request_text(model: str, added: bytes | None) -> str:
-    if added is None:
-        return _request_text({"model": model, "new_messages": []})
-    if len(added) > _INDENT_LIMIT:
-        head = added[: 4 * REQUEST_TEXT_LIMIT].decode("utf-8", "ignore")
-        return _clip(f'{{\n "model": {json.dumps(model)},\n "new_messages": {head}')
-    return _request_text({"model": model, "new_messages": json.loads(added.decode("utf-8", "surrogatepass"))})
-
-
-def request_diff(recorded: str, requested: str, *, limit: int = 40) -> str:
-    """A unified diff of two request texts (`recorded` then `now`), at most `limit` lines."""
-    lines = list(
-        difflib.unified_diff(recorded.splitlines(), requested.splitlines(), "recorded", "now", n=1, lineterm="")
-    )
-    if len(lines) > limit:
-        lines = [*lines[:limit], f"... ({len(lines) - limit} more lines)"]
-    return "\n".join(lines)
-
-
-def _one_line(summary: str) -> str:
-    text = visible(" ".join(summary.split()))
-    return text if len(text) <= _ASKED_PREVIEW else text[: _ASKED_PREVIEW - 1] + "…"
+def _value_text(entries: dict[str, object]) -> str | None:
+    text = _text(entries, _VALUE_KEY)
+    if text is not None:
+        return text
+    escaped = _text(entries, _ESCAPED_KEY)
+    return None if escaped is None else escaped.encode("ascii").decode("unicode_escape")
 
 
 def json_text(payload: object) -> str:
@@ -146,34 +182,8 @@ def json_text(payload: object) -> str:
 
 def _envelope(text: str) -> dict[str, str]:
     if not has_surrogate(text):
-        return {VALUE_KEY: text}
-    return {ESCAPED_KEY: text.encode("unicode_escape").decode("ascii")}
-
-
-def value_text(state: object) -> str | None:
-    """The JSON text a checkpoint (or an envelope of the same keys) stores, or None if it stores none."""
-    if not isinstance(state, dict):
-        return None
-    entries = cast(dict[str, object], state)
-    text = entries.get(VALUE_KEY)
-    if isinstance(text, str):
-        return text
-    escaped = entries.get(ESCAPED_KEY)
-    if isinstance(escaped, str):
-        return escaped.encode("ascii").decode("unicode_escape")
-    return None
-
-
-def encode(payload: object, *, asked: Asked | None = None) -> tuple[dict[str, str], Any]:
-    """The checkpoint stored for `payload`, and the value the run continues with."""
-    text = json_text(payload)
-    checkpoint = _envelope(text)
-    if asked is not None:
-        checkpoint[DIGEST_KEY] = asked.digest
-        checkpoint[ASKED_KEY] = asked.summary
-        if asked.request is not None:
-            checkpoint[REQUEST_KEY] = asked.request
-    return checkpoint, json.loads(text)
+        return {_VALUE_KEY: text}
+    return {_ESCAPED_KEY: text.encode("unicode_escape").decode("ascii")}
 
 
 def jsonb_param(data: object) -> str:
@@ -194,203 +204,5 @@ ENVELOPE_TEXT_PREFIXES = ('{"json": ', '{"json_escaped": ')
 
 def from_jsonb(value: object) -> Any:
     """The data stored with `jsonb_param` (its envelope unwrapped), from `value` as read from `jsonb`."""
-    if not isinstance(value, dict):
-        return value
-    entries = cast(dict[str, object], value)
-    text = value_text(entries) if len(entries) == 1 else None
-    return entries if text is None else json.loads(text)
-
-
-def encode_error(message: str) -> dict[str, str]:
-    """The checkpoint of a journaled failure: a retry raises `UnserializableResultError(message)` again."""
-    return {ERROR_KEY: message}
-
-
-def decode(state: object, *, step: str) -> Any:
-    """The value stored in a checkpoint, or the journaled failure raised again."""
-    if isinstance(state, dict):
-        entries = cast(dict[str, object], state)
-        text = value_text(entries)
-        if text is not None:
-            return json.loads(text)
-        message = entries.get(ERROR_KEY)
-        if isinstance(message, str):
-            raise UnserializableResultError(message)
-    elif isinstance(state, str | bool):  # formats of 0.1.0 development builds: a time, a timed-out flag
-        return state
-    raise UserError(
-        f"The checkpoint of step {step!r} was not written by pydantic-ai-absurd (or by an incompatible "
-        "version of it), so it cannot be replayed. Cancel the task, or retry it with `spawn_new=True`."
-    )
-
-
-def check_digest(state: object, asked: Asked | None, *, step: str) -> None:
-    """Raise `ReplayDivergenceError` when the checkpoint was recorded for another request than `asked`.
-
-    Checkpoints without a digest (older ones, kinds that record none) are not checked.
-    """
-    if asked is None or not isinstance(state, dict):
-        return
-    entries = cast(dict[str, object], state)
-    recorded = entries.get(DIGEST_KEY)
-    if not isinstance(recorded, str) or recorded == asked.digest:
-        return
-    if asked.legacy is not None and not recorded.startswith(_MESSAGES_DIGEST_V2) and recorded == asked.legacy():
-        return
-    summary = entries.get(ASKED_KEY)
-    recorded_summary = summary if isinstance(summary, str) else f"digest {recorded}"
-    recorded_request = entries.get(REQUEST_KEY)
-    diff = (
-        request_diff(recorded_request, asked.request)
-        if isinstance(recorded_request, str) and asked.request is not None
-        else None
-    )
-    raise ReplayDivergenceError(
-        f"Replay diverged at step {step!r}: it was recorded for {recorded_summary}, but the code now asks "
-        f"for {asked.summary}. The code changed since the task started, or concurrent agent runs in one "
-        "task started in another order; see 'Replay diverged' in the troubleshooting docs.",
-        step=step,
-        recorded=recorded_summary,
-        requested=asked.summary,
-        diff=diff,
-    )
-
-
-# Message fields that differ between a first run and its replay (or a fork) without changing the request.
-_UNSTABLE = {
-    "timestamp": True,
-    "request_timestamp": True,
-    "duration": True,
-    "run_id": True,
-    "conversation_id": True,
-    "parts": {"__all__": {"timestamp"}},
-}
-_MESSAGE_EXCLUDE: Any = {"__all__": _UNSTABLE}
-# Model-request digests are marked with their format. Format 2 leaves out every field that holds its default, so a
-# Pydantic AI release that adds a message field with a default does not change the digests of recorded requests.
-_MESSAGES_DIGEST_V2 = "m2:"
-# Format 1 (unmarked, written before Pydantic AI 2.78) hashed every field that 2.68 had, defaults included: the
-# fields 2.78 added are left out to compute it again.
-_V1_MESSAGE_EXCLUDE: Any = {"__all__": {**_UNSTABLE, "parts": {"__all__": {"timestamp", "ui_visibility"}}}}
-
-
-@dataclass
-class DigestChain:
-    """The messages of a run's previous model request and the hash state after them.
-
-    A run's requests grow by a response and a request each time, so each digest hashes only the messages
-    added since the previous request: the cost per step stays flat however long the conversation gets.
-    A replay meets the same requests in the same order, so it builds the same chain.
-    """
-
-    messages: list[ModelMessage] = field(default_factory=list[ModelMessage])
-    hasher: Any = None
-    chunks: tuple[int, ...] = ()
-    """Where each hashed run of messages starts (format 1 digests are computed again over the same runs)."""
-
-
-def _messages_digest(
-    messages: list[ModelMessage], chain: DigestChain | None
-) -> tuple[Any, tuple[int, ...], bytes | None]:
-    previous = chain.messages if chain is not None else []
-    start: Any = chain.hasher if chain is not None else None
-    extends = len(previous) <= len(messages) and all(old is new for old, new in zip(previous, messages, strict=False))
-    if start is not None and chain is not None and extends:
-        hasher = start.copy()
-        chunks = chain.chunks
-        added = messages[len(previous) :]
-    else:
-        hasher = hashlib.blake2b(digest_size=16)
-        chunks = ()
-        added = messages
-    dumped = _messages_json(added, _MESSAGE_EXCLUDE, exclude_defaults=True) if added else None
-    if dumped is not None:
-        hasher.update(dumped)
-        chunks = (*chunks, len(messages) - len(added))
-    if chain is not None:
-        chain.messages = list(messages)
-        chain.hasher = hasher.copy()
-        chain.chunks = chunks
-    return hasher, chunks, dumped
-
-
-def _v1_digest(messages: list[ModelMessage], chunks: tuple[int, ...], model: str) -> str:
-    hasher = hashlib.blake2b(digest_size=16)
-    for start, end in zip(chunks, (*chunks[1:], len(messages)), strict=True):
-        hasher.update(_messages_json(messages[start:end], _V1_MESSAGE_EXCLUDE))
-    hasher.update(b"\x00model:" + utf8(model))
-    return hasher.hexdigest()
-
-
-def _messages_json(messages: list[ModelMessage], exclude: Any, *, exclude_defaults: bool = False) -> bytes:
-    try:
-        return ModelMessagesTypeAdapter.dump_json(messages, exclude=exclude, exclude_defaults=exclude_defaults)
-    except PydanticSerializationError:  # lone surrogates, which pydantic-core cannot write as JSON
-        data = ModelMessagesTypeAdapter.dump_python(
-            messages, mode="json", exclude=exclude, exclude_defaults=exclude_defaults
-        )
-        return utf8(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
-
-
-def _preview(value: object, limit: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _last_text(messages: list[ModelMessage]) -> str:
-    for message in reversed(messages):
-        for part in reversed(message.parts):
-            content = getattr(part, "content", None)
-            if content is not None:
-                return f"{part.part_kind} {_preview(content)}"
-            tool_name = getattr(part, "tool_name", None)
-            if isinstance(tool_name, str):
-                return f"{part.part_kind} {tool_name}"
-    return "no parts"
-
-
-def asked_for(
-    operation_id: DurableOperationId, cache_key: tuple[object, ...], chain: DigestChain | None = None
-) -> Asked | None:
-    """What a model request or tool call is asked, from the operation's cache key (searched by type).
-
-    A model request is identified by its model and messages (without timestamps and run identifiers,
-    which differ on every attempt and in a fork); a tool call or argument validation by the tool's name
-    and arguments. Other operations carry no digest. `chain` (one per agent run) makes a model request's
-    digest cost only the messages added since the run's previous request.
-    """
-    if isinstance(operation_id, ModelRequestId):
-        messages = next((item for item in cache_key if _is_message_list(item)), None)
-        if messages is None:
-            return None
-        model = operation_id.model_id or "default"
-        hasher, chunks, added = _messages_digest(messages, chain)
-        hasher.update(b"\x00model:" + utf8(model))
-        summary = f"a request to model {model!r} with {len(messages)} message(s), the last {_last_text(messages)}"
-        return Asked(
-            _MESSAGES_DIGEST_V2 + hasher.hexdigest(),
-            _one_line(summary),
-            partial(_v1_digest, list(messages), chunks, model),
-            request=_model_request_text(model, added),
-        )
-    if isinstance(operation_id, ToolsetCallToolId | ToolsetValidateToolArgumentsId):
-        tool_name: str | None = None
-        args: object = None
-        for item in cast(tuple[Any, ...], cache_key):
-            if isinstance(item, RunContext) and tool_name is None:
-                tool_name = cast(RunContext[Any], item).tool_name
-            elif isinstance(item, dict) and args is None:
-                args = cast(dict[str, Any], item)
-        jsonable = to_jsonable_python(args, fallback=str)
-        return Asked.of(
-            {"tool": tool_name, "args": jsonable}, f"tool {tool_name!r} with arguments {_preview(jsonable, 100)}"
-        )
-    return None
-
-
-def _is_message_list(item: object) -> TypeGuard[list[ModelMessage]]:
-    if not isinstance(item, list):
-        return False
-    entries = cast(list[object], item)
-    return bool(entries) and all(isinstance(entry, ModelRequest | ModelResponse) for entry in entries)
+    sole = Checkpoint.read_sole(value)
+    return value if sole is None or sole.text is None else json.loads(sole.text)

@@ -39,7 +39,7 @@ from absurd_sdk import AsyncTaskContext, CancelledTask, FailedTask, SuspendTask,
 from absurd_sdk import get_current_context as _sdk_current_context
 from pydantic_ai.exceptions import UserError
 
-from ._checkpoint import DigestChain
+from ._digest import DigestChain
 from ._lease import LeaseKeeper
 from ._step_names import run_prefix
 

@@ -17,9 +17,9 @@ from typing import Any, NoReturn, TypeVar
 
 from absurd_sdk import AsyncTaskContext, StepHandle
 
-from . import _checkpoint
 from ._absurd import begin_step, give_up_retries, release_step_name
-from ._checkpoint import Asked
+from ._checkpoint import Checkpoint
+from ._digest import Asked, check_digest
 from ._execution import END_STATES, StepBody, execution_state, remember_end, require_task_context, step_body_scope
 from .errors import ReplayDivergenceError, UnserializableResultError
 
@@ -186,7 +186,9 @@ async def run_step(
     handle = await begin(task_ctx, step)
     if handle.done:
         await _check_digest(task_ctx, handle, asked)
-        return StepOutcome(_checkpoint.decode(handle.state, step=handle.checkpoint_name), False, handle.checkpoint_name)
+        return StepOutcome(
+            Checkpoint.read(handle.state).decode(step=handle.checkpoint_name), False, handle.checkpoint_name
+        )
     refuse_live(handle.checkpoint_name)
     try:
         payload = await _run_body_retrying(task_ctx, body, handle.checkpoint_name, retry)
@@ -196,11 +198,11 @@ async def run_step(
             if not isinstance(error, END_STATES):
                 release_step_name(task_ctx, handle)  # a retry of this operation takes the same name, as a replay will
             raise
-        await commit(task_ctx, handle, _checkpoint.encode_error(message))
+        await commit(task_ctx, handle, Checkpoint.failure(message).stored())
         raise UnserializableResultError(message) from error
-    checkpoint, value = _checkpoint.encode(payload, asked=asked)
-    await commit(task_ctx, handle, checkpoint)
-    return StepOutcome(value, True, handle.checkpoint_name)
+    checkpoint = Checkpoint.of(payload, asked=asked)
+    await commit(task_ctx, handle, checkpoint.stored())
+    return StepOutcome(checkpoint.value, True, handle.checkpoint_name)
 
 
 async def _run_body_retrying(
@@ -218,7 +220,7 @@ async def _run_body_retrying(
 
 async def _check_digest(task_ctx: AsyncTaskContext, handle: StepHandle, asked: Asked | None) -> None:
     try:
-        _checkpoint.check_digest(handle.state, asked, step=handle.checkpoint_name)
+        check_digest(handle.state, asked, step=handle.checkpoint_name)
     except ReplayDivergenceError:
         if _live_guard.get() is None:  # deploy verification writes nothing
             await remember_end(task_ctx, give_up_retries(task_ctx))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pydantic import JsonValue
 from pydantic_ai.durable_exec import ExternalEventError, ExternalEventWaiter
 from pydantic_ai.exceptions import UserError
 
-from . import _checkpoint
+from ._checkpoint import Checkpoint
 from ._execution import RunScope, remember_end
 from ._step_names import ExternalEventStep, StepName, WaitPart
 from ._steps import begin, commit, run_body
@@ -32,8 +31,6 @@ __all__ = [
 
 TOKEN_PREFIX = "pydantic-ai-absurd:"
 """Every resume token handed out by a durable run starts with this."""
-
-_FAILURE_KEY = "error"
 
 
 @dataclass(frozen=True)
@@ -80,15 +77,16 @@ class AbsurdEventWaiter(ExternalEventWaiter):
         handle = await begin(task_ctx, step("ask"))
         token = token_for(task_ctx, handle.checkpoint_name)
         if handle.done:
-            answer = None if handle.state is None else _checkpoint.decode(handle.state, step=handle.checkpoint_name)
+            answer = None if handle.state is None else Checkpoint.read(handle.state).decode(step=handle.checkpoint_name)
         else:
             reset = _CURRENT_WAIT.set(CurrentWait(name, timeout))
             try:
                 answer = await run_body(task_ctx, lambda: ask(token))
             finally:
                 _CURRENT_WAIT.reset(reset)
-            checkpoint, answer = _checkpoint.encode(answer)
-            await commit(task_ctx, handle, checkpoint)
+            checkpoint = Checkpoint.of(answer)
+            answer = checkpoint.value
+            await commit(task_ctx, handle, checkpoint.stored())
         if answer is not None:
             return cast(JsonValue, answer)
         timed_out = await begin(task_ctx, step("timed_out"))
@@ -100,7 +98,7 @@ class AbsurdEventWaiter(ExternalEventWaiter):
                 task_ctx, task_ctx.await_event(token, step_name=step("event"), timeout=seconds)
             )
         except AbsurdTimeoutError:
-            await commit(task_ctx, timed_out, _checkpoint.encode(True)[0])
+            await commit(task_ctx, timed_out, Checkpoint.of(True).stored())
             raise ExternalEventError(f"Timed out waiting for {name!r}") from None
         return event_payload(payload)
 
@@ -112,15 +110,12 @@ def token_for(task_ctx: AsyncTaskContext, checkpoint_name: str) -> str:
 
 def event_payload(payload: object) -> JsonValue:
     """The answer an event carries: this package's envelope, a failure, or a plain JSON payload."""
-    if isinstance(payload, dict):
-        entries = cast(dict[str, object], payload)
-        reason = entries.get(_FAILURE_KEY)
-        if isinstance(reason, str) and len(entries) == 1:
-            raise ExternalEventError(reason)
-        text = _checkpoint.value_text(entries)
-        if text is not None and len(entries) == 1:
-            return cast(JsonValue, json.loads(text))
-    return cast(JsonValue, payload)
+    sent = Checkpoint.read_sole(payload)
+    if sent is None:
+        return cast(JsonValue, payload)
+    if sent.error is not None:
+        raise ExternalEventError(sent.error)
+    return cast(JsonValue, sent.value)
 
 
 def _check_token(token: str) -> None:
@@ -141,11 +136,13 @@ async def resolve_event_token(
     with `absurd.emit_event(token, {...})` or `absurdctl emit-event` is accepted too.
     """
     _check_token(token)
-    envelope, _ = _checkpoint.encode(payload)
+    envelope = Checkpoint.of(payload).stored()
     await absurd.emit_event(token, cast(JsonValue, envelope), queue_name=queue_name)
 
 
 async def fail_event_token(absurd: AsyncAbsurd, token: str, reason: str, *, queue_name: str | None = None) -> None:
     """End the durable wait on `token` with an `ExternalEventError` carrying `reason`."""
     _check_token(token)
-    await absurd.emit_event(token, {_FAILURE_KEY: storable(reason)}, queue_name=queue_name)
+    await absurd.emit_event(
+        token, cast(JsonValue, Checkpoint.failure(storable(reason)).stored()), queue_name=queue_name
+    )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
-import json
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import Any, cast
@@ -31,7 +30,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
 
 from . import _absurd
-from ._checkpoint import value_text
+from ._checkpoint import Checkpoint
 from ._extensions import DurableRun
 from ._pydantic_ai import active_run_usage
 from ._step_names import ModelStep, RunStartTime, StepName, ToolsetStep
@@ -164,8 +163,8 @@ def _subtract(run_usage: Any, usage: dict[str, Any]) -> None:
 
 
 def _value(state: object) -> Any:
-    text = value_text(state)
-    return None if text is None else json.loads(text)
+    checkpoint = Checkpoint.read(state)
+    return None if checkpoint.text is None else checkpoint.value
 
 
 def _reached(name: StepName, encounters: dict[str, int]) -> bool:

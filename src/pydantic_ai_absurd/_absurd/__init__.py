@@ -1,11 +1,12 @@
 """Everything that reaches into Absurd, in one place.
 
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
+- `_offline`: a task context whose private storage methods are overridden, for deploy verification.
 - `_sql`: raw SQL on Absurd's functions and tables, and its SQLSTATEs.
 """
 
+from ._offline import OfflineTaskContext
 from ._private import (
-    NamingHookContext,
     begin_step,
     check_offline_context_names,
     check_private_names,
@@ -67,7 +68,7 @@ from ._sql import (
 )
 
 __all__ = [
-    "NamingHookContext",
+    "OfflineTaskContext",
     "OrphanedRun",
     "SQLSTATE_CANCELLED",
     "SQLSTATE_FAILED",

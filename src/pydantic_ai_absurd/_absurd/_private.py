@@ -33,6 +33,10 @@ Private names used (absurd-sdk 0.5.1), all pinned by `tests/test_worker_sdk_priv
   context, and updates the cache on each write of this execution; a name missing from it has no
   checkpoint, yet `begin_step` asks Postgres again, doubling the statements of every new step. Any other
   writer would be an older run of the task, and Absurd refuses its writes once a newer run exists.
+- `AsyncTaskContext._get_checkpoint_name`, `_lookup_checkpoint`, `_persist_checkpoint` and `_schedule_run_after`,
+  overridden by `OfflineTaskContext` (`_offline.py`): every checkpoint read, write and reschedule of the SDK's own
+  context methods goes through them, so deploy verification's context reaches no database (checked by
+  `check_offline_context_names()`, pinned by `tests/test_verify_sandbox.py`).
 """
 
 from __future__ import annotations
@@ -257,6 +261,9 @@ _OFFLINE_CONTEXT_ATTRIBUTES = (
     "_step_name_counter",
 )
 
+_OFFLINE_CONTEXT_METHODS = ("_get_checkpoint_name", "_lookup_checkpoint", "_persist_checkpoint", "_schedule_run_after")
+"""Called by `OfflineTaskContext` (`_get_checkpoint_name`) or overridden by it (all four, `_offline.py`)."""
+
 
 @functools.cache
 def missing_offline_context_names() -> tuple[str, ...]:
@@ -268,8 +275,11 @@ def missing_offline_context_names() -> tuple[str, ...]:
         for name in _OFFLINE_CONTEXT_ATTRIBUTES
         if name not in AsyncTaskContext.__annotations__
     ]
-    if not callable(getattr(AsyncTaskContext, "_get_checkpoint_name", None)):
-        missing.append("AsyncTaskContext._get_checkpoint_name")
+    missing += [
+        f"AsyncTaskContext.{name}"
+        for name in _OFFLINE_CONTEXT_METHODS
+        if not callable(getattr(AsyncTaskContext, name, None))
+    ]
     if not hasattr(absurd_sdk, "_current_task_context"):
         missing.append("absurd_sdk._current_task_context")
     if "_registry" not in AsyncAbsurd("postgresql://", queue_name="probe").__dict__:
@@ -372,23 +382,3 @@ def task_connection(task_ctx: AsyncTaskContext) -> AsyncConnection[Any]:
     order with that step's own writes, without a pool of its own.
     """
     return task_ctx._conn  # pyright: ignore[reportPrivateUsage]
-
-
-class NamingHookContext(AsyncTaskContext):
-    """An `AsyncTaskContext` subclass told every checkpoint name the SDK's counter hands out.
-
-    Overrides `AsyncTaskContext._get_checkpoint_name` (private): deploy verification records which steps a
-    handler asks for, in order, and where in the user's code it asked.
-    """
-
-    def _get_checkpoint_name(self, name: str) -> str:
-        checkpoint_name = super()._get_checkpoint_name(name)
-        self.checkpoint_name_given(checkpoint_name)
-        return checkpoint_name
-
-    def checkpoint_name_given(self, checkpoint_name: str) -> None:
-        """Called with each checkpoint name as it is handed out (override it)."""
-
-    def next_checkpoint_name(self, name: str) -> str:
-        """The checkpoint name the next step called `name` gets (advances the SDK's counter)."""
-        return self._get_checkpoint_name(name)

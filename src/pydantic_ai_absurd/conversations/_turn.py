@@ -24,7 +24,7 @@ from pydantic_ai.conversation import Conversation, ConversationTypeAdapter
 from pydantic_ai.conversation_store import ConversationConflict, ConversationStore
 from pydantic_ai.run import AgentRunResult
 
-from .._checkpoint import Asked
+from .._digest import Asked
 from .._execution import current_task_context
 from .._extensions import AgentRunCall
 from .._pydantic_ai import mark_result_saved

@@ -25,7 +25,8 @@ from absurd_sdk import AsyncAbsurd, AsyncTaskContext, get_current_context
 from pydantic_ai.exceptions import UserError
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, RunContext, ToolApproved, ToolDenied
 
-from .. import _absurd, _checkpoint
+from .. import _absurd
+from .._checkpoint import Checkpoint
 from .._dsn import connect_async, redact_dsn
 from .._waits import TOKEN_PREFIX, current_wait
 from ..errors import InvalidAnswerError, RequestNotPendingError, SchemaNotInstalledError, one_line
@@ -214,7 +215,7 @@ class Inbox:
             queue_name = str(row[1])
 
             async def emit() -> None:
-                envelope, _ = _checkpoint.encode(merged)
+                envelope = Checkpoint.of(merged).stored()
                 await _absurd.emit_event_sql(conn, queue_name, token, envelope)
 
             await _store.save_decisions(conn, row, merged, complete=complete, emit=emit)

@@ -2,7 +2,7 @@
 
 Step names are read by `pydantic_ai_absurd._step_names.StepName` (`support__model.request`,
 `support~2__function_toolset__tools.call_tool:charge@call_1#2`, `support__external_event:approve`, ...);
-the values are `{"json": "<text>", ...}` checkpoints (`pydantic_ai_absurd._checkpoint`), and a model
+the values are checkpoints read with `pydantic_ai_absurd._checkpoint.Checkpoint.read`, and a model
 request's value is the serialized `ModelResponse`.
 """
 
@@ -15,7 +15,8 @@ from typing import Any, cast
 from pydantic import TypeAdapter, ValidationError
 from pydantic_ai.messages import ModelResponse, TextPart, ThinkingPart, ToolCallPart
 
-from .._checkpoint import ERROR_KEY, value_text
+from .._checkpoint import Checkpoint
+from .._digest import preview as _preview
 from .._step_names import (
     CapabilityStep,
     ConversationStep,
@@ -102,9 +103,7 @@ def short_label(name: str) -> str:
 
 def preview(value: object, limit: int = PREVIEW_LENGTH) -> str:
     """A one-line preview of `value` (text as is, anything else as JSON), at most `limit` characters."""
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return _preview(value, limit)
 
 
 @dataclass(frozen=True)
@@ -122,15 +121,12 @@ class StepValue:
 
 def decode_value(state: object, kind: StepKind) -> StepValue:
     """Decode a checkpoint's state; model responses through Pydantic AI's message adapter."""
-    if not isinstance(state, dict):
-        return StepValue(value=state, preview=None if state is None else preview(state))
-    entries = cast(dict[str, object], state)
-    error = entries.get(ERROR_KEY)
-    if isinstance(error, str):
-        return StepValue(error=error, preview=preview(error))
-    text = value_text(entries)
+    checkpoint = Checkpoint.read(state)
+    if checkpoint.error is not None:
+        return StepValue(error=checkpoint.error, preview=preview(checkpoint.error))
+    text = checkpoint.text
     if text is None:
-        return StepValue(value=entries, preview=preview(entries))
+        return StepValue(value=state, preview=None if state is None else preview(state))
     if kind == "model_request":
         return _model_response(text)
     value: Any = json.loads(text)

@@ -23,6 +23,7 @@ from .._absurd import (
     read_task,
     task_ids_in_states,
 )
+from .._checkpoint import Checkpoint
 from .._dsn import connect_async
 from ..errors import QueueNotFoundError, RecordingError
 
@@ -52,12 +53,7 @@ class RecordedStep:
     @property
     def asked(self) -> str | None:
         """The one-line summary of what the step was asked, when the checkpoint carries one."""
-        state: object = self.state
-        if isinstance(state, dict):
-            summary = cast(dict[str, Any], state).get("asked")
-            if isinstance(summary, str):
-                return summary
-        return None
+        return Checkpoint.read(self.state).asked
 
 
 @dataclass(frozen=True)

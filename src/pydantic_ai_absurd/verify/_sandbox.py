@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TypeVar, cast
 
 from absurd_sdk import StepHandle
 
-from .._absurd import NamingHookContext, offline_task_context
+from .._absurd import OfflineTaskContext, offline_task_context
 from .._steps import current_step_function
 
 __all__ = ["SandboxContext", "SandboxViolation", "WouldRunLive", "function_location", "sandbox_context"]
@@ -55,7 +55,7 @@ def function_location(function: object) -> str | None:
     return f"{code.co_filename if relative.startswith('..') else relative}:{code.co_firstlineno}"
 
 
-class SandboxContext(NamingHookContext):
+class SandboxContext(OfflineTaskContext):
     """A task context over a recording (see the module docstring). Built by `sandbox_context`."""
 
     recording: dict[str, Any]
@@ -126,13 +126,16 @@ class SandboxContext(NamingHookContext):
     async def heartbeat(self, seconds: int | None = None) -> None:
         """Nothing to extend."""
 
-    async def _lookup_checkpoint(self, checkpoint_name: str) -> object:
+    async def lookup_checkpoint(self, checkpoint_name: str) -> NoReturn:
+        """Every recorded checkpoint is answered above: a lookup here would query the database."""
         raise SandboxViolation(f"verification looked up checkpoint {checkpoint_name!r} in the database")
 
-    async def _persist_checkpoint(self, checkpoint_name: str, value: Any) -> None:
+    async def persist_checkpoint(self, checkpoint_name: str, value: Any) -> NoReturn:
+        """A checkpoint written here is a step that would run live."""
         raise WouldRunLive(checkpoint_name)
 
-    async def _schedule_run_after(self, seconds: float) -> None:
+    async def schedule_run_after(self, seconds: float) -> NoReturn:
+        """Scheduling the run would write to the database."""
         raise SandboxViolation("verification tried to schedule the run")
 
 
