@@ -50,8 +50,8 @@ LAYERS = {
     "_worker_records",
 }
 
-HELPERS = {"_dsn", "_pg_binaries"}
-"""Neither: small helpers that import no other module of the package."""
+HELPERS = {"_dsn", "_db", "_pg_binaries"}
+"""Neither: small helpers for the core and the layers that import no layer (`errors` at most)."""
 
 
 def _module_file(parts: tuple[str, ...]) -> Path | None:

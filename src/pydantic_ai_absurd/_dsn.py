@@ -1,4 +1,4 @@
-"""Connection strings: resolution order, redaction, and connection errors as one-line messages."""
+"""Connection strings: resolution order, redaction, and connection errors as one-line messages (`_db` connects)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from .errors import DatabaseConnectionError
 
 __all__ = [
     "DEFAULT_DSN",
-    "connect",
-    "connect_async",
     "connection_error",
     "connection_url",
     "redact_dsn",
@@ -112,21 +110,3 @@ def connection_error(exc: BaseException, dsn: str) -> DatabaseConnectionError:
         )
     first_line = " ".join(text.split()) or type(exc).__name__
     return DatabaseConnectionError(f"Cannot connect to Postgres at {where}: {first_line}", reason="other")
-
-
-def connect(dsn: str, *, autocommit: bool = False, connect_timeout: int = 10) -> psycopg.Connection[tuple[object, ...]]:
-    """Open a psycopg connection, turning connection failures into `DatabaseConnectionError`."""
-    try:
-        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=connect_timeout)
-    except psycopg.Error as exc:
-        raise connection_error(exc, dsn) from exc
-
-
-async def connect_async(
-    dsn: str, *, autocommit: bool = False, connect_timeout: int = 10
-) -> psycopg.AsyncConnection[tuple[object, ...]]:
-    """Async twin of `connect`."""
-    try:
-        return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, connect_timeout=connect_timeout)
-    except psycopg.Error as exc:
-        raise connection_error(exc, dsn) from exc

@@ -25,7 +25,7 @@ from absurd_sdk import AsyncAbsurd, CancellationPolicy, RetryStrategy, TaskResul
 from absurd_sdk import TimeoutError as AbsurdTimeoutError
 
 from ._absurd import TERMINAL_TASK_STATES, client_connection, client_conninfo, client_queue_name, is_registered
-from ._dsn import connect_async
+from ._db import connect_async, create_queue_hint, queue_not_found
 from ._text import unstorable_text_at
 from ._worker_records import registered_names
 from .errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError, UnstorableTextError
@@ -141,10 +141,7 @@ def _failed(task_id: str, failure: Any) -> TaskFailedError:
 
 
 def _queue_missing(queue: str) -> QueueNotFoundError:
-    return QueueNotFoundError(
-        f"Queue {queue!r} does not exist: create it with `pydantic-ai-absurd init --queue {queue}` "
-        f"(or `await setup(dsn, queues=[{queue!r}])`)."
-    )
+    return queue_not_found(queue, f"{create_queue_hint(queue)} (or `await setup(dsn, queues=[{queue!r}])`).")
 
 
 def _map_db_error(err: psycopg.Error, queue: str) -> PydanticAIAbsurdError | None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .._dsn import connect, redact_dsn, resolve_dsn
+from .._db import connect
+from .._dsn import redact_dsn, resolve_dsn
 from ..errors import SchemaNotInstalledError
 
 __all__ = ["missing_schema_error", "require_schema"]

@@ -26,7 +26,8 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, RunContext, ToolApproved, ToolDenied
 
 from .. import _absurd, _checkpoint
-from .._dsn import connect_async, redact_dsn
+from .._db import connect_async
+from .._dsn import redact_dsn
 from .._waits import TOKEN_PREFIX, current_wait
 from ..errors import InvalidAnswerError, RequestNotPendingError, SchemaNotInstalledError, one_line
 from . import _answers, _store

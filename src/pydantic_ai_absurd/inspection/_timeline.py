@@ -14,10 +14,10 @@ from absurd_sdk import AsyncAbsurd
 from psycopg import AsyncConnection
 
 from .. import _absurd
-from .._dsn import connect_async
+from .._db import connect_async, queue_not_found
 from .._worker_records import read_lost_executions, registered_names
 from ..client import TaskNotFoundError
-from ..errors import QueueNotFoundError, SchemaNotInstalledError
+from ..errors import SchemaNotInstalledError
 from ._lost import lost_executions
 from ._records import (
     AgentRunRecord,
@@ -60,9 +60,7 @@ def _default_queue(source: Source) -> str | None:
 
 def _map(err: psycopg.Error, queue: str) -> Exception | None:
     if isinstance(err, psycopg.errors.UndefinedTable):
-        return QueueNotFoundError(
-            f"Queue {queue!r} does not exist: check the name (`pydantic-ai-absurd tasks` lists every queue's tasks)."
-        )
+        return queue_not_found(queue, "check the name (`pydantic-ai-absurd tasks` lists every queue's tasks).")
     if isinstance(err, psycopg.errors.UndefinedFunction | psycopg.errors.InvalidSchemaName):
         return SchemaNotInstalledError(
             "The database has no Absurd schema: run `pydantic-ai-absurd init` (or `await setup(dsn)`) first."

@@ -17,7 +17,8 @@ from typing import Any, Literal, cast
 import absurdctl  # pyright: ignore[reportMissingTypeStubs]
 import psycopg
 
-from .._dsn import connect, connect_async, connection_url, redact_dsn, resolve_dsn
+from .._db import connect, connect_async, create_queue_hint, queue_not_found
+from .._dsn import connection_url, redact_dsn, resolve_dsn
 from ..errors import (
     QueueNameError,
     QueueNotFoundError,
@@ -296,10 +297,8 @@ async def check_schema(dsn: str | None = None) -> str:
 
 
 def _queue_not_found(queue_name: str, where: str) -> QueueNotFoundError:
-    return QueueNotFoundError(
-        f"Queue {queue_name!r} does not exist in {where}: create it with "
-        f"`pydantic-ai-absurd init --queue {queue_name}` (or setup(queues=[{queue_name!r}]))."
-    )
+    hint = f"{create_queue_hint(queue_name)} (or setup(queues=[{queue_name!r}]))."
+    return queue_not_found(queue_name, hint, where=where)
 
 
 def ensure_queue_exists_sync(dsn: str | None, queue_name: str) -> None:
