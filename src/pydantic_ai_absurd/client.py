@@ -28,7 +28,18 @@ from ._absurd import TERMINAL_TASK_STATES, client_connection, client_conninfo, c
 from ._db import connect_async, create_queue_hint, queue_not_found
 from ._text import unstorable_text_at
 from ._worker_records import registered_names
-from .errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError, UnstorableTextError
+from .errors import (
+    PydanticAIAbsurdError,
+    QueueNotFoundError,
+    SchemaNotInstalledError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskResultTimeoutError,
+    UnknownTaskError,
+    UnregisteredTaskError,
+    UnstorableTextError,
+)
 
 __all__ = [
     "SpawnedTask",
@@ -45,39 +56,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class UnregisteredTaskError(PydanticAIAbsurdError, ValueError):
-    """A task not registered on the spawning client was spawned without `queue=`."""
-
-
-class UnknownTaskError(UnregisteredTaskError):
-    """No worker of the queue runs a task of this name: the queue's workers recorded theirs, and it is not one."""
-
-
-class TaskNotFoundError(PydanticAIAbsurdError, LookupError):
-    """No task with this id exists in the queue (wrong id or queue, or cleaned up)."""
-
-
-class TaskFailedError(PydanticAIAbsurdError):
-    """The task failed for good; `failure` is the failure reason Absurd stored (`name`, `message`, ...)."""
-
-    def __init__(self, message: str, *, task_id: str, failure: Any) -> None:
-        super().__init__(message)
-        self.task_id = task_id
-        self.failure = failure
-
-
-class TaskCancelledError(PydanticAIAbsurdError):
-    """The task was cancelled (by `cancel_task` or its cancellation policy) and has no result."""
-
-    def __init__(self, message: str, *, task_id: str) -> None:
-        super().__init__(message)
-        self.task_id = task_id
-
-
-class TaskResultTimeoutError(PydanticAIAbsurdError, TimeoutError):
-    """`wait_for_result` gave up before the task finished; the task keeps running."""
 
 
 @dataclass(frozen=True)
