@@ -2,6 +2,7 @@
 
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
 - `_sql`: raw SQL on Absurd's functions and tables, and its SQLSTATEs.
+- `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
 from ._private import (
@@ -65,8 +66,32 @@ from ._sql import (
     task_states,
     worker_lock_held,
 )
+from ._sql_schema import (
+    CURRENT_TIME,
+    absurd_schema_exists_sync,
+    create_queue_on,
+    drop_queue_on,
+    has_schema_version,
+    has_schema_version_sync,
+    queue_exists,
+    queue_exists_sync,
+    queues_table_exists_sync,
+    schema_version,
+    schema_version_sync,
+)
 
 __all__ = [
+    "CURRENT_TIME",
+    "absurd_schema_exists_sync",
+    "create_queue_on",
+    "drop_queue_on",
+    "has_schema_version",
+    "has_schema_version_sync",
+    "queue_exists",
+    "queue_exists_sync",
+    "queues_table_exists_sync",
+    "schema_version",
+    "schema_version_sync",
     "NamingHookContext",
     "OrphanedRun",
     "SQLSTATE_CANCELLED",

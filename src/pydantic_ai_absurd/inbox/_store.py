@@ -18,7 +18,7 @@ from ._records import COLUMNS
 __all__ = ["Row", "insert_request", "locked_request", "mark_notified", "pending_rows", "purge_rows", "save_decisions"]
 
 TABLE = sql.SQL("{}.inbox_requests").format(sql.Identifier(OWN_SCHEMA))
-_OPEN = "r.answered_at is null and (r.expires_at is null or r.expires_at > absurd.current_time())"
+_OPEN = sql.SQL("r.answered_at is null and (r.expires_at is null or r.expires_at > {})").format(_absurd.CURRENT_TIME)
 
 Row = tuple[Any, ...]
 
@@ -42,9 +42,9 @@ async def insert_request(
         sql.SQL(
             "insert into {} (token, queue_name, task_id, task_name, agent_name, wait_name, requests, scope,"
             " asked_at, expires_at) select %s, %s, %s, %s, %s, %s, %s::jsonb, %s, n.now,"
-            " n.now + make_interval(secs => %s) from (select absurd.current_time() as now) n"
+            " n.now + make_interval(secs => %s) from (select {} as now) n"
             " on conflict (token) do nothing"
-        ).format(TABLE),
+        ).format(TABLE, _absurd.CURRENT_TIME),
         (token, queue_name, task_id, task_name, agent_name, wait_name, jsonb_param(requests), scope, seconds),
     )
     cur = await conn.execute(
@@ -61,7 +61,7 @@ async def mark_notified(conn: AsyncConnection[Any], token: str) -> None:
 
 
 async def _open_queues(conn: AsyncConnection[Any]) -> list[str]:
-    cur = await conn.execute(sql.SQL("select distinct queue_name from {} r where {}").format(TABLE, sql.SQL(_OPEN)))
+    cur = await conn.execute(sql.SQL("select distinct queue_name from {} r where {}").format(TABLE, _OPEN))
     names = [str(row[0]) for row in await cur.fetchall()]
     return await _absurd.existing_queues(conn, names) if names else []
 
@@ -79,7 +79,7 @@ async def pending_rows(
     queues = [q for q in await _open_queues(conn) if queue_name is None or q == queue_name]
     if not queues:
         return []
-    filters = [sql.SQL(_OPEN), sql.SQL("r.queue_name = %s")]
+    filters = [_OPEN, sql.SQL("r.queue_name = %s")]
     params: list[Any] = []
     if token is not None:
         filters.append(sql.SQL("r.token = %s"))
@@ -127,9 +127,9 @@ async def locked_request(
     """
     cur = await conn.execute(
         sql.SQL(
-            "select {}, r.answered_at is not null, r.expires_at is not null and r.expires_at <= absurd.current_time()"
+            "select {}, r.answered_at is not null, r.expires_at is not null and r.expires_at <= {}"
             " from {} r where r.token = %s for update"
-        ).format(sql.SQL(COLUMNS), TABLE),
+        ).format(sql.SQL(COLUMNS), _absurd.CURRENT_TIME, TABLE),
         (token,),
     )
     found = await cur.fetchone()
@@ -186,10 +186,10 @@ async def save_decisions(
 
 async def purge_rows(conn: AsyncConnection[Any], older_than: timedelta) -> int:
     """Delete requests asked more than `older_than` ago that are no longer pending; returns how many."""
-    cutoff = sql.SQL("r.asked_at < absurd.current_time() - make_interval(secs => %s)")
+    cutoff = sql.SQL("r.asked_at < {} - make_interval(secs => %s)").format(_absurd.CURRENT_TIME)
     seconds = older_than.total_seconds()
     cur = await conn.execute(
-        sql.SQL("delete from {} r where {} and not ({}) returning r.token").format(TABLE, cutoff, sql.SQL(_OPEN)),
+        sql.SQL("delete from {} r where {} and not ({}) returning r.token").format(TABLE, cutoff, _OPEN),
         (seconds,),
     )
     deleted = len(await cur.fetchall())

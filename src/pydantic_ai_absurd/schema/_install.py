@@ -17,6 +17,17 @@ from typing import Any, Literal, cast
 import absurdctl  # pyright: ignore[reportMissingTypeStubs]
 import psycopg
 
+from .._absurd import (
+    absurd_schema_exists_sync,
+    create_queue_on,
+    drop_queue_on,
+    has_schema_version,
+    queue_exists,
+    queue_exists_sync,
+    queues_table_exists_sync,
+    schema_version,
+    schema_version_sync,
+)
 from .._db import connect, connect_async, create_queue_hint, queue_not_found
 from .._dsn import connection_url, redact_dsn, resolve_dsn
 from ..errors import (
@@ -118,19 +129,6 @@ def validate_queue_name(queue_name: str) -> str:
     return queue_name
 
 
-def _installed_version(conn: psycopg.Connection[Any]) -> str | None:
-    row = conn.execute("select to_regprocedure('absurd.get_schema_version()') is not null").fetchone()
-    if row is None or not row[0]:
-        return None
-    row = conn.execute("select absurd.get_schema_version()").fetchone()
-    return str(row[0]) if row is not None and row[0] is not None else None
-
-
-def _absurd_schema_exists(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("select to_regnamespace('absurd') is not null").fetchone()
-    return bool(row and row[0])
-
-
 def _too_new(current: str, where: str) -> SchemaVersionError:
     return SchemaVersionError(
         f"The Absurd schema in {where} is version {current}, newer than {ABSURD_SCHEMA_VERSION} bundled with "
@@ -146,20 +144,14 @@ def _plan_migrations(current: str, where: str) -> list[tuple[str, str]]:
     return [(str(step["name"]), str(step["sql"])) for step in path]
 
 
-def _queue_exists(conn: psycopg.Connection[Any], queue_name: str) -> bool:
-    return conn.execute("select 1 from absurd.queues where queue_name = %s", (queue_name,)).fetchone() is not None
-
-
 def _setup_in_transaction(
     conn: psycopg.Connection[Any], where: str, queues: Sequence[str], migrate: bool
 ) -> SchemaInfo:
     conn.execute("select pg_advisory_xact_lock(%s)", (_SETUP_LOCK_KEY,))
-    current = _installed_version(conn)
+    current = schema_version_sync(conn)
     applied: list[str] = []
     if current is None:
-        if _absurd_schema_exists(conn) and conn.execute(
-            "select to_regclass('absurd.queues') is not null"
-        ).fetchone() == (True,):
+        if absurd_schema_exists_sync(conn) and queues_table_exists_sync(conn):
             raise SchemaVersionError(
                 f"{where} has an Absurd schema without absurd.get_schema_version() (an old release); "
                 "migrate it once with `absurdctl migrate --from VERSION`, then rerun."
@@ -198,7 +190,7 @@ def _setup_in_transaction(
                         f"{one_line(exc)} (nothing was changed; is the recorded version {current} right?)."
                     ) from exc
                 applied.append(name)
-            after = _installed_version(conn)
+            after = schema_version_sync(conn)
             if after != ABSURD_SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"Migrating the Absurd schema in {where} from {current} left version {after or 'unknown'} "
@@ -208,10 +200,10 @@ def _setup_in_transaction(
     created: list[str] = []
     existing: list[str] = []
     for queue in queues:
-        if _queue_exists(conn, queue):
+        if queue_exists_sync(conn, queue):
             existing.append(queue)
         else:
-            conn.execute("select absurd.create_queue(%s)", (queue,))
+            create_queue_on(conn, queue)
             created.append(queue)
     return SchemaInfo(
         database=where,
@@ -276,7 +268,7 @@ def check_schema_sync(dsn: str | None = None) -> str:
     """Blocking version of `check_schema()`."""
     dsn = resolve_dsn(dsn)
     with connect(dsn, autocommit=True) as conn:
-        return _check_version(_installed_version(conn), redact_dsn(dsn))
+        return _check_version(schema_version_sync(conn), redact_dsn(dsn))
 
 
 async def check_schema(dsn: str | None = None) -> str:
@@ -286,14 +278,7 @@ async def check_schema(dsn: str | None = None) -> str:
     """
     dsn = resolve_dsn(dsn)
     async with await connect_async(dsn, autocommit=True) as conn:
-        cur = await conn.execute("select to_regprocedure('absurd.get_schema_version()') is not null")
-        row = await cur.fetchone()
-        version: str | None = None
-        if row is not None and row[0]:
-            cur = await conn.execute("select absurd.get_schema_version()")
-            row = await cur.fetchone()
-            version = str(row[0]) if row is not None and row[0] is not None else None
-        return _check_version(version, redact_dsn(dsn))
+        return _check_version(await schema_version(conn), redact_dsn(dsn))
 
 
 def _queue_not_found(queue_name: str, where: str) -> QueueNotFoundError:
@@ -307,9 +292,9 @@ def ensure_queue_exists_sync(dsn: str | None, queue_name: str) -> None:
     dsn = resolve_dsn(dsn)
     where = redact_dsn(dsn)
     with connect(dsn, autocommit=True) as conn:
-        if _installed_version(conn) is None:
+        if schema_version_sync(conn) is None:
             _check_version(None, where)
-        if not _queue_exists(conn, queue_name):
+        if not queue_exists_sync(conn, queue_name):
             raise _queue_not_found(queue_name, where)
 
 
@@ -331,14 +316,9 @@ async def ensure_queue_exists(conn_or_dsn: psycopg.AsyncConnection[Any] | str | 
 
 async def ensure_queue_on(conn: psycopg.AsyncConnection[Any], queue_name: str, where: str) -> None:
     """`ensure_queue_exists` on an open connection; errors name the database as `where` (a redacted URL)."""
-    cur = await conn.execute(
-        "select to_regclass('absurd.queues') is not null and to_regprocedure('absurd.get_schema_version()') is not null"
-    )
-    row = await cur.fetchone()
-    if row is None or not row[0]:
+    if not await has_schema_version(conn, with_queues=True):
         _check_version(None, where)
-    cur = await conn.execute("select 1 from absurd.queues where queue_name = %s", (queue_name,))
-    if await cur.fetchone() is None:
+    if not await queue_exists(conn, queue_name):
         raise _queue_not_found(queue_name, where)
 
 
@@ -354,11 +334,11 @@ def _queues_only(dsn: str | None, queues: Sequence[str]) -> tuple[str, ...]:
     where = redact_dsn(dsn)
     with connect(dsn) as conn, conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", (_SETUP_LOCK_KEY,))
-        _check_version(_installed_version(conn), where)
+        _check_version(schema_version_sync(conn), where)
         created: list[str] = []
         for queue in queues:
-            if not _queue_exists(conn, queue):
-                conn.execute("select absurd.create_queue(%s)", (queue,))
+            if not queue_exists_sync(conn, queue):
+                create_queue_on(conn, queue)
                 created.append(queue)
         return tuple(created)
 
@@ -367,4 +347,4 @@ def drop_queue_sync(dsn: str | None, queue_name: str) -> None:
     """Drop `queue_name` and all its tasks, runs, checkpoints and events (no-op if missing)."""
     dsn = resolve_dsn(dsn)
     with connect(dsn, autocommit=True) as conn:
-        conn.execute("select absurd.drop_queue(%s)", (queue_name,))
+        drop_queue_on(conn, queue_name)
