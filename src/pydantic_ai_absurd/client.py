@@ -132,6 +132,25 @@ def _map_db_error(err: psycopg.Error, queue: str) -> PydanticAIAbsurdError | Non
     return None
 
 
+def _spawnable_params(
+    absurd: AsyncAbsurd, task_name: str, params: Any, headers: dict[str, Any] | None, queue: str | None
+) -> Any:
+    """`params` as JSON, after refusing what cannot be spawned: an unregistered task without a queue, unstorable text."""
+    if queue is None and not is_registered(absurd, task_name):
+        raise UnregisteredTaskError(
+            f"Task {task_name!r} is not registered on this client: pass queue='...' to spawn a task "
+            "that another process's worker runs (e.g. spawn_task(absurd, name, params, queue='agents'))."
+        )
+    if isinstance(params, pydantic.BaseModel):
+        params = params.model_dump(mode="json")
+    if where := unstorable_text_at(params, "params") or unstorable_text_at(headers, "headers"):
+        raise UnstorableTextError(
+            f"Cannot spawn {task_name!r}: Postgres cannot store a NUL character or a lone surrogate ({where}); "
+            "remove or escape it first."
+        )
+    return params
+
+
 async def spawn_task(
     absurd: AsyncAbsurd,
     task_name: str,
@@ -170,18 +189,7 @@ async def spawn_task(
         QueueNotFoundError: The queue does not exist in the database.
         SchemaNotInstalledError: The database has no Absurd schema.
     """
-    if queue is None and not is_registered(absurd, task_name):
-        raise UnregisteredTaskError(
-            f"Task {task_name!r} is not registered on this client: pass queue='...' to spawn a task "
-            "that another process's worker runs (e.g. spawn_task(absurd, name, params, queue='agents'))."
-        )
-    if isinstance(params, pydantic.BaseModel):
-        params = params.model_dump(mode="json")
-    if where := unstorable_text_at(params, "params") or unstorable_text_at(headers, "headers"):
-        raise UnstorableTextError(
-            f"Cannot spawn {task_name!r}: Postgres cannot store a NUL character or a lone surrogate ({where}); "
-            "remove or escape it first."
-        )
+    params = _spawnable_params(absurd, task_name, params, headers, queue)
     target = queue or client_queue_name(absurd)
     try:
         if not is_registered(absurd, task_name):

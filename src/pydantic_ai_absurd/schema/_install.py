@@ -144,59 +144,74 @@ def _plan_migrations(current: str, where: str) -> list[tuple[str, str]]:
     return [(str(step["name"]), str(step["sql"])) for step in path]
 
 
+def _install_absurd(conn: psycopg.Connection[Any], where: str) -> None:
+    """Install the bundled Absurd schema in a database that has none."""
+    if absurd_schema_exists_sync(conn) and queues_table_exists_sync(conn):
+        raise SchemaVersionError(
+            f"{where} has an Absurd schema without absurd.get_schema_version() (an old release); "
+            "migrate it once with `absurdctl migrate --from VERSION`, then rerun."
+        )
+    # bytes: a query without parameters is sent as-is (no %-placeholder parsing).
+    try:
+        conn.execute(absurdctl.BUNDLED_SCHEMA_SQL.encode())
+    except psycopg.Error as exc:
+        raise SchemaInstallError(
+            f"Installing the Absurd schema {ABSURD_SCHEMA_VERSION} in {where} failed: {one_line(exc)} "
+            "(nothing was changed; connect as a role that may create schemas, e.g. the database owner)."
+        ) from exc
+
+
+def _migrate_absurd(conn: psycopg.Connection[Any], where: str, current: str) -> list[str]:
+    """Migrate Absurd's schema from `current` to the bundled version; return the migrations applied."""
+    # Unlike `absurdctl migrate`, migrations that do not themselves redefine
+    # get_schema_version() ("legacy" files such as 0.3.0-0.4.0) are applied without an explicit
+    # --from: our starting version comes from get_schema_version() itself, and the final
+    # version is verified below.
+    applied: list[str] = []
+    for name, sql in _plan_migrations(current, where):
+        try:
+            conn.execute(sql.encode())
+        except psycopg.Error as exc:
+            raise SchemaVersionError(
+                f"Migration {name} of the Absurd schema in {where} (from {current}) failed: "
+                f"{one_line(exc)} (nothing was changed; is the recorded version {current} right?)."
+            ) from exc
+        applied.append(name)
+    after = schema_version_sync(conn)
+    if after != ABSURD_SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"Migrating the Absurd schema in {where} from {current} left version {after or 'unknown'} "
+            f"instead of {ABSURD_SCHEMA_VERSION}; migrate manually with `absurdctl migrate`."
+        )
+    return applied
+
+
+def _bring_up_to_date(
+    conn: psycopg.Connection[Any], where: str, current: str | None, migrate: bool
+) -> tuple[Action, list[str]]:
+    """Install or migrate Absurd's schema as needed; return what was done and the migrations applied."""
+    if current is None:
+        _install_absurd(conn, where)
+        return "installed", []
+    direction = _compare_versions(current, ABSURD_SCHEMA_VERSION)
+    if direction > 0:
+        raise _too_new(current, where)
+    if direction == 0:
+        return "up_to_date", []
+    if not migrate:
+        raise SchemaVersionError(
+            f"The Absurd schema in {where} is version {current}, older than {ABSURD_SCHEMA_VERSION}; "
+            "run `pydantic-ai-absurd init` (or setup()) to migrate it."
+        )
+    return "migrated", _migrate_absurd(conn, where, current)
+
+
 def _setup_in_transaction(
     conn: psycopg.Connection[Any], where: str, queues: Sequence[str], migrate: bool
 ) -> SchemaInfo:
     conn.execute("select pg_advisory_xact_lock(%s)", (_SETUP_LOCK_KEY,))
     current = schema_version_sync(conn)
-    applied: list[str] = []
-    if current is None:
-        if absurd_schema_exists_sync(conn) and queues_table_exists_sync(conn):
-            raise SchemaVersionError(
-                f"{where} has an Absurd schema without absurd.get_schema_version() (an old release); "
-                "migrate it once with `absurdctl migrate --from VERSION`, then rerun."
-            )
-        # bytes: a query without parameters is sent as-is (no %-placeholder parsing).
-        try:
-            conn.execute(absurdctl.BUNDLED_SCHEMA_SQL.encode())
-        except psycopg.Error as exc:
-            raise SchemaInstallError(
-                f"Installing the Absurd schema {ABSURD_SCHEMA_VERSION} in {where} failed: {one_line(exc)} "
-                "(nothing was changed; connect as a role that may create schemas, e.g. the database owner)."
-            ) from exc
-        action: Action = "installed"
-    else:
-        direction = _compare_versions(current, ABSURD_SCHEMA_VERSION)
-        if direction > 0:
-            raise _too_new(current, where)
-        if direction == 0:
-            action = "up_to_date"
-        else:
-            if not migrate:
-                raise SchemaVersionError(
-                    f"The Absurd schema in {where} is version {current}, older than {ABSURD_SCHEMA_VERSION}; "
-                    "run `pydantic-ai-absurd init` (or setup()) to migrate it."
-                )
-            # Unlike `absurdctl migrate`, migrations that do not themselves redefine
-            # get_schema_version() ("legacy" files such as 0.3.0-0.4.0) are applied without an explicit
-            # --from: our starting version comes from get_schema_version() itself, and the final
-            # version is verified below.
-            for name, sql in _plan_migrations(current, where):
-                try:
-                    conn.execute(sql.encode())
-                except psycopg.Error as exc:
-                    raise SchemaVersionError(
-                        f"Migration {name} of the Absurd schema in {where} (from {current}) failed: "
-                        f"{one_line(exc)} (nothing was changed; is the recorded version {current} right?)."
-                    ) from exc
-                applied.append(name)
-            after = schema_version_sync(conn)
-            if after != ABSURD_SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"Migrating the Absurd schema in {where} from {current} left version {after or 'unknown'} "
-                    f"instead of {ABSURD_SCHEMA_VERSION}; migrate manually with `absurdctl migrate`."
-                )
-            action = "migrated"
+    action, applied = _bring_up_to_date(conn, where, current, migrate)
     created: list[str] = []
     existing: list[str] = []
     for queue in queues:
