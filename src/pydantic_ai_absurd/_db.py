@@ -14,6 +14,7 @@ from typing import Any, LiteralString, TypeVar
 import psycopg
 from psycopg import sql
 from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool
 
 from ._dsn import connection_error
 from .errors import QueueNotFoundError
@@ -21,6 +22,7 @@ from .errors import QueueNotFoundError
 __all__ = [
     "connect",
     "connect_async",
+    "connection_pool",
     "create_queue_hint",
     "fetch_all_as",
     "fetch_one_as",
@@ -52,6 +54,35 @@ async def connect_async(
         )
     except psycopg.Error as exc:
         raise connection_error(exc, dsn) from exc
+
+
+def connection_pool(
+    dsn: str,
+    *,
+    min_size: int = 1,
+    max_size: int | None = None,
+    application_name: str | None = None,
+    connect_timeout: int | None = None,
+    timeout: float = 30.0,
+    check: bool = False,
+    name: str | None = None,
+) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+    """An unopened pool of autocommit connections to `dsn` (the caller opens and closes it)."""
+    kwargs: dict[str, Any] = {"autocommit": True}
+    if connect_timeout is not None:
+        kwargs["connect_timeout"] = connect_timeout
+    if application_name is not None:
+        kwargs["application_name"] = application_name
+    return AsyncConnectionPool[psycopg.AsyncConnection[Any]](
+        dsn,
+        kwargs=kwargs,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        check=AsyncConnectionPool.check_connection if check else None,
+        timeout=timeout,
+        name=name,
+    )
 
 
 @asynccontextmanager

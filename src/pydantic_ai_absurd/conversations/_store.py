@@ -20,6 +20,7 @@ from pydantic_ai.conversation_store import (
     ConversationStore,
 )
 
+from .._db import connection_pool
 from .._dsn import redact_dsn
 from ..errors import SchemaNotInstalledError
 from . import _sql
@@ -102,12 +103,8 @@ class PostgresConversationStore(ConversationStore):
         async with self._opening:
             if self._pool is None:
                 assert self._dsn is not None
-                pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                    self._dsn,
-                    min_size=self._min_size,
-                    max_size=self._max_size,
-                    kwargs={"autocommit": True},
-                    open=False,
+                pool: AsyncConnectionPool[Any] = connection_pool(
+                    self._dsn, min_size=self._min_size, max_size=self._max_size
                 )
                 await pool.open(wait=True)
                 self._pool = pool
