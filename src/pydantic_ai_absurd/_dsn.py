@@ -26,6 +26,21 @@ _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)",
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&#]*", re.IGNORECASE)
 
 
+_UNREACHABLE = (
+    "connection refused",
+    "no such file or directory",
+    "could not translate host name",
+    "failed to resolve host",
+    "name or service not known",
+    "timeout expired",
+    "could not connect",
+    "network is unreachable",
+    "no route to host",
+    "connection timed out",
+)
+"""libpq's words for a server it could not reach."""
+
+
 def resolve_dsn(dsn: str | None = None) -> str:
     """Return the connection string to use, with Absurd's precedence.
 
@@ -90,19 +105,7 @@ def connection_error(exc: BaseException, dsn: str) -> DatabaseConnectionError:
             "use an existing user in the connection string or create the role.",
             reason="missing_role",
         )
-    unreachable = (
-        "connection refused",
-        "no such file or directory",
-        "could not translate host name",
-        "failed to resolve host",
-        "name or service not known",
-        "timeout expired",
-        "could not connect",
-        "network is unreachable",
-        "no route to host",
-        "connection timed out",
-    )
-    if any(marker in lowered for marker in unreachable):
+    if any(marker in lowered for marker in _UNREACHABLE):
         return DatabaseConnectionError(
             f"Cannot reach Postgres at {where}: is the server running and accepting connections there? "
             "(For a local dev server run `pydantic-ai-absurd dev`.)",

@@ -209,9 +209,7 @@ async def spawn_task(
         if mapped is not None:
             raise mapped from err
         raise
-    return SpawnedTask(
-        task_id=str(spawned["task_id"]), run_id=str(spawned["run_id"]), attempt=int(spawned["attempt"]), queue=target
-    )
+    return SpawnedTask(str(spawned["task_id"]), str(spawned["run_id"]), int(spawned["attempt"]), target)
 
 
 async def _known_names(absurd: AsyncAbsurd, queue: str) -> set[str] | None:
