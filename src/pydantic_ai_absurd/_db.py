@@ -7,7 +7,7 @@ be read by position are read by name into dataclasses with `fetch_all_as` / `fet
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, LiteralString, TypeVar
 
@@ -105,7 +105,7 @@ def queue_not_found(queue: str, hint: str, *, where: str | None = None) -> Queue
 
 
 async def fetch_all_as(
-    conn: psycopg.AsyncConnection[Any], cls: type[T], query: Query, params: Sequence[Any] = ()
+    conn: psycopg.AsyncConnection[Any], cls: type[T], query: Query, params: Sequence[Any] | Mapping[str, Any] = ()
 ) -> list[T]:
     """Run `query` and build one `cls` per row, from the columns named like its fields."""
     async with conn.cursor(row_factory=class_row(cls)) as cur:
@@ -114,7 +114,7 @@ async def fetch_all_as(
 
 
 async def fetch_one_as(
-    conn: psycopg.AsyncConnection[Any], cls: type[T], query: Query, params: Sequence[Any] = ()
+    conn: psycopg.AsyncConnection[Any], cls: type[T], query: Query, params: Sequence[Any] | Mapping[str, Any] = ()
 ) -> T | None:
     """`fetch_all_as` for at most one row."""
     async with conn.cursor(row_factory=class_row(cls)) as cur:
