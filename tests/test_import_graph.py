@@ -51,7 +51,7 @@ LAYERS = {
 }
 
 HELPERS = {"_dsn", "_db", "_pg_binaries"}
-"""Neither: small helpers for the core and the layers that import no layer (`errors` at most)."""
+"""Neither: small helpers for the core and the layers; they import no layer."""
 
 
 def _module_file(parts: tuple[str, ...]) -> Path | None:

@@ -16,6 +16,7 @@ from psycopg import sql
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from ._absurd import queue_exists
 from ._dsn import connection_error
 from .errors import QueueNotFoundError
 
@@ -28,6 +29,7 @@ __all__ = [
     "fetch_one_as",
     "open_connection",
     "queue_not_found",
+    "require_queue",
 ]
 
 Query = LiteralString | sql.SQL | sql.Composed
@@ -102,6 +104,12 @@ def queue_not_found(queue: str, hint: str, *, where: str | None = None) -> Queue
     """The one "queue does not exist" error: `Queue 'q' does not exist[ in where]: hint`."""
     place = f" in {where}" if where else ""
     return QueueNotFoundError(f"Queue {queue!r} does not exist{place}: {hint}")
+
+
+async def require_queue(conn: psycopg.AsyncConnection[Any], queue: str, hint: str, *, where: str | None = None) -> None:
+    """Raise `queue_not_found` unless `queue` is a queue of the database of `conn`."""
+    if not await queue_exists(conn, queue):
+        raise queue_not_found(queue, hint, where=where)
 
 
 async def fetch_all_as(

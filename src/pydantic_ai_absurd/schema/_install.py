@@ -22,13 +22,12 @@ from .._absurd import (
     create_queue_on,
     drop_queue_on,
     has_schema_version,
-    queue_exists,
     queue_exists_sync,
     queues_table_exists_sync,
     schema_version,
     schema_version_sync,
 )
-from .._db import connect, connect_async, create_queue_hint, queue_not_found
+from .._db import connect, connect_async, create_queue_hint, queue_not_found, require_queue
 from .._dsn import connection_url, redact_dsn, resolve_dsn
 from ..errors import (
     QueueNameError,
@@ -297,8 +296,11 @@ async def check_schema(dsn: str | None = None) -> str:
 
 
 def _queue_not_found(queue_name: str, where: str) -> QueueNotFoundError:
-    hint = f"{create_queue_hint(queue_name)} (or setup(queues=[{queue_name!r}]))."
-    return queue_not_found(queue_name, hint, where=where)
+    return queue_not_found(queue_name, _create_hint(queue_name), where=where)
+
+
+def _create_hint(queue_name: str) -> str:
+    return f"{create_queue_hint(queue_name)} (or setup(queues=[{queue_name!r}]))."
 
 
 def ensure_queue_exists_sync(dsn: str | None, queue_name: str) -> None:
@@ -333,8 +335,7 @@ async def ensure_queue_on(conn: psycopg.AsyncConnection[Any], queue_name: str, w
     """`ensure_queue_exists` on an open connection; errors name the database as `where` (a redacted URL)."""
     if not await has_schema_version(conn, with_queues=True):
         _check_version(None, where)
-    if not await queue_exists(conn, queue_name):
-        raise _queue_not_found(queue_name, where)
+    await require_queue(conn, queue_name, _create_hint(queue_name), where=where)
 
 
 def create_queue_sync(dsn: str | None, queue_name: str) -> bool:
