@@ -51,8 +51,8 @@ LAYERS = {
     "_worker_records",
 }
 
-HELPERS = {"_dsn", "_pg_binaries"}
-"""Neither: small helpers that import no other module of the package."""
+HELPERS = {"_dsn", "_db", "_pg_binaries"}
+"""Neither: small helpers for the core and the layers; they import no layer."""
 
 
 def _module_file(parts: tuple[str, ...]) -> Path | None:

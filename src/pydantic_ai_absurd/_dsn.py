@@ -1,4 +1,4 @@
-"""Connection strings: resolution order, redaction, and connection errors as one-line messages."""
+"""Connection strings: resolution order, redaction, and connection errors as one-line messages (`_db` connects)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ from .errors import DatabaseConnectionError
 
 __all__ = [
     "DEFAULT_DSN",
-    "connect",
-    "connect_async",
     "connection_error",
     "connection_url",
     "redact_dsn",
@@ -26,6 +24,21 @@ DEFAULT_DSN = "postgresql://localhost/absurd"
 _URI_PASSWORD = re.compile(r"^(?P<head>[a-z][a-z0-9+.-]*://[^/?#@:]*:)[^/?#@]*@", re.IGNORECASE)
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)[^&#]*", re.IGNORECASE)
+
+
+_UNREACHABLE = (
+    "connection refused",
+    "no such file or directory",
+    "could not translate host name",
+    "failed to resolve host",
+    "name or service not known",
+    "timeout expired",
+    "could not connect",
+    "network is unreachable",
+    "no route to host",
+    "connection timed out",
+)
+"""libpq's words for a server it could not reach."""
 
 
 def resolve_dsn(dsn: str | None = None) -> str:
@@ -92,19 +105,7 @@ def connection_error(exc: BaseException, dsn: str) -> DatabaseConnectionError:
             "use an existing user in the connection string or create the role.",
             reason="missing_role",
         )
-    unreachable = (
-        "connection refused",
-        "no such file or directory",
-        "could not translate host name",
-        "failed to resolve host",
-        "name or service not known",
-        "timeout expired",
-        "could not connect",
-        "network is unreachable",
-        "no route to host",
-        "connection timed out",
-    )
-    if any(marker in lowered for marker in unreachable):
+    if any(marker in lowered for marker in _UNREACHABLE):
         return DatabaseConnectionError(
             f"Cannot reach Postgres at {where}: is the server running and accepting connections there? "
             "(For a local dev server run `pydantic-ai-absurd dev`.)",
@@ -112,21 +113,3 @@ def connection_error(exc: BaseException, dsn: str) -> DatabaseConnectionError:
         )
     first_line = " ".join(text.split()) or type(exc).__name__
     return DatabaseConnectionError(f"Cannot connect to Postgres at {where}: {first_line}", reason="other")
-
-
-def connect(dsn: str, *, autocommit: bool = False, connect_timeout: int = 10) -> psycopg.Connection[tuple[object, ...]]:
-    """Open a psycopg connection, turning connection failures into `DatabaseConnectionError`."""
-    try:
-        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=connect_timeout)
-    except psycopg.Error as exc:
-        raise connection_error(exc, dsn) from exc
-
-
-async def connect_async(
-    dsn: str, *, autocommit: bool = False, connect_timeout: int = 10
-) -> psycopg.AsyncConnection[tuple[object, ...]]:
-    """Async twin of `connect`."""
-    try:
-        return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, connect_timeout=connect_timeout)
-    except psycopg.Error as exc:
-        raise connection_error(exc, dsn) from exc

@@ -25,10 +25,21 @@ from absurd_sdk import AsyncAbsurd, CancellationPolicy, RetryStrategy, TaskResul
 from absurd_sdk import TimeoutError as AbsurdTimeoutError
 
 from ._absurd import TERMINAL_TASK_STATES, client_connection, client_conninfo, client_queue_name, is_registered
-from ._dsn import connect_async
+from ._db import connect_async, create_queue_hint, queue_not_found
 from ._text import unstorable_text_at
 from ._worker_records import registered_names
-from .errors import PydanticAIAbsurdError, QueueNotFoundError, SchemaNotInstalledError, UnstorableTextError
+from .errors import (
+    PydanticAIAbsurdError,
+    QueueNotFoundError,
+    SchemaNotInstalledError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskResultTimeoutError,
+    UnknownTaskError,
+    UnregisteredTaskError,
+    UnstorableTextError,
+)
 
 __all__ = [
     "SpawnedTask",
@@ -45,39 +56,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-
-
-class UnregisteredTaskError(PydanticAIAbsurdError, ValueError):
-    """A task not registered on the spawning client was spawned without `queue=`."""
-
-
-class UnknownTaskError(UnregisteredTaskError):
-    """No worker of the queue runs a task of this name: the queue's workers recorded theirs, and it is not one."""
-
-
-class TaskNotFoundError(PydanticAIAbsurdError, LookupError):
-    """No task with this id exists in the queue (wrong id or queue, or cleaned up)."""
-
-
-class TaskFailedError(PydanticAIAbsurdError):
-    """The task failed for good; `failure` is the failure reason Absurd stored (`name`, `message`, ...)."""
-
-    def __init__(self, message: str, *, task_id: str, failure: Any) -> None:
-        super().__init__(message)
-        self.task_id = task_id
-        self.failure = failure
-
-
-class TaskCancelledError(PydanticAIAbsurdError):
-    """The task was cancelled (by `cancel_task` or its cancellation policy) and has no result."""
-
-    def __init__(self, message: str, *, task_id: str) -> None:
-        super().__init__(message)
-        self.task_id = task_id
-
-
-class TaskResultTimeoutError(PydanticAIAbsurdError, TimeoutError):
-    """`wait_for_result` gave up before the task finished; the task keeps running."""
 
 
 @dataclass(frozen=True)
@@ -141,10 +119,7 @@ def _failed(task_id: str, failure: Any) -> TaskFailedError:
 
 
 def _queue_missing(queue: str) -> QueueNotFoundError:
-    return QueueNotFoundError(
-        f"Queue {queue!r} does not exist: create it with `pydantic-ai-absurd init --queue {queue}` "
-        f"(or `await setup(dsn, queues=[{queue!r}])`)."
-    )
+    return queue_not_found(queue, f"{create_queue_hint(queue)} (or `await setup(dsn, queues=[{queue!r}])`).")
 
 
 def _map_db_error(err: psycopg.Error, queue: str) -> PydanticAIAbsurdError | None:
@@ -155,6 +130,25 @@ def _map_db_error(err: psycopg.Error, queue: str) -> PydanticAIAbsurdError | Non
             "The database has no Absurd schema: run `pydantic-ai-absurd init` (or `await setup(dsn)`) first."
         )
     return None
+
+
+def _spawnable_params(
+    absurd: AsyncAbsurd, task_name: str, params: Any, headers: dict[str, Any] | None, queue: str | None
+) -> Any:
+    """`params` as JSON, after refusing what cannot be spawned: an unregistered task without a queue, unstorable text."""
+    if queue is None and not is_registered(absurd, task_name):
+        raise UnregisteredTaskError(
+            f"Task {task_name!r} is not registered on this client: pass queue='...' to spawn a task "
+            "that another process's worker runs (e.g. spawn_task(absurd, name, params, queue='agents'))."
+        )
+    if isinstance(params, pydantic.BaseModel):
+        params = params.model_dump(mode="json")
+    if where := unstorable_text_at(params, "params") or unstorable_text_at(headers, "headers"):
+        raise UnstorableTextError(
+            f"Cannot spawn {task_name!r}: Postgres cannot store a NUL character or a lone surrogate ({where}); "
+            "remove or escape it first."
+        )
+    return params
 
 
 async def spawn_task(
@@ -195,18 +189,7 @@ async def spawn_task(
         QueueNotFoundError: The queue does not exist in the database.
         SchemaNotInstalledError: The database has no Absurd schema.
     """
-    if queue is None and not is_registered(absurd, task_name):
-        raise UnregisteredTaskError(
-            f"Task {task_name!r} is not registered on this client: pass queue='...' to spawn a task "
-            "that another process's worker runs (e.g. spawn_task(absurd, name, params, queue='agents'))."
-        )
-    if isinstance(params, pydantic.BaseModel):
-        params = params.model_dump(mode="json")
-    if where := unstorable_text_at(params, "params") or unstorable_text_at(headers, "headers"):
-        raise UnstorableTextError(
-            f"Cannot spawn {task_name!r}: Postgres cannot store a NUL character or a lone surrogate ({where}); "
-            "remove or escape it first."
-        )
+    params = _spawnable_params(absurd, task_name, params, headers, queue)
     target = queue or client_queue_name(absurd)
     try:
         if not is_registered(absurd, task_name):
@@ -226,9 +209,7 @@ async def spawn_task(
         if mapped is not None:
             raise mapped from err
         raise
-    return SpawnedTask(
-        task_id=str(spawned["task_id"]), run_id=str(spawned["run_id"]), attempt=int(spawned["attempt"]), queue=target
-    )
+    return SpawnedTask(str(spawned["task_id"]), str(spawned["run_id"]), int(spawned["attempt"]), target)
 
 
 async def _known_names(absurd: AsyncAbsurd, queue: str) -> set[str] | None:

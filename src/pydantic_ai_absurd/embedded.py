@@ -40,11 +40,11 @@ from types import TracebackType
 from typing import IO, Any
 from urllib.parse import quote
 
-import psycopg
 from psycopg import sql
 
+from ._db import connect
 from ._pg_binaries import find_bin_dir, make_dirs, runnable_bin_dir
-from .errors import EmbeddedPostgresError
+from .errors import DatabaseConnectionError, EmbeddedPostgresError
 
 if sys.platform != "win32":  # importable everywhere; usable on Linux and macOS only
     import fcntl
@@ -347,15 +347,15 @@ class EmbeddedPostgres:
         last: Exception | None = None
         while time.monotonic() < deadline:
             try:
-                with psycopg.connect(self.dsn_for("postgres"), connect_timeout=5, autocommit=True):
+                with connect(self.dsn_for("postgres"), connect_timeout=5, autocommit=True):
                     return
-            except psycopg.OperationalError as exc:
+            except DatabaseConnectionError as exc:
                 last = exc
                 time.sleep(0.1)
         raise EmbeddedPostgresError(f"Embedded Postgres in {self.root} did not accept connections: {last}")
 
     def _ensure_database(self) -> None:
-        with psycopg.connect(self.dsn_for("postgres"), autocommit=True) as conn:
+        with connect(self.dsn_for("postgres"), autocommit=True) as conn:
             exists = conn.execute("select 1 from pg_database where datname = %s", (self.database,)).fetchone()
             if exists is None:
                 conn.execute(sql.SQL("create database {}").format(sql.Identifier(self.database)))

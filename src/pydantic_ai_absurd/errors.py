@@ -6,12 +6,21 @@ exactly that line. `docs/troubleshooting.md` has one section per message.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
 __all__ = [
+    "UnregisteredTaskError",
+    "UnknownTaskError",
+    "TaskNotFoundError",
+    "TaskFailedError",
+    "TaskCancelledError",
+    "TaskResultTimeoutError",
+    "TaskResultNotSerializableError",
+    "WorkerTargetError",
+    "CommandLineError",
     "DatabaseConnectionError",
     "NonRetryableError",
     "ReplayDivergenceError",
@@ -203,3 +212,48 @@ def validation_summary(err: ValidationError, *, limit: int = 3) -> str:
 
 class InvalidDurationError(PydanticAIAbsurdError, ValueError):
     """A duration option (`tasks --since`) is not a number of seconds or a span like `90s`, `15m`, `2h`, `7d`."""
+
+
+class UnregisteredTaskError(PydanticAIAbsurdError, ValueError):
+    """A task not registered on the spawning client was spawned without `queue=`."""
+
+
+class UnknownTaskError(UnregisteredTaskError):
+    """No worker of the queue runs a task of this name: the queue's workers recorded theirs, and it is not one."""
+
+
+class TaskNotFoundError(PydanticAIAbsurdError, LookupError):
+    """No task with this id exists in the queue (wrong id or queue, or cleaned up)."""
+
+
+class TaskFailedError(PydanticAIAbsurdError):
+    """The task failed for good; `failure` is the failure reason Absurd stored (`name`, `message`, ...)."""
+
+    def __init__(self, message: str, *, task_id: str, failure: Any) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.failure = failure
+
+
+class TaskCancelledError(PydanticAIAbsurdError):
+    """The task was cancelled (by `cancel_task` or its cancellation policy) and has no result."""
+
+    def __init__(self, message: str, *, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+class TaskResultTimeoutError(PydanticAIAbsurdError, TimeoutError):
+    """`wait_for_result` gave up before the task finished; the task keeps running."""
+
+
+class TaskResultNotSerializableError(NonRetryableError, TypeError):
+    """A task handler returned a value that is not JSON-serializable; Absurd can only store JSON results."""
+
+
+class WorkerTargetError(PydanticAIAbsurdError):
+    """`pydantic-ai-absurd worker MODULE:ATTRIBUTE` could not load an `AsyncAbsurd` client from the target."""
+
+
+class CommandLineError(PydanticAIAbsurdError):
+    """An option's value is out of range (the CLI prints this one line and exits 2)."""

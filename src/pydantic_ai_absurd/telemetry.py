@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
@@ -27,7 +28,7 @@ from typing import Any, cast
 
 from absurd_sdk import AbsurdHooks, AsyncTaskContext, CancelledTask, FailedTask, SpawnOptions, SuspendTask
 from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
 
 from . import _absurd
 from ._checkpoint import Checkpoint
@@ -78,65 +79,77 @@ def otel_hooks(hooks: AbsurdHooks | None = None, *, tracer_provider: TracerProvi
         return cast(AbsurdHooks, base)  # already applied
     tracer = _tracer(tracer_provider)
 
-    if user_spawn is not None and inspect.iscoroutinefunction(user_spawn):
-        spawn_hook: Callable[..., Any]
-
-        async def before_spawn_async(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
-            return _inject(await user_spawn(task_name, params, options))
-
-        spawn_hook = before_spawn_async
-    else:
-
-        def before_spawn(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
-            if user_spawn is not None:
-                options = user_spawn(task_name, params, options)
-            return _inject(options)
-
-        spawn_hook = before_spawn
-
     async def wrap_task_execution(ctx: AsyncTaskContext, execute: Callable[[], Awaitable[Any]]) -> Any:
         carrier = ctx.headers.get(TRACE_HEADER)
         parent = propagate.extract(cast(dict[str, str], carrier)) if isinstance(carrier, dict) else None
-        task = _absurd.claimed_task_of(ctx)
         queue, task_name = _absurd.task_identity(ctx)
-        attributes = {
-            "absurd.queue": queue,
-            "absurd.task_name": task_name,
-            "absurd.task_id": str(ctx.task_id),
-            "absurd.run_id": str(task["run_id"]),
-            "absurd.attempt": int(task["attempt"]),
-        }
         with tracer.start_as_current_span(
             f"absurd task {task_name}",
             context=parent,
             kind=SpanKind.CONSUMER,
-            attributes=attributes,
+            attributes=_task_attributes(ctx, queue, task_name),
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            try:
-                result: Any = user_wrap(ctx, execute) if user_wrap is not None else execute()
-                if inspect.isawaitable(result):
-                    result = await result
-            except SuspendTask:
-                span.set_attribute("absurd.outcome", "suspended")
-                raise
-            except CancelledTask:
-                span.set_attribute("absurd.outcome", "cancelled")
-                raise
-            except FailedTask:
-                span.set_attribute("absurd.outcome", "lost")
-                raise
-            except BaseException as error:
-                span.set_attribute("absurd.outcome", "failed")
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-                raise
-            span.set_attribute("absurd.outcome", "completed")
-            return result
+            run = execute if user_wrap is None else functools.partial(user_wrap, ctx, execute)
+            return await _run_recording_outcome(span, run)
 
     setattr(wrap_task_execution, _MARK, True)
-    return cast(AbsurdHooks, {**base, "before_spawn": spawn_hook, "wrap_task_execution": wrap_task_execution})
+    return cast(
+        AbsurdHooks, {**base, "before_spawn": _spawn_hook(user_spawn), "wrap_task_execution": wrap_task_execution}
+    )
+
+
+def _spawn_hook(user_spawn: Callable[..., Any] | None) -> Callable[..., Any]:
+    """`before_spawn` that runs the user's hook (sync or async) first, then injects the trace context."""
+    if user_spawn is not None and inspect.iscoroutinefunction(user_spawn):
+
+        async def before_spawn_async(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
+            return _inject(await user_spawn(task_name, params, options))
+
+        return before_spawn_async
+
+    def before_spawn(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
+        if user_spawn is not None:
+            options = user_spawn(task_name, params, options)
+        return _inject(options)
+
+    return before_spawn
+
+
+def _task_attributes(ctx: AsyncTaskContext, queue: str, task_name: str) -> dict[str, Any]:
+    task = _absurd.claimed_task_of(ctx)
+    return {
+        "absurd.queue": queue,
+        "absurd.task_name": task_name,
+        "absurd.task_id": str(ctx.task_id),
+        "absurd.run_id": str(task["run_id"]),
+        "absurd.attempt": int(task["attempt"]),
+    }
+
+
+async def _run_recording_outcome(span: Span, run: Callable[[], Any]) -> Any:
+    """Run the task (sync or async `run`) and label the span with how it ended."""
+    try:
+        result: Any = run()
+        if inspect.isawaitable(result):
+            result = await result
+    except SuspendTask:
+        span.set_attribute("absurd.outcome", "suspended")
+        raise
+    except CancelledTask:
+        span.set_attribute("absurd.outcome", "cancelled")
+        raise
+    except FailedTask:
+        span.set_attribute("absurd.outcome", "lost")
+        raise
+    except BaseException as error:
+        span.set_attribute("absurd.outcome", "failed")
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        raise
+    span.set_attribute("absurd.outcome", "completed")
+    return result
 
 
 def with_default_hooks(hooks: AbsurdHooks) -> AbsurdHooks:

@@ -3,6 +3,7 @@
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
 - `_sql`: raw SQL on Absurd's functions and tables, and its SQLSTATEs.
+- `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
 from ._offline import OfflineTaskContext
@@ -66,9 +67,33 @@ from ._sql import (
     task_states,
     worker_lock_held,
 )
+from ._sql_schema import (
+    CURRENT_TIME,
+    absurd_schema_exists_sync,
+    create_queue_on,
+    drop_queue_on,
+    has_schema_version,
+    has_schema_version_sync,
+    queue_exists,
+    queue_exists_sync,
+    queues_table_exists_sync,
+    schema_version,
+    schema_version_sync,
+)
 
 __all__ = [
     "OfflineTaskContext",
+    "CURRENT_TIME",
+    "absurd_schema_exists_sync",
+    "create_queue_on",
+    "drop_queue_on",
+    "has_schema_version",
+    "has_schema_version_sync",
+    "queue_exists",
+    "queue_exists_sync",
+    "queues_table_exists_sync",
+    "schema_version",
+    "schema_version_sync",
     "OrphanedRun",
     "SQLSTATE_CANCELLED",
     "SQLSTATE_FAILED",

@@ -1,4 +1,4 @@
-"""Raw SQL on Absurd's functions and tables, and Absurd's SQLSTATEs: every such statement of this package is here.
+"""Raw SQL on Absurd's functions and tables, and Absurd's SQLSTATEs: with `_sql_schema`, every such statement.
 
 Prefer Absurd's public SQL functions; each direct read or write of a per-queue table (`t_`, `r_`, `c_`, `e_`
 for tasks, runs, checkpoints, events) says so in its docstring.

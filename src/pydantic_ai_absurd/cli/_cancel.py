@@ -30,9 +30,9 @@ async def _cmd_cancel(args: argparse.Namespace) -> int:
     from absurd_sdk import AsyncAbsurd
 
     from .._absurd import TERMINAL_TASK_STATES, list_queue_names, read_task
-    from .._dsn import connect_async, resolve_dsn
+    from .._db import connect_async, queue_not_found
+    from .._dsn import resolve_dsn
     from ..client import TaskNotFoundError
-    from ..errors import QueueNotFoundError
 
     async with await connect_async(resolve_dsn(args.database), autocommit=True) as conn:
         queues = [args.queue] if args.queue else await list_queue_names(conn)
@@ -42,7 +42,7 @@ async def _cmd_cancel(args: argparse.Namespace) -> int:
             except psycopg.errors.InvalidTextRepresentation as err:
                 raise TaskNotFoundError(f"{args.task_id!r} is not a task id (a UUID).") from err
             except psycopg.errors.UndefinedTable as err:
-                raise QueueNotFoundError(f"Queue {queue!r} does not exist: check the name.") from err
+                raise queue_not_found(queue, "check the name.") from err
             if task is None:
                 continue
             state = str(task["state"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from .._dsn import connect, redact_dsn, resolve_dsn
+from .._absurd import has_schema_version_sync
+from .._db import connect
+from .._dsn import redact_dsn, resolve_dsn
 from ..errors import SchemaNotInstalledError
 
 __all__ = ["missing_schema_error", "require_schema"]
@@ -28,8 +30,8 @@ def _where(args: argparse.Namespace) -> str:
 def require_schema(dsn: str) -> None:
     """Raise the one-line `SchemaNotInstalledError` when the database of `dsn` has no Absurd schema."""
     with connect(dsn, autocommit=True) as conn:
-        row = conn.execute("select to_regprocedure('absurd.get_schema_version()') is not null").fetchone()
-    if row is None or not row[0]:
+        installed = has_schema_version_sync(conn)
+    if not installed:
         raise _not_installed(redact_dsn(dsn))
 
 

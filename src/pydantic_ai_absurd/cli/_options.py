@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import PydanticAIAbsurdError
+from ..errors import CommandLineError
 
 __all__ = ["CommandLineError", "add_database_option", "add_queue_option", "at_least"]
 
 DATABASE_HELP = "Postgres connection string (default: $ABSURD_DATABASE_URL, $PGDATABASE, postgresql://localhost/absurd)"
-
-
-class CommandLineError(PydanticAIAbsurdError):
-    """An option's value is out of range (the CLI prints this one line and exits 2)."""
 
 
 def add_database_option(parser: argparse.ArgumentParser, help: str = DATABASE_HELP) -> None:

@@ -17,12 +17,8 @@ from typing import Any, cast
 from absurd_sdk import AsyncAbsurd
 
 from .._text import visible, with_article
-from ..errors import PydanticAIAbsurdError
+from ..errors import WorkerTargetError
 from ._options import CommandLineError, add_database_option, add_queue_option, at_least
-
-
-class WorkerTargetError(PydanticAIAbsurdError):
-    """`pydantic-ai-absurd worker MODULE:ATTRIBUTE` could not load an `AsyncAbsurd` client from the target."""
 
 
 def load_client(target: str) -> AsyncAbsurd | Callable[[], Any]:

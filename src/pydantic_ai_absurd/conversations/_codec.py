@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import pydantic
 from pydantic_ai.conversation_store import ConversationEntry, ConversationRecord
@@ -22,6 +23,40 @@ from .._checkpoint import ENVELOPE_TEXT_PREFIXES, from_jsonb, jsonb_param
 
 _USAGE: pydantic.TypeAdapter[RunUsage] = pydantic.TypeAdapter(RunUsage)
 _DEFERRED: pydantic.TypeAdapter[DeferredToolRequests] = pydantic.TypeAdapter(DeferredToolRequests)
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    """A row of the entries table, read by name (`psycopg.rows.class_row`)."""
+
+    entry_id: str
+    parent_id: str | None
+    kind: Any
+    message: str
+
+
+@dataclass(frozen=True)
+class HistoryRow(EntryRow):
+    """An entry of a parent chain and its distance from the head (1 for the head)."""
+
+    depth: int
+
+
+@dataclass(frozen=True)
+class RecordRow:
+    """A row of `RECORD_COLUMNS`, read by name."""
+
+    conversation_id: str
+    head_id: str | None
+    revision: str
+    scope: str | None
+    usage: str
+    deferred_tool_requests: str | None
+    forked_from: str | None
+    forked_at: str | None
+    branches: list[str] | None
+    updated_at: datetime
+    format_version: int
 
 
 def message_text(message: ModelMessage) -> str:
@@ -60,11 +95,11 @@ def _deferred_from_text(text: str) -> DeferredToolRequests:
     return _DEFERRED.validate_json(text)
 
 
-def entries_from_rows(rows: Sequence[tuple[Any, ...]]) -> list[ConversationEntry]:
-    """Entries from `(entry_id, parent_id, kind, message, ...)` rows, oldest first."""
-    messages = messages_from_texts([str(row[3]) for row in rows])
+def entries_from_rows(rows: Sequence[EntryRow]) -> list[ConversationEntry]:
+    """Entries from rows of the entries table, oldest first."""
+    messages = messages_from_texts([str(row.message) for row in rows])
     return [
-        ConversationEntry(id=str(row[0]), parent_id=cast("str | None", row[1]), message=message, kind=row[2])
+        ConversationEntry(id=str(row.entry_id), parent_id=row.parent_id, message=message, kind=row.kind)
         for row, message in zip(rows, messages, strict=True)
     ]
 
@@ -87,24 +122,21 @@ def record_params(record: ConversationRecord) -> dict[str, object]:
     }
 
 
-def record_from_row(row: tuple[Any, ...]) -> ConversationRecord:
+def record_from_row(row: RecordRow) -> ConversationRecord:
     """A record from a row of `RECORD_COLUMNS`."""
-    (conversation_id, head_id, revision, scope, usage, deferred, forked_from, forked_at, branches, updated_at, fmt) = (
-        row
-    )
+    conversation_id, deferred, fmt = row.conversation_id, row.deferred_tool_requests, row.format_version
     if fmt != 1:
         raise ValueError(f"Conversation {conversation_id!r} is stored in format {fmt}, which this version cannot read.")
-    updated: datetime = updated_at
     return ConversationRecord(
         conversation_id=str(conversation_id),
-        head_id=head_id,
-        usage=_USAGE.validate_json(usage),
+        head_id=row.head_id,
+        usage=_USAGE.validate_json(row.usage),
         deferred_tool_requests=_deferred_from_text(deferred) if deferred is not None else None,
-        scope=scope,
-        forked_from=forked_from,
-        forked_at=forked_at,
-        branches=list(branches or ()),
-        revision=str(revision),
-        updated_at=updated,
+        scope=row.scope,
+        forked_from=row.forked_from,
+        forked_at=row.forked_at,
+        branches=list(row.branches or ()),
+        revision=str(row.revision),
+        updated_at=row.updated_at,
         format_version=1,
     )

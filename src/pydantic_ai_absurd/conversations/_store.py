@@ -20,10 +20,11 @@ from pydantic_ai.conversation_store import (
     ConversationStore,
 )
 
+from .._db import connection_pool, fetch_all_as, fetch_one_as
 from .._dsn import redact_dsn
 from ..errors import SchemaNotInstalledError
 from . import _sql
-from ._codec import entries_from_rows, message_text, record_from_row, record_params
+from ._codec import EntryRow, HistoryRow, RecordRow, entries_from_rows, message_text, record_from_row, record_params
 
 __all__ = ["PostgresConversationStore", "SavedTurn"]
 
@@ -102,12 +103,8 @@ class PostgresConversationStore(ConversationStore):
         async with self._opening:
             if self._pool is None:
                 assert self._dsn is not None
-                pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-                    self._dsn,
-                    min_size=self._min_size,
-                    max_size=self._max_size,
-                    kwargs={"autocommit": True},
-                    open=False,
+                pool: AsyncConnectionPool[Any] = connection_pool(
+                    self._dsn, min_size=self._min_size, max_size=self._max_size
                 )
                 await pool.open(wait=True)
                 self._pool = pool
@@ -145,8 +142,7 @@ class PostgresConversationStore(ConversationStore):
     async def read_record(self, conversation_id: str) -> ConversationRecord | None:
         """The record for a conversation, or `None` if the store doesn't have it."""
         async with self._connection() as conn:
-            cursor = await conn.execute(_sql.READ_RECORD, (conversation_id,))
-            row = await cursor.fetchone()
+            row = await fetch_one_as(conn, RecordRow, _sql.READ_RECORD, (conversation_id,))
         return record_from_row(row) if row is not None else None
 
     async def read_records(self, *, scope: str | None = None, limit: int | None = None) -> Sequence[ConversationRecord]:
@@ -154,10 +150,9 @@ class PostgresConversationStore(ConversationStore):
         count = _ALL if limit is None else limit
         async with self._connection() as conn:
             if scope is None:
-                cursor = await conn.execute(_sql.READ_RECORDS, (count,))
+                rows = await fetch_all_as(conn, RecordRow, _sql.READ_RECORDS, (count,))
             else:
-                cursor = await conn.execute(_sql.READ_RECORDS_IN_SCOPE, (scope, count))
-            rows = await cursor.fetchall()
+                rows = await fetch_all_as(conn, RecordRow, _sql.READ_RECORDS_IN_SCOPE, (scope, count))
         return [record_from_row(row) for row in rows]
 
     async def write_record(
@@ -264,8 +259,7 @@ class PostgresConversationStore(ConversationStore):
             KeyError: If the store has no such entry.
         """
         async with self._connection() as conn:
-            cursor = await conn.execute(_sql.READ_ENTRY, (entry_id,))
-            row = await cursor.fetchone()
+            row = await fetch_one_as(conn, EntryRow, _sql.READ_ENTRY, (entry_id,))
         if row is None:
             raise KeyError(entry_id)
         return entries_from_rows([row])[0]
@@ -280,13 +274,12 @@ class PostgresConversationStore(ConversationStore):
             return []
         count = _ALL if limit is None else limit
         async with self._connection() as conn:
-            cursor = await conn.execute(_sql.READ_HISTORY, {"head": head_id, "limit": count})
-            rows = await cursor.fetchall()
+            rows = await fetch_all_as(conn, HistoryRow, _sql.READ_HISTORY, {"head": head_id, "limit": count})
         if not rows:
             raise KeyError(head_id)
         oldest = rows[0]
-        if oldest[1] is not None and len(rows) < count:
-            raise KeyError(oldest[1])
+        if oldest.parent_id is not None and len(rows) < count:
+            raise KeyError(oldest.parent_id)
         return entries_from_rows(rows)
 
     # -- durable turns ----------------------------------------------------------------------------------------
@@ -294,6 +287,4 @@ class PostgresConversationStore(ConversationStore):
     async def saved_turn(self, turn_id: str) -> SavedTurn | None:
         """What the durable turn `turn_id` saved, if its save committed (`None` otherwise)."""
         async with self._connection() as conn:
-            cursor = await conn.execute(_sql.READ_TURN, (turn_id,))
-            row = await cursor.fetchone()
-        return SavedTurn(str(row[0]), str(row[1]), list(row[2])) if row is not None else None
+            return await fetch_one_as(conn, SavedTurn, _sql.READ_TURN, (turn_id,))

@@ -11,6 +11,7 @@ from absurd_sdk import AsyncAbsurd
 from psycopg import sql
 
 from .._absurd import TERMINAL_TASK_STATES, client_conninfo, client_queue_name, task_state
+from .._db import connect_async
 from ..client import TaskNotFoundError
 from ..errors import EventLogError
 from ._model import TaskEvent, decode_event
@@ -88,7 +89,7 @@ async def stream_events(
     conninfo = client_conninfo(absurd)
     if conninfo is None:
         raise EventLogError("stream_events needs an AsyncAbsurd client built with a connection string or connection.")
-    conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+    conn = await connect_async(conninfo, autocommit=True)
     try:
         await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel_name(task))))
         while True:

@@ -14,6 +14,7 @@ who answered what, until `Inbox.purge()` deletes them.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -27,7 +28,8 @@ from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, RunCont
 
 from .. import _absurd
 from .._checkpoint import Checkpoint
-from .._dsn import connect_async, redact_dsn
+from .._db import connect_async
+from .._dsn import redact_dsn
 from .._waits import TOKEN_PREFIX, current_wait
 from ..errors import InvalidAnswerError, RequestNotPendingError, SchemaNotInstalledError, one_line
 from . import _answers, _store
@@ -105,7 +107,7 @@ class Inbox:
             raise UserError(f"The scope function of the Inbox returned {type(scope).__name__}, not a str or None.")
         agent_name = None if ctx.agent is None else ctx.agent.name
         async with self._connect() as conn:
-            row, notify = await _store.insert_request(
+            row = await _store.insert_request(
                 conn,
                 token=token,
                 queue_name=queue_name,
@@ -117,7 +119,7 @@ class Inbox:
                 scope=scope,
                 timeout=wait.timeout,
             )
-            if notify and self._notify is not None:
+            if row.to_notify and self._notify is not None:
                 outcome = self._notify(record_from_row(row))
                 if inspect.isawaitable(outcome):
                     await outcome
@@ -207,12 +209,12 @@ class Inbox:
     ) -> PendingRequest | None:
         async with self._connect() as conn, conn.transaction():
             row, decisions = await _store.locked_request(conn, token, scope, queue_name)
-            requests = parse_requests(row[6])
+            requests = parse_requests(row.requests)
             remaining = open_requests(requests, decisions)
             answer = _answers.results_json(token, remaining, build(remaining))
             merged = _answers.merge(decisions, answer)
             complete = _answers.is_complete(requests, merged)
-            queue_name = str(row[1])
+            queue_name = row.queue_name
 
             async def emit() -> None:
                 envelope = Checkpoint.of(merged).stored()
@@ -221,7 +223,7 @@ class Inbox:
             await _store.save_decisions(conn, row, merged, complete=complete, emit=emit)
         if complete:
             return None
-        return record_from_row((*row[:10], merged))
+        return record_from_row(dataclasses.replace(row, decisions=merged))
 
     async def purge(self, *, older_than: timedelta) -> int:
         """Delete requests asked more than `older_than` ago that no longer wait (answered, expired, task ended).

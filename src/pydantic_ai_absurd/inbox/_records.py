@@ -13,7 +13,16 @@ from pydantic_ai.tools import DeferredToolRequests
 
 from .._checkpoint import ENVELOPE_TEXT_PREFIXES, from_jsonb
 
-__all__ = ["PendingRequest", "decided_ids", "open_requests", "parse_requests", "record_from_row"]
+__all__ = [
+    "InsertedRow",
+    "LockedRow",
+    "PendingRequest",
+    "RequestRow",
+    "decided_ids",
+    "open_requests",
+    "parse_requests",
+    "record_from_row",
+]
 
 REQUESTS_ADAPTER: TypeAdapter[DeferredToolRequests] = TypeAdapter(DeferredToolRequests)
 
@@ -21,7 +30,39 @@ COLUMNS = (
     "r.token, r.queue_name, r.task_id::text as task_id, r.task_name, r.agent_name, r.wait_name, r.requests::text as requests, r.scope,"
     " r.asked_at, r.expires_at, nullif(r.decisions, '{}'::jsonb) as decisions"
 )
-"""The columns of `pydantic_ai_absurd.inbox_requests` (as `r`) that `record_from_row` reads, in its order."""
+"""The columns of `pydantic_ai_absurd.inbox_requests` (as `r`) that `RequestRow` holds."""
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """A row of `COLUMNS`, read by name (`psycopg.rows.class_row`)."""
+
+    token: str
+    queue_name: str
+    task_id: str
+    task_name: str
+    agent_name: str | None
+    wait_name: str
+    requests: str
+    scope: str | None
+    asked_at: datetime
+    expires_at: datetime | None
+    decisions: Any
+
+
+@dataclass(frozen=True)
+class InsertedRow(RequestRow):
+    """A request just recorded, and whether `notify` has yet to run for it."""
+
+    to_notify: bool
+
+
+@dataclass(frozen=True)
+class LockedRow(RequestRow):
+    """A request locked for an answer, and whether it can still be answered."""
+
+    answered: bool
+    expired: bool
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,24 +133,23 @@ def parse_requests(value: object) -> DeferredToolRequests:
     return REQUESTS_ADAPTER.validate_python(from_jsonb(value))
 
 
-def record_from_row(row: tuple[Any, ...]) -> PendingRequest:
+def record_from_row(row: RequestRow) -> PendingRequest:
     """Build a `PendingRequest` from a row of `COLUMNS`."""
-    token, queue_name, task_id, task_name, agent_name, wait_name, requests, scope, asked_at, expires_at, decisions = row
-    remaining = parse_requests(requests)
-    decisions = from_jsonb(decisions)
+    remaining = parse_requests(row.requests)
+    decisions = from_jsonb(row.decisions)
     if decisions:
         remaining = open_requests(remaining, cast(dict[str, Any], decisions))
     return PendingRequest(
-        token=str(token),
-        task_id=str(task_id),
-        queue_name=str(queue_name),
-        task_name=str(task_name),
-        agent_name=None if agent_name is None else str(agent_name),
-        name=str(wait_name),
+        token=str(row.token),
+        task_id=str(row.task_id),
+        queue_name=str(row.queue_name),
+        task_name=str(row.task_name),
+        agent_name=None if row.agent_name is None else str(row.agent_name),
+        name=str(row.wait_name),
         approvals=remaining.approvals,
         calls=remaining.calls,
         metadata=remaining.metadata,
-        scope=None if scope is None else str(scope),
-        asked_at=asked_at,
-        expires_at=expires_at,
+        scope=None if row.scope is None else str(row.scope),
+        asked_at=row.asked_at,
+        expires_at=row.expires_at,
     )

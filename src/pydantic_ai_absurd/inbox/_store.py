@@ -11,16 +11,15 @@ from psycopg import AsyncConnection, sql
 
 from .. import _absurd
 from .._checkpoint import from_jsonb, jsonb_param
+from .._db import fetch_all_as, fetch_one_as
 from ..errors import RequestNotPendingError
 from ..schema._tables import OWN_SCHEMA
-from ._records import COLUMNS
+from ._records import COLUMNS, InsertedRow, LockedRow, RequestRow
 
-__all__ = ["Row", "insert_request", "locked_request", "mark_notified", "pending_rows", "purge_rows", "save_decisions"]
+__all__ = ["insert_request", "locked_request", "mark_notified", "pending_rows", "purge_rows", "save_decisions"]
 
 TABLE = sql.SQL("{}.inbox_requests").format(sql.Identifier(OWN_SCHEMA))
-_OPEN = "r.answered_at is null and (r.expires_at is null or r.expires_at > absurd.current_time())"
-
-Row = tuple[Any, ...]
+_OPEN = sql.SQL("r.answered_at is null and (r.expires_at is null or r.expires_at > {})").format(_absurd.CURRENT_TIME)
 
 
 async def insert_request(
@@ -35,24 +34,22 @@ async def insert_request(
     requests: dict[str, Any],
     scope: str | None,
     timeout: timedelta | None,
-) -> tuple[Row, bool]:
+) -> InsertedRow:
     """Record a request once per token (a retried step finds the first row); returns it and whether to notify."""
     seconds = None if timeout is None else timeout.total_seconds()
     await conn.execute(
         sql.SQL(
             "insert into {} (token, queue_name, task_id, task_name, agent_name, wait_name, requests, scope,"
             " asked_at, expires_at) select %s, %s, %s, %s, %s, %s, %s::jsonb, %s, n.now,"
-            " n.now + make_interval(secs => %s) from (select absurd.current_time() as now) n"
+            " n.now + make_interval(secs => %s) from (select {} as now) n"
             " on conflict (token) do nothing"
-        ).format(TABLE),
+        ).format(TABLE, _absurd.CURRENT_TIME),
         (token, queue_name, task_id, task_name, agent_name, wait_name, jsonb_param(requests), scope, seconds),
     )
-    cur = await conn.execute(
-        sql.SQL("select {}, notified_at is null from {} r where token = %s").format(sql.SQL(COLUMNS), TABLE), (token,)
-    )
-    row = await cur.fetchone()
+    query = sql.SQL("select {}, notified_at is null as to_notify from {} r where token = %s")
+    row = await fetch_one_as(conn, InsertedRow, query.format(sql.SQL(COLUMNS), TABLE), (token,))
     assert row is not None
-    return tuple(row[:-1]), bool(row[-1])
+    return row
 
 
 async def mark_notified(conn: AsyncConnection[Any], token: str) -> None:
@@ -61,7 +58,7 @@ async def mark_notified(conn: AsyncConnection[Any], token: str) -> None:
 
 
 async def _open_queues(conn: AsyncConnection[Any]) -> list[str]:
-    cur = await conn.execute(sql.SQL("select distinct queue_name from {} r where {}").format(TABLE, sql.SQL(_OPEN)))
+    cur = await conn.execute(sql.SQL("select distinct queue_name from {} r where {}").format(TABLE, _OPEN))
     names = [str(row[0]) for row in await cur.fetchall()]
     return await _absurd.existing_queues(conn, names) if names else []
 
@@ -74,12 +71,12 @@ async def pending_rows(
     scope: str | None = None,
     limit: int | None = None,
     queue_name: str | None = None,
-) -> list[Row]:
+) -> list[RequestRow]:
     """Open requests whose task still runs or waits, oldest first (a union over the queues they belong to)."""
     queues = [q for q in await _open_queues(conn) if queue_name is None or q == queue_name]
     if not queues:
         return []
-    filters = [sql.SQL(_OPEN), sql.SQL("r.queue_name = %s")]
+    filters = [_OPEN, sql.SQL("r.queue_name = %s")]
     params: list[Any] = []
     if token is not None:
         filters.append(sql.SQL("r.token = %s"))
@@ -109,45 +106,40 @@ async def pending_rows(
         params.append(list(_absurd.TERMINAL_TASK_STATES))
         if limit is not None:
             params.append(limit)
-    query = sql.SQL("select * from ({}) q order by 9, 1").format(sql.SQL(" union all ").join(per_queue))
+    query = sql.SQL("select * from ({}) q order by asked_at, token").format(sql.SQL(" union all ").join(per_queue))
     if limit is not None:
         query = sql.SQL("{} limit %s").format(query)
         params.append(limit)
-    cur = await conn.execute(query, params)
-    return [tuple(row) for row in await cur.fetchall()]
+    return await fetch_all_as(conn, RequestRow, query, params)
 
 
 async def locked_request(
     conn: AsyncConnection[Any], token: str, scope: str | None, queue_name: str | None = None
-) -> tuple[Row, dict[str, Any]]:
+) -> tuple[RequestRow, dict[str, Any]]:
     """Lock the open request `token` for an answer (inside the caller's transaction); refuse it unless pending.
 
     Returns the row and its stored decisions. Concurrent answers queue up on the row lock, so the second
     sees the first one's answer.
     """
-    cur = await conn.execute(
-        sql.SQL(
-            "select {}, r.answered_at is not null, r.expires_at is not null and r.expires_at <= absurd.current_time()"
-            " from {} r where r.token = %s for update"
-        ).format(sql.SQL(COLUMNS), TABLE),
-        (token,),
-    )
-    found = await cur.fetchone()
-    if found is None or (scope is not None and found[7] != scope) or (queue_name not in (None, found[1])):
+    query = sql.SQL(
+        "select {}, r.answered_at is not null as answered, r.expires_at is not null and r.expires_at <= {} as expired"
+        " from {} r where r.token = %s for update"
+    ).format(sql.SQL(COLUMNS), _absurd.CURRENT_TIME, TABLE)
+    row = await fetch_one_as(conn, LockedRow, query, (token,))
+    if row is None or (scope is not None and row.scope != scope) or (queue_name not in (None, row.queue_name)):
         raise RequestNotPendingError(f"No pending inbox request has token {token!r}.", token=token)
-    row, answered, expired = tuple(found[:-2]), bool(found[-2]), bool(found[-1])
-    if answered:
+    if row.answered:
         raise RequestNotPendingError(f"Inbox request {token!r} was already answered.", token=token)
-    if expired:
+    if row.expired:
         raise RequestNotPendingError(f"Inbox request {token!r} expired: its wait timed out.", token=token)
-    state, emitted = await _task_state(conn, str(row[1]), str(row[2]), token)
+    state, emitted = await _task_state(conn, row.queue_name, row.task_id, token)
     if state is None or state in _absurd.TERMINAL_TASK_STATES:
         raise RequestNotPendingError(
-            f"Inbox request {token!r} is not pending: its task {row[2]} is {state or 'gone'}.", token=token
+            f"Inbox request {token!r} is not pending: its task {row.task_id} is {state or 'gone'}.", token=token
         )
     if emitted:  # resolved without the inbox (`resolve_event_token`, `absurd.emit_event`)
         raise RequestNotPendingError(f"Inbox request {token!r} was already answered.", token=token)
-    return row, cast(dict[str, Any], from_jsonb(row[10]) or {})
+    return row, cast(dict[str, Any], from_jsonb(row.decisions) or {})
 
 
 async def _task_state(conn: AsyncConnection[Any], queue_name: str, task_id: str, token: str) -> tuple[str | None, bool]:
@@ -167,7 +159,7 @@ async def _task_state(conn: AsyncConnection[Any], queue_name: str, task_id: str,
 
 async def save_decisions(
     conn: AsyncConnection[Any],
-    row: Row,
+    row: RequestRow,
     decisions: dict[str, Any],
     *,
     complete: bool,
@@ -178,7 +170,7 @@ async def save_decisions(
         sql.SQL(
             "update {} set decisions = %s::jsonb, answered_at = case when %s then now() end where token = %s"
         ).format(TABLE),
-        (jsonb_param(decisions), complete, row[0]),
+        (jsonb_param(decisions), complete, row.token),
     )
     if complete:
         await emit()
@@ -186,10 +178,10 @@ async def save_decisions(
 
 async def purge_rows(conn: AsyncConnection[Any], older_than: timedelta) -> int:
     """Delete requests asked more than `older_than` ago that are no longer pending; returns how many."""
-    cutoff = sql.SQL("r.asked_at < absurd.current_time() - make_interval(secs => %s)")
+    cutoff = sql.SQL("r.asked_at < {} - make_interval(secs => %s)").format(_absurd.CURRENT_TIME)
     seconds = older_than.total_seconds()
     cur = await conn.execute(
-        sql.SQL("delete from {} r where {} and not ({}) returning r.token").format(TABLE, cutoff, sql.SQL(_OPEN)),
+        sql.SQL("delete from {} r where {} and not ({}) returning r.token").format(TABLE, cutoff, _OPEN),
         (seconds,),
     )
     deleted = len(await cur.fetchall())

@@ -17,7 +17,18 @@ from typing import Any, Literal, cast
 import absurdctl  # pyright: ignore[reportMissingTypeStubs]
 import psycopg
 
-from .._dsn import connect, connect_async, connection_url, redact_dsn, resolve_dsn
+from .._absurd import (
+    absurd_schema_exists_sync,
+    create_queue_on,
+    drop_queue_on,
+    has_schema_version,
+    queue_exists_sync,
+    queues_table_exists_sync,
+    schema_version,
+    schema_version_sync,
+)
+from .._db import connect, connect_async, create_queue_hint, queue_not_found, require_queue
+from .._dsn import connection_url, redact_dsn, resolve_dsn
 from ..errors import (
     QueueNameError,
     QueueNotFoundError,
@@ -117,19 +128,6 @@ def validate_queue_name(queue_name: str) -> str:
     return queue_name
 
 
-def _installed_version(conn: psycopg.Connection[Any]) -> str | None:
-    row = conn.execute("select to_regprocedure('absurd.get_schema_version()') is not null").fetchone()
-    if row is None or not row[0]:
-        return None
-    row = conn.execute("select absurd.get_schema_version()").fetchone()
-    return str(row[0]) if row is not None and row[0] is not None else None
-
-
-def _absurd_schema_exists(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("select to_regnamespace('absurd') is not null").fetchone()
-    return bool(row and row[0])
-
-
 def _too_new(current: str, where: str) -> SchemaVersionError:
     return SchemaVersionError(
         f"The Absurd schema in {where} is version {current}, newer than {ABSURD_SCHEMA_VERSION} bundled with "
@@ -145,72 +143,81 @@ def _plan_migrations(current: str, where: str) -> list[tuple[str, str]]:
     return [(str(step["name"]), str(step["sql"])) for step in path]
 
 
-def _queue_exists(conn: psycopg.Connection[Any], queue_name: str) -> bool:
-    return conn.execute("select 1 from absurd.queues where queue_name = %s", (queue_name,)).fetchone() is not None
+def _install_absurd(conn: psycopg.Connection[Any], where: str) -> None:
+    """Install the bundled Absurd schema in a database that has none."""
+    if absurd_schema_exists_sync(conn) and queues_table_exists_sync(conn):
+        raise SchemaVersionError(
+            f"{where} has an Absurd schema without absurd.get_schema_version() (an old release); "
+            "migrate it once with `absurdctl migrate --from VERSION`, then rerun."
+        )
+    # bytes: a query without parameters is sent as-is (no %-placeholder parsing).
+    try:
+        conn.execute(absurdctl.BUNDLED_SCHEMA_SQL.encode())
+    except psycopg.Error as exc:
+        raise SchemaInstallError(
+            f"Installing the Absurd schema {ABSURD_SCHEMA_VERSION} in {where} failed: {one_line(exc)} "
+            "(nothing was changed; connect as a role that may create schemas, e.g. the database owner)."
+        ) from exc
+
+
+def _migrate_absurd(conn: psycopg.Connection[Any], where: str, current: str) -> list[str]:
+    """Migrate Absurd's schema from `current` to the bundled version; return the migrations applied."""
+    # Unlike `absurdctl migrate`, migrations that do not themselves redefine
+    # get_schema_version() ("legacy" files such as 0.3.0-0.4.0) are applied without an explicit
+    # --from: our starting version comes from get_schema_version() itself, and the final
+    # version is verified below.
+    applied: list[str] = []
+    for name, sql in _plan_migrations(current, where):
+        try:
+            conn.execute(sql.encode())
+        except psycopg.Error as exc:
+            raise SchemaVersionError(
+                f"Migration {name} of the Absurd schema in {where} (from {current}) failed: "
+                f"{one_line(exc)} (nothing was changed; is the recorded version {current} right?)."
+            ) from exc
+        applied.append(name)
+    after = schema_version_sync(conn)
+    if after != ABSURD_SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"Migrating the Absurd schema in {where} from {current} left version {after or 'unknown'} "
+            f"instead of {ABSURD_SCHEMA_VERSION}; migrate manually with `absurdctl migrate`."
+        )
+    return applied
+
+
+def _bring_up_to_date(
+    conn: psycopg.Connection[Any], where: str, current: str | None, migrate: bool
+) -> tuple[Action, list[str]]:
+    """Install or migrate Absurd's schema as needed; return what was done and the migrations applied."""
+    if current is None:
+        _install_absurd(conn, where)
+        return "installed", []
+    direction = _compare_versions(current, ABSURD_SCHEMA_VERSION)
+    if direction > 0:
+        raise _too_new(current, where)
+    if direction == 0:
+        return "up_to_date", []
+    if not migrate:
+        raise SchemaVersionError(
+            f"The Absurd schema in {where} is version {current}, older than {ABSURD_SCHEMA_VERSION}; "
+            "run `pydantic-ai-absurd init` (or setup()) to migrate it."
+        )
+    return "migrated", _migrate_absurd(conn, where, current)
 
 
 def _setup_in_transaction(
     conn: psycopg.Connection[Any], where: str, queues: Sequence[str], migrate: bool
 ) -> SchemaInfo:
     conn.execute("select pg_advisory_xact_lock(%s)", (_SETUP_LOCK_KEY,))
-    current = _installed_version(conn)
-    applied: list[str] = []
-    if current is None:
-        if _absurd_schema_exists(conn) and conn.execute(
-            "select to_regclass('absurd.queues') is not null"
-        ).fetchone() == (True,):
-            raise SchemaVersionError(
-                f"{where} has an Absurd schema without absurd.get_schema_version() (an old release); "
-                "migrate it once with `absurdctl migrate --from VERSION`, then rerun."
-            )
-        # bytes: a query without parameters is sent as-is (no %-placeholder parsing).
-        try:
-            conn.execute(absurdctl.BUNDLED_SCHEMA_SQL.encode())
-        except psycopg.Error as exc:
-            raise SchemaInstallError(
-                f"Installing the Absurd schema {ABSURD_SCHEMA_VERSION} in {where} failed: {one_line(exc)} "
-                "(nothing was changed; connect as a role that may create schemas, e.g. the database owner)."
-            ) from exc
-        action: Action = "installed"
-    else:
-        direction = _compare_versions(current, ABSURD_SCHEMA_VERSION)
-        if direction > 0:
-            raise _too_new(current, where)
-        if direction == 0:
-            action = "up_to_date"
-        else:
-            if not migrate:
-                raise SchemaVersionError(
-                    f"The Absurd schema in {where} is version {current}, older than {ABSURD_SCHEMA_VERSION}; "
-                    "run `pydantic-ai-absurd init` (or setup()) to migrate it."
-                )
-            # Unlike `absurdctl migrate`, migrations that do not themselves redefine
-            # get_schema_version() ("legacy" files such as 0.3.0-0.4.0) are applied without an explicit
-            # --from: our starting version comes from get_schema_version() itself, and the final
-            # version is verified below.
-            for name, sql in _plan_migrations(current, where):
-                try:
-                    conn.execute(sql.encode())
-                except psycopg.Error as exc:
-                    raise SchemaVersionError(
-                        f"Migration {name} of the Absurd schema in {where} (from {current}) failed: "
-                        f"{one_line(exc)} (nothing was changed; is the recorded version {current} right?)."
-                    ) from exc
-                applied.append(name)
-            after = _installed_version(conn)
-            if after != ABSURD_SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"Migrating the Absurd schema in {where} from {current} left version {after or 'unknown'} "
-                    f"instead of {ABSURD_SCHEMA_VERSION}; migrate manually with `absurdctl migrate`."
-                )
-            action = "migrated"
+    current = schema_version_sync(conn)
+    action, applied = _bring_up_to_date(conn, where, current, migrate)
     created: list[str] = []
     existing: list[str] = []
     for queue in queues:
-        if _queue_exists(conn, queue):
+        if queue_exists_sync(conn, queue):
             existing.append(queue)
         else:
-            conn.execute("select absurd.create_queue(%s)", (queue,))
+            create_queue_on(conn, queue)
             created.append(queue)
     return SchemaInfo(
         database=where,
@@ -275,7 +282,7 @@ def check_schema_sync(dsn: str | None = None) -> str:
     """Blocking version of `check_schema()`."""
     dsn = resolve_dsn(dsn)
     with connect(dsn, autocommit=True) as conn:
-        return _check_version(_installed_version(conn), redact_dsn(dsn))
+        return _check_version(schema_version_sync(conn), redact_dsn(dsn))
 
 
 async def check_schema(dsn: str | None = None) -> str:
@@ -285,21 +292,15 @@ async def check_schema(dsn: str | None = None) -> str:
     """
     dsn = resolve_dsn(dsn)
     async with await connect_async(dsn, autocommit=True) as conn:
-        cur = await conn.execute("select to_regprocedure('absurd.get_schema_version()') is not null")
-        row = await cur.fetchone()
-        version: str | None = None
-        if row is not None and row[0]:
-            cur = await conn.execute("select absurd.get_schema_version()")
-            row = await cur.fetchone()
-            version = str(row[0]) if row is not None and row[0] is not None else None
-        return _check_version(version, redact_dsn(dsn))
+        return _check_version(await schema_version(conn), redact_dsn(dsn))
 
 
 def _queue_not_found(queue_name: str, where: str) -> QueueNotFoundError:
-    return QueueNotFoundError(
-        f"Queue {queue_name!r} does not exist in {where}: create it with "
-        f"`pydantic-ai-absurd init --queue {queue_name}` (or setup(queues=[{queue_name!r}]))."
-    )
+    return queue_not_found(queue_name, _create_hint(queue_name), where=where)
+
+
+def _create_hint(queue_name: str) -> str:
+    return f"{create_queue_hint(queue_name)} (or setup(queues=[{queue_name!r}]))."
 
 
 def ensure_queue_exists_sync(dsn: str | None, queue_name: str) -> None:
@@ -308,9 +309,9 @@ def ensure_queue_exists_sync(dsn: str | None, queue_name: str) -> None:
     dsn = resolve_dsn(dsn)
     where = redact_dsn(dsn)
     with connect(dsn, autocommit=True) as conn:
-        if _installed_version(conn) is None:
+        if schema_version_sync(conn) is None:
             _check_version(None, where)
-        if not _queue_exists(conn, queue_name):
+        if not queue_exists_sync(conn, queue_name):
             raise _queue_not_found(queue_name, where)
 
 
@@ -332,15 +333,9 @@ async def ensure_queue_exists(conn_or_dsn: psycopg.AsyncConnection[Any] | str | 
 
 async def ensure_queue_on(conn: psycopg.AsyncConnection[Any], queue_name: str, where: str) -> None:
     """`ensure_queue_exists` on an open connection; errors name the database as `where` (a redacted URL)."""
-    cur = await conn.execute(
-        "select to_regclass('absurd.queues') is not null and to_regprocedure('absurd.get_schema_version()') is not null"
-    )
-    row = await cur.fetchone()
-    if row is None or not row[0]:
+    if not await has_schema_version(conn, with_queues=True):
         _check_version(None, where)
-    cur = await conn.execute("select 1 from absurd.queues where queue_name = %s", (queue_name,))
-    if await cur.fetchone() is None:
-        raise _queue_not_found(queue_name, where)
+    await require_queue(conn, queue_name, _create_hint(queue_name), where=where)
 
 
 def create_queue_sync(dsn: str | None, queue_name: str) -> bool:
@@ -355,11 +350,11 @@ def _queues_only(dsn: str | None, queues: Sequence[str]) -> tuple[str, ...]:
     where = redact_dsn(dsn)
     with connect(dsn) as conn, conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", (_SETUP_LOCK_KEY,))
-        _check_version(_installed_version(conn), where)
+        _check_version(schema_version_sync(conn), where)
         created: list[str] = []
         for queue in queues:
-            if not _queue_exists(conn, queue):
-                conn.execute("select absurd.create_queue(%s)", (queue,))
+            if not queue_exists_sync(conn, queue):
+                create_queue_on(conn, queue)
                 created.append(queue)
         return tuple(created)
 
@@ -368,4 +363,4 @@ def drop_queue_sync(dsn: str | None, queue_name: str) -> None:
     """Drop `queue_name` and all its tasks, runs, checkpoints and events (no-op if missing)."""
     dsn = resolve_dsn(dsn)
     with connect(dsn, autocommit=True) as conn:
-        conn.execute("select absurd.drop_queue(%s)", (queue_name,))
+        drop_queue_on(conn, queue_name)

@@ -24,8 +24,8 @@ from .._absurd import (
     task_ids_in_states,
 )
 from .._checkpoint import Checkpoint
-from .._dsn import connect_async
-from ..errors import QueueNotFoundError, RecordingError
+from .._db import connect_async, create_queue_hint, queue_not_found
+from ..errors import RecordingError
 
 __all__ = [
     "DEFAULT_STATES",
@@ -118,9 +118,7 @@ async def read_recorded(conn: AsyncConnection[Any], queue: str, task_id: str) ->
     try:
         row = await read_task(conn, queue, task_id)
     except psycopg.errors.UndefinedTable as err:
-        raise QueueNotFoundError(
-            f"Queue {queue!r} does not exist: create it with `pydantic-ai-absurd init --queue {queue}`."
-        ) from err
+        raise queue_not_found(queue, f"{create_queue_hint(queue)}.") from err
     except psycopg.errors.InvalidTextRepresentation:
         return None  # not a UUID: no such task
     if row is None:
@@ -169,10 +167,7 @@ async def recorded_tasks(
             try:
                 task_ids = list(await task_ids_in_states(conn, queue_name, list(states)))
             except psycopg.errors.UndefinedTable as err:
-                raise QueueNotFoundError(
-                    f"Queue {queue_name!r} does not exist: create it with "
-                    f"`pydantic-ai-absurd init --queue {queue_name}`."
-                ) from err
+                raise queue_not_found(queue_name, f"{create_queue_hint(queue_name)}.") from err
         tasks: list[RecordedTask] = []
         for task_id in map(str, task_ids):
             task = await read_recorded(conn, queue_name, task_id)

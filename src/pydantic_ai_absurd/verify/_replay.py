@@ -200,16 +200,50 @@ class _Order:
             self.requests[lane] = self.requests.get(lane, 0) + 1
 
 
+_Mismatch = tuple[str, str, str, str | None]
+"""A divergence found while walking the asked steps: step, what was recorded, what was requested, a diff."""
+
+
+def _walk_asked(
+    ctx: SandboxContext, order: _Order, digest_error: BaseException | None, stop_step: str | None
+) -> tuple[int, _Mismatch | None]:
+    """Follow the steps the replay asked for, in order: how many replayed before the first mismatch, if any."""
+    diverged_at = digest_error.step if isinstance(digest_error, ReplayDivergenceError) else None
+    replayed = 0
+    for name in ctx.asked:
+        if name not in order.places and name != stop_step:
+            continue  # a probe for a checkpoint that may not exist yet (a wait's timeout)
+        skipped = order.skipped_before(name)
+        if skipped is not None:
+            if name == diverged_at and isinstance(digest_error, ReplayDivergenceError):
+                detail = f" ({digest_error.requested})"
+            else:
+                detail = ""
+            kind = "step" if name in order.steps else "new step"
+            return replayed, (
+                name,
+                f"{_summary(order.steps[skipped.name])} next",
+                f"{kind} {name!r}{detail} instead",
+                None,
+            )
+        if name == diverged_at and isinstance(digest_error, ReplayDivergenceError):
+            return replayed, (name, digest_error.recorded, digest_error.requested, digest_error.diff)
+        if name == stop_step:
+            break
+        order.ask(name)
+        replayed += 1
+    return replayed, None
+
+
 def _verdict(
     task: RecordedTask, ctx: SandboxContext, outcome: BaseException | None, fallback: str | None
 ) -> TaskReplay:
     recorded = len(task.steps)
     digest_error = _find(outcome, ReplayDivergenceError)
     stop = _find(outcome, WouldRunLive)
-    diverged_at = digest_error.step if isinstance(digest_error, ReplayDivergenceError) else None
     stop_step = stop.step if isinstance(stop, WouldRunLive) else None
     order = _Order(task)
-    replayed = 0
+    replayed, mismatch = _walk_asked(ctx, order, digest_error, stop_step)
 
     def diverged(step: str, recorded_text: str, requested: str, diff: str | None = None) -> TaskReplay:
         source = ctx.sources.get(step, fallback)
@@ -222,23 +256,8 @@ def _verdict(
             divergence=Divergence(step, recorded_text, requested, source, diff),
         )
 
-    for name in ctx.asked:
-        if name not in order.places and name != stop_step:
-            continue  # a probe for a checkpoint that may not exist yet (a wait's timeout)
-        skipped = order.skipped_before(name)
-        if skipped is not None:
-            if name == diverged_at and isinstance(digest_error, ReplayDivergenceError):
-                detail = f" ({digest_error.requested})"
-            else:
-                detail = ""
-            kind = "step" if name in order.steps else "new step"
-            return diverged(name, f"{_summary(order.steps[skipped.name])} next", f"{kind} {name!r}{detail} instead")
-        if name == diverged_at and isinstance(digest_error, ReplayDivergenceError):
-            return diverged(name, digest_error.recorded, digest_error.requested, digest_error.diff)
-        if name == stop_step:
-            break
-        order.ask(name)
-        replayed += 1
+    if mismatch is not None:
+        return diverged(*mismatch)
     if isinstance(digest_error, ReplayDivergenceError):
         return diverged(digest_error.step, digest_error.recorded, digest_error.requested, digest_error.diff)
     if stop is not None:

@@ -52,6 +52,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from .. import _absurd
 from .._absurd import client_conninfo, client_hooks, client_queue_name, execute_claimed_task, registered_queue
+from .._db import connection_pool
 from .._dsn import redact_dsn, resolve_dsn
 from .._worker_records import record_worker_tasks
 from ..errors import PydanticAIAbsurdError, one_line
@@ -115,14 +116,13 @@ class Worker:
         _absurd.check_private_names()
         application_name = f"{APPLICATION_NAME_PREFIX}{self.worker_id}"[:56]
         connect_timeout = max(1, round(self.config.connect_timeout))
-        pool = AsyncConnectionPool[psycopg.AsyncConnection[Any]](
+        pool = connection_pool(
             self._dsn,
-            kwargs={"autocommit": True, "connect_timeout": connect_timeout, "application_name": application_name},
-            min_size=1,
             max_size=self.config.concurrency + 3,
-            open=False,
-            check=AsyncConnectionPool.check_connection,
+            application_name=application_name,
+            connect_timeout=connect_timeout,
             timeout=self.config.connect_timeout,
+            check=True,
             name=f"pydantic-ai-absurd-worker-{self.queue}",
         )
         self._pool = pool
@@ -144,32 +144,42 @@ class Worker:
         try:
             if await self._check_queue():
                 if self.config.fast_takeover:
-                    self._liveness = Liveness(
-                        self._dsn,
-                        self.claim_id,
-                        connect_timeout=connect_timeout,
-                        application_name=f"{application_name} lock",
-                    )
-                    self.health.fast_takeover = await self._liveness.start()
-                    background = asyncio.ensure_future(self._takeover_loop())
+                    background = await self._start_fast_takeover(connect_timeout, f"{application_name} lock")
                 await self._claim_loop()
             await self._drain()
         finally:
-            if self._in_flight:  # run() itself was cancelled: hand everything back before closing the pool
-                await self._cancel_in_flight()
-            if background is not None:
-                background.cancel()
-                await settled(asyncio.wait({background}), "the takeover loop")
-            for remove in removers:
-                remove()
-            self._remove_health_file()
-            await settled(pool.close(), "closing the connection pool")
-            self._pool = None
+            await self._shut_down(pool, background, removers)
+
+    async def _start_fast_takeover(self, connect_timeout: int, application_name: str) -> asyncio.Task[None]:
+        """Hold the liveness lock and start the loop that takes over dead workers' runs."""
+        self._liveness = Liveness(
+            self._dsn, self.claim_id, connect_timeout=connect_timeout, application_name=application_name
+        )
+        self.health.fast_takeover = await self._liveness.start()
+        return asyncio.ensure_future(self._takeover_loop())
+
+    async def _shut_down(
+        self,
+        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
+        background: asyncio.Task[None] | None,
+        removers: list[Callable[[], None]],
+    ) -> None:
+        if self._in_flight:  # run() itself was cancelled: hand everything back before closing the pool
+            await self._cancel_in_flight()
+        if background is not None:
+            background.cancel()
+            await settled(asyncio.wait({background}), "the takeover loop")
+        for remove in removers:
+            remove()
+        self._remove_health_file()
+        await settled(pool.close(), "closing the connection pool")
+        self._pool = None
+        if self._threads is not None:
             self._threads.shutdown(wait=False)
-            if self._liveness is not None:
-                await settled(self._liveness.close(), "releasing the liveness lock")
-                self._liveness = None
-            logger.info("worker %s stopped", self.worker_id)
+        if self._liveness is not None:
+            await settled(self._liveness.close(), "releasing the liveness lock")
+            self._liveness = None
+        logger.info("worker %s stopped", self.worker_id)
 
     # -- claiming ----------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from absurd_sdk import AbsurdHooks, RetryStrategy, SpawnOptions
 from pydantic_ai.exceptions import UserError
 
 from .._text import storable, unstorable_text_at, with_article
-from ..errors import NonRetryableError, validation_message
+from ..errors import NonRetryableError, TaskResultNotSerializableError, validation_message
 
 __all__ = [
     "AGENT_RETRY_STRATEGY",
@@ -52,10 +52,6 @@ With Absurd's default of 5 attempts a task rides out about 3.3 minutes of provid
 outage before it fails, instead of failing five times within a second (Absurd's own default is an
 immediate retry).
 """
-
-
-class TaskResultNotSerializableError(NonRetryableError, TypeError):
-    """A task handler returned a value that is not JSON-serializable; Absurd can only store JSON results."""
 
 
 DEFAULT_NON_RETRYABLE: tuple[type[BaseException], ...] = (NonRetryableError, pydantic.ValidationError, UserError)

@@ -29,7 +29,8 @@ from typing import Any
 import psycopg
 
 from .._absurd import backend_pid, hold_worker_lock, worker_lock_held
-from ..errors import one_line
+from .._db import connect_async
+from ..errors import DatabaseConnectionError, one_line
 
 __all__ = ["CLAIM_PREFIX", "LOCK_CONNECTIONS", "Liveness", "claim_identity"]
 
@@ -78,7 +79,7 @@ class Liveness:
             for slot in range(LOCK_CONNECTIONS):
                 await self._lock(slot)
             pooled = await self._looks_pooled()
-        except (psycopg.Error, OSError) as err:
+        except (psycopg.Error, OSError, DatabaseConnectionError) as err:
             logger.warning(
                 "fast takeover disabled: cannot hold the liveness lock (%s); tasks of this worker are picked "
                 "up by others only when their lease expires",
@@ -112,7 +113,7 @@ class Liveness:
         self._pids[slot] = None
         if old is not None:
             await old.close()
-        conn = await psycopg.AsyncConnection.connect(
+        conn = await connect_async(
             self._dsn,
             autocommit=True,
             connect_timeout=self._connect_timeout,
@@ -145,7 +146,7 @@ class Liveness:
             logger.warning("liveness lock connection %d was lost; reconnecting", slot)
             try:
                 await self._lock(slot)
-            except (psycopg.Error, OSError) as err:
+            except (psycopg.Error, OSError, DatabaseConnectionError) as err:
                 if self.held == 0:
                     logger.warning(
                         "no liveness lock held (%s): other workers may take over this worker's tasks",

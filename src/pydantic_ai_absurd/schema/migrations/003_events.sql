@@ -6,6 +6,9 @@
 -- the triggers that write the status events Absurd's own functions cause: waiting for input, resumed,
 -- finished. Writers append through `append_events` / `start_execution`, which number events under a
 -- per-task advisory lock held until commit, so sequence numbers are gap-free and commit in order.
+--
+-- Absurd SQL outside `_absurd/`: the triggers and functions below read Absurd's per-queue tables
+-- (`absurd.t_<queue>`, `r_`, `c_`) directly, because they run inside Postgres where `_absurd` cannot reach.
 
 create table pydantic_ai_absurd.events (
     queue_name text not null,
