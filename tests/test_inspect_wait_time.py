@@ -31,14 +31,8 @@ async def _wait_for_database_clock(dsn: str, moment: datetime) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_waiting_time_is_ask_to_answer(absurd_client: AsyncAbsurd, absurd_dsn: str) -> None:
-    inbox = Inbox(absurd_client)
-    script = Script(
-        turns=[
-            lambda _: [ToolCallPart("delete_file", {"path": "/tmp/a"}, tool_call_id="d1")],
-            lambda _: [TextPart("done")],
-        ]
-    )
+async def _spawn_approval_task(absurd: AsyncAbsurd, ask: Any, script: Script, **wait: Any) -> str:
+    """Spawn a task whose agent asks `ask` to approve `delete_file`, and run it as far as it goes."""
 
     async def delete_file(path: str) -> str:
         return f"deleted {path}"
@@ -47,26 +41,38 @@ async def test_waiting_time_is_ask_to_answer(absurd_client: AsyncAbsurd, absurd_
         script.model(),
         name="ops",
         tools=[Tool(delete_file, requires_approval=True)],
-        capabilities=[HandleDeferredToolCalls(inbox.ask, timeout=timedelta(hours=24), name="approve")],
+        capabilities=[HandleDeferredToolCalls(ask, name="approve", **wait)],
     )
     agent = AbsurdAgent(inner)
 
-    @absurd_client.register_task(name="ops")
+    @absurd.register_task(name="ops")
     async def task(params: Any, ctx: Any) -> str:
         return (await agent.run("clean up")).output
 
-    spawned = await absurd_client.spawn("ops", {})
-    await run_queued(absurd_client)
-    waiting = await inspect_task(absurd_client, spawned["task_id"])
+    spawned = await absurd.spawn("ops", {})
+    await run_queued(absurd)
+    return str(spawned["task_id"])
+
+
+async def test_waiting_time_is_ask_to_answer(absurd_client: AsyncAbsurd, absurd_dsn: str) -> None:
+    inbox = Inbox(absurd_client)
+    script = Script(
+        turns=[
+            lambda _: [ToolCallPart("delete_file", {"path": "/tmp/a"}, tool_call_id="d1")],
+            lambda _: [TextPart("done")],
+        ]
+    )
+    task_id = await _spawn_approval_task(absurd_client, inbox.ask, script, timeout=timedelta(hours=24))
+    waiting = await inspect_task(absurd_client, task_id)
     ask = next(step for step in waiting.steps if step.kind == "wait_for_input")
     assert ask.committed_at is not None
 
     await _wait_for_database_clock(absurd_dsn, ask.committed_at + WAITED)
-    (request,) = await inbox.pending(task_id=spawned["task_id"])
+    (request,) = await inbox.pending(task_id=task_id)
     await inbox.approve(request.token)
     await run_queued(absurd_client)
 
-    done = await inspect_task(absurd_client, spawned["task_id"])
+    done = await inspect_task(absurd_client, task_id)
     assert done.state == "completed"
     assert done.totals.waiting_seconds >= WAITED.total_seconds()
     shown = next(line for line in render_timeline(done).splitlines() if "waiting for input" in line)
@@ -76,30 +82,13 @@ async def test_waiting_time_is_ask_to_answer(absurd_client: AsyncAbsurd, absurd_
 async def test_an_unanswered_wait_counts_until_now(absurd_client: AsyncAbsurd, absurd_dsn: str) -> None:
     inbox = Inbox(absurd_client)
     script = Script(turns=[lambda _: [ToolCallPart("delete_file", {"path": "/tmp/a"}, tool_call_id="d1")]])
-
-    async def delete_file(path: str) -> str:
-        return f"deleted {path}"
-
-    inner = Agent(
-        script.model(),
-        name="ops",
-        tools=[Tool(delete_file, requires_approval=True)],
-        capabilities=[HandleDeferredToolCalls(inbox.ask, name="approve")],
-    )
-    agent = AbsurdAgent(inner)
-
-    @absurd_client.register_task(name="ops")
-    async def task(params: Any, ctx: Any) -> str:
-        return (await agent.run("clean up")).output
-
-    spawned = await absurd_client.spawn("ops", {})
-    await run_queued(absurd_client)
-    first = await inspect_task(absurd_client, spawned["task_id"])
+    task_id = await _spawn_approval_task(absurd_client, inbox.ask, script)
+    first = await inspect_task(absurd_client, task_id)
     ask = next(step for step in first.steps if step.kind == "wait_for_input")
     assert ask.committed_at is not None
     await _wait_for_database_clock(absurd_dsn, ask.committed_at + WAITED)
 
-    waiting = await inspect_task(absurd_client, spawned["task_id"])
+    waiting = await inspect_task(absurd_client, task_id)
     assert waiting.state == "sleeping"
     ask = next(step for step in waiting.steps if step.kind == "wait_for_input")
     assert ask.waited_seconds is not None and ask.waited_seconds >= WAITED.total_seconds()
@@ -125,23 +114,7 @@ async def test_an_ask_that_answers_inline_counts_its_own_time(absurd_client: Asy
         await _wait_for_database_clock(absurd_dsn, row[0] + WAITED)  # someone takes a while to answer
         return DeferredToolResults(approvals={"d1": True})
 
-    async def delete_file(path: str) -> str:
-        return f"deleted {path}"
-
-    inner = Agent(
-        script.model(),
-        name="ops",
-        tools=[Tool(delete_file, requires_approval=True)],
-        capabilities=[HandleDeferredToolCalls(ask, name="approve")],
-    )
-    agent = AbsurdAgent(inner)
-
-    @absurd_client.register_task(name="ops")
-    async def task(params: Any, ctx: Any) -> str:
-        return (await agent.run("clean up")).output
-
-    spawned = await absurd_client.spawn("ops", {})
-    await run_queued(absurd_client)
-    done = await inspect_task(absurd_client, spawned["task_id"])
+    task_id = await _spawn_approval_task(absurd_client, ask, script)
+    done = await inspect_task(absurd_client, task_id)
     assert done.state == "completed" and started
     assert done.totals.waiting_seconds >= WAITED.total_seconds()

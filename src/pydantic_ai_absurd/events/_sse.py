@@ -42,6 +42,19 @@ STATUS_EVENT_NAME = "absurd-status"
 """Vercel AI: status events are `data-absurd-status` parts; AG-UI: `CUSTOM` events named `absurd.status`."""
 
 
+class _StableMessageIds:
+    """Message ids derived from the task id, the same on every connection: a reconnect continues the same messages."""
+
+    message_id: str
+    _namespace: uuid.UUID
+    _ids: int
+
+    def new_message_id(self) -> str:
+        self._ids += 1
+        self.message_id = str(uuid.uuid5(self._namespace, f"message-{self._ids}"))
+        return self.message_id
+
+
 def _ui_stream(protocol: str, task_id: str, sdk_version: Literal[5, 6, 7]) -> Any:
     namespace = uuid.UUID(task_id)
     try:
@@ -49,27 +62,18 @@ def _ui_stream(protocol: str, task_id: str, sdk_version: Literal[5, 6, 7]) -> An
             from pydantic_ai.ui.vercel_ai import VercelAIEventStream
 
             @dataclass
-            class _VercelStream(VercelAIEventStream[Any, Any]):
+            class _VercelStream(_StableMessageIds, VercelAIEventStream[Any, Any]):
+                _namespace: uuid.UUID = namespace
                 _ids: int = 0
-
-                def new_message_id(self) -> str:
-                    # The same ids on every connection, so a reconnect continues the same messages.
-                    self._ids += 1
-                    self.message_id = str(uuid.uuid5(namespace, f"message-{self._ids}"))
-                    return self.message_id
 
             return _VercelStream(sdk_version=sdk_version, server_message_id=task_id, message_id=task_id)
         if protocol == "ag-ui":
             from pydantic_ai.ui.ag_ui import AGUIEventStream
 
             @dataclass
-            class _AGUIStream(AGUIEventStream[Any, Any]):
+            class _AGUIStream(_StableMessageIds, AGUIEventStream[Any, Any]):
+                _namespace: uuid.UUID = namespace
                 _ids: int = 0
-
-                def new_message_id(self) -> str:
-                    self._ids += 1
-                    self.message_id = str(uuid.uuid5(namespace, f"message-{self._ids}"))
-                    return self.message_id
 
             return _AGUIStream(thread_id=task_id, run_id=task_id, message_id=task_id)
     except ImportError as error:
