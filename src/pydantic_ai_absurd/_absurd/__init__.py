@@ -2,7 +2,8 @@
 
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
-- `_sql`: raw SQL on Absurd's functions and tables, and its SQLSTATEs.
+- `_sql`: raw SQL on Absurd's runs (claims, scheduling, failing, events), worker locks, and its SQLSTATEs.
+- `_sql_tasks`: raw SQL that reads Absurd's tasks, runs and checkpoints, and copies tasks.
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
@@ -40,31 +41,16 @@ from ._private import (
 from ._sql import (
     SQLSTATE_CANCELLED,
     SQLSTATE_FAILED,
-    TASK_STATES,
-    TERMINAL_TASK_STATES,
     OrphanedRun,
     backend_pid,
-    database_now,
     emit_event_sql,
-    emitted_events,
     end_state_of,
-    existing_queues,
     extend_claim,
     fail_run,
     fail_task_permanently,
     hand_back_orphaned_runs,
     hold_worker_lock,
-    list_queue_names,
-    list_tasks,
-    read_checkpoints,
-    read_runs,
-    read_task,
     schedule_run_now,
-    spawn_with_checkpoints,
-    task_ids_in_states,
-    task_options,
-    task_state,
-    task_states,
     worker_lock_held,
 )
 from ._sql_schema import (
@@ -79,6 +65,23 @@ from ._sql_schema import (
     queues_table_exists_sync,
     schema_version,
     schema_version_sync,
+)
+from ._sql_tasks import (
+    TASK_STATES,
+    TERMINAL_TASK_STATES,
+    database_now,
+    emitted_events,
+    existing_queues,
+    list_queue_names,
+    list_tasks,
+    read_checkpoints,
+    read_runs,
+    read_task,
+    spawn_with_checkpoints,
+    task_ids_in_states,
+    task_options,
+    task_state,
+    task_states,
 )
 
 __all__ = [
