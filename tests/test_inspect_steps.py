@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pydantic_ai_absurd._absurd import CheckpointRow
 from pydantic_ai_absurd.errors import InvalidDurationError
 from pydantic_ai_absurd.inspection._render import parse_duration
 from pydantic_ai_absurd.inspection._steps import decode_value, parse_step_name
@@ -105,10 +106,10 @@ def test_attempt_ends_waits_and_replays() -> None:
         _run(2, "failed", {"name": "ValueError", "message": "boom"}),
         _run(3, "sleeping", wake_event="ev"),
     ]
-    rows: list[tuple[str, Any, str | None, Any]] = [
-        ("a__external_event:approve", {"json": "null"}, "r1", t0),
-        ("a__graph.sleep", {"json": json.dumps((t0 + timedelta(seconds=30)).isoformat())}, "r1", t0),
-        ("a__external_event:approve.event", {"ok": True}, "r3", t0 + timedelta(seconds=12)),
+    rows = [
+        CheckpointRow("a__external_event:approve", {"json": "null"}, "r1", t0),
+        CheckpointRow("a__graph.sleep", {"json": json.dumps((t0 + timedelta(seconds=30)).isoformat())}, "r1", t0),
+        CheckpointRow("a__external_event:approve.event", {"ok": True}, "r3", t0 + timedelta(seconds=12)),
     ]
     timeline = build_timeline("q", task, runs, rows)
     assert [attempt.ended for attempt in timeline.attempts] == ["lease_expired", "failed", "waiting"]

@@ -69,6 +69,7 @@ from ._sql_schema import (
 from ._sql_tasks import (
     TASK_STATES,
     TERMINAL_TASK_STATES,
+    CheckpointRow,
     database_now,
     emitted_events,
     existing_queues,
@@ -85,6 +86,7 @@ from ._sql_tasks import (
 )
 
 __all__ = [
+    "CheckpointRow",
     "OfflineTaskContext",
     "CURRENT_TIME",
     "absurd_schema_exists_sync",

@@ -7,10 +7,13 @@ read of a per-queue table (`t_`, `r_`, `c_`, `e_`) says so in its docstring.
 from __future__ import annotations
 
 import json
-from typing import Any, cast
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
+from psycopg.rows import class_row
 
 
 async def read_task(conn: AsyncConnection[Any], queue_name: str, task_id: str) -> dict[str, Any] | None:
@@ -48,19 +51,33 @@ async def read_runs(conn: AsyncConnection[Any], queue_name: str, task_id: str) -
     return await _all_dicts(cur)
 
 
+@dataclass(frozen=True)
+class CheckpointRow:
+    """One committed checkpoint as `absurd.get_task_checkpoint_states` returns it."""
+
+    checkpoint_name: str
+    state: Any
+    """The checkpoint's JSON value, decoded by psycopg (read it through `_checkpoint`)."""
+    owner_run_id: str | None
+    """The run that wrote it."""
+    updated_at: datetime
+    """When it was committed (Absurd's clock)."""
+
+
 async def read_checkpoints(
     conn: AsyncConnection[Any], queue_name: str, task_id: str, run_id: str
-) -> list[tuple[str, Any, str | None, Any]]:
+) -> list[CheckpointRow]:
     """The committed checkpoints `run_id` sees (`absurd.get_task_checkpoint_states`), in write order.
 
-    Rows: `(checkpoint_name, state, owner_run_id, updated_at)`. Given the task's latest run, that is all of them.
+    Given the task's latest run, that is all of them.
     """
-    cur = await conn.execute(
-        "select checkpoint_name, state, owner_run_id::text, updated_at"
-        " from absurd.get_task_checkpoint_states(%s, %s, %s)",
-        (queue_name, task_id, run_id),
-    )
-    return cast("list[tuple[str, Any, str | None, Any]]", await cur.fetchall())
+    async with conn.cursor(row_factory=class_row(CheckpointRow)) as cur:
+        await cur.execute(
+            "select checkpoint_name, state, owner_run_id::text as owner_run_id, updated_at"
+            " from absurd.get_task_checkpoint_states(%s, %s, %s)",
+            (queue_name, task_id, run_id),
+        )
+        return await cur.fetchall()
 
 
 async def list_queue_names(conn: AsyncConnection[Any]) -> list[str]:

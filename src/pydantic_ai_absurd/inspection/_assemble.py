@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
+from .._absurd import CheckpointRow
 from ._lost import lost_executions
 from ._records import (
     AgentRunRecord,
@@ -67,17 +68,17 @@ class _Attempts:
     """Attempts claimed again after a suspension, a wait or a hand-back: their latest claim."""
 
     @classmethod
-    def read(cls, runs: list[dict[str, Any]], rows: list[tuple[str, Any, str | None, Any]]) -> _Attempts:
+    def read(cls, runs: list[dict[str, Any]], rows: list[CheckpointRow]) -> _Attempts:
         attempt_of = {str(run["run_id"]): int(run["attempt"]) for run in runs}
         # How far each attempt got: a completed one went past everything; otherwise its last write.
         reached: dict[int, datetime | None] = {}
         written: dict[int, int] = {}
-        for _, _, owner, updated_at in rows:
-            attempt = attempt_of.get(owner or "")
+        for row in rows:
+            attempt = attempt_of.get(row.owner_run_id or "")
             if attempt is not None:
                 written[attempt] = written.get(attempt, 0) + 1
                 previous = reached.get(attempt)
-                reached[attempt] = updated_at if previous is None or updated_at > previous else previous
+                reached[attempt] = row.updated_at if previous is None or row.updated_at > previous else previous
         completed = {int(run["attempt"]) for run in runs if run["state"] == "completed"}
         # A run claimed again after a suspension, a wait or a hand-back (a dead worker's run taken over
         # without using an attempt) replays its own earlier steps: `started_at` is its latest claim.
@@ -133,7 +134,7 @@ def _tool_call(
 
 
 def _step_records(
-    rows: list[tuple[str, Any, str | None, Any]],
+    rows: list[CheckpointRow],
     parsed_rows: list[ParsedName],
     decoded_rows: list[StepValue],
     attempts: _Attempts,
@@ -143,22 +144,22 @@ def _step_records(
     tool_calls: dict[tuple[str | None, int | None, str], tuple[str, Any]] = {}
     steps: list[StepRecord] = []
     totals = _StepTotals(waiting=sum(waited.values()))
-    for index, (name, _, owner, updated_at) in enumerate(rows, start=1):
+    for index, row in enumerate(rows, start=1):
         parsed, decoded = parsed_rows[index - 1], decoded_rows[index - 1]
-        executed_by = attempts.attempt_of.get(owner or "")
-        replayed_by = attempts.replayers(executed_by, updated_at)
+        executed_by = attempts.attempt_of.get(row.owner_run_id or "")
+        replayed_by = attempts.replayers(executed_by, row.updated_at)
         tool_name, tool_args = _tool_call(parsed, decoded, tool_calls)
         if decoded.usage is not None:
             totals.spent += decoded.usage
             for _ in replayed_by:
                 totals.saved += decoded.usage
         if parsed.kind == "sleep" and isinstance(decoded.value, str):
-            totals.waiting += _sleep_seconds(decoded.value, updated_at)
+            totals.waiting += _sleep_seconds(decoded.value, row.updated_at)
         is_tool = parsed.kind in {"tool_call", "mcp_call", "validate_args"}
         steps.append(
             StepRecord(
                 index=index,
-                name=name,
+                name=row.checkpoint_name,
                 kind=parsed.kind,
                 agent=parsed.agent,
                 run_ordinal=parsed.run_ordinal,
@@ -172,7 +173,7 @@ def _step_records(
                 error=decoded.error,
                 executed_by=executed_by,
                 replayed_by=replayed_by,
-                committed_at=updated_at,
+                committed_at=row.updated_at,
                 waited_seconds=waited.get(index - 1),
             )
         )
@@ -205,7 +206,7 @@ def build_timeline(
     queue: str,
     task: dict[str, Any],
     runs: list[dict[str, Any]],
-    rows: list[tuple[str, Any, str | None, Any]],
+    rows: list[CheckpointRow],
     now: datetime | None = None,
     lost: list[dict[str, Any]] | None = None,
 ) -> TaskTimeline:
@@ -214,10 +215,8 @@ def build_timeline(
     `now` is the database's time: a wait still unanswered counts until then. `lost` holds the task's
     recorded takeovers (`pydantic_ai_absurd.lost_executions` rows).
     """
-    parsed_rows = [parse_step_name(name) for name, _, _, _ in rows]
-    decoded_rows = [
-        decode_value(state, parsed.kind) for parsed, (_, state, _, _) in zip(parsed_rows, rows, strict=True)
-    ]
+    parsed_rows = [parse_step_name(row.checkpoint_name) for row in rows]
+    decoded_rows = [decode_value(row.state, parsed.kind) for parsed, row in zip(parsed_rows, rows, strict=True)]
     waited = _waits(task, runs, rows, parsed_rows, decoded_rows, now)
     progress = _Attempts.read(runs, rows)
     steps, totals = _step_records(rows, parsed_rows, decoded_rows, progress, waited)
@@ -252,7 +251,7 @@ def build_timeline(
 def _waits(
     task: dict[str, Any],
     runs: list[dict[str, Any]],
-    rows: list[tuple[str, Any, str | None, Any]],
+    rows: list[CheckpointRow],
     parsed_rows: list[ParsedName],
     decoded_rows: list[StepValue],
     now: datetime | None,
@@ -265,11 +264,11 @@ def _waits(
     wait_rows = [
         WaitRow(
             parsed=parsed,
-            committed_at=updated_at,
+            committed_at=row.updated_at,
             answered_inline=parsed.kind == "wait_for_input" and decoded.value is not None,
-            claimed_at=claimed_at.get(owner or ""),
+            claimed_at=claimed_at.get(row.owner_run_id or ""),
         )
-        for parsed, decoded, (_, _, owner, updated_at) in zip(parsed_rows, decoded_rows, rows, strict=True)
+        for parsed, decoded, row in zip(parsed_rows, decoded_rows, rows, strict=True)
     ]
     return wait_durations(wait_rows, open_until)
 

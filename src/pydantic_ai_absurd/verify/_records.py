@@ -129,7 +129,7 @@ async def read_recorded(conn: AsyncConnection[Any], queue: str, task_id: str) ->
         task_id=str(row["task_id"]),
         task_name=str(row["task_name"]),
         params=row["params"],
-        steps=tuple(RecordedStep(str(name), state) for name, state, _, _ in rows),
+        steps=tuple(RecordedStep(row.checkpoint_name, row.state) for row in rows),
         queue=queue,
         state=str(row["state"]),
         headers=dict(row.get("headers") or {}),
