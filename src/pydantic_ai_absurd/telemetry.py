@@ -73,7 +73,6 @@ def otel_hooks(hooks: AbsurdHooks | None = None, *, tracer_provider: TracerProvi
         tracer_provider: The provider of the task spans (default: the global one).
     """
     base: dict[str, Any] = dict(hooks or {})
-    user_spawn = base.get("before_spawn")
     user_wrap = base.get("wrap_task_execution")
     if getattr(user_wrap, _MARK, False):
         return cast(AbsurdHooks, base)  # already applied
@@ -95,26 +94,7 @@ def otel_hooks(hooks: AbsurdHooks | None = None, *, tracer_provider: TracerProvi
             return await _run_recording_outcome(span, run)
 
     setattr(wrap_task_execution, _MARK, True)
-    return cast(
-        AbsurdHooks, {**base, "before_spawn": _spawn_hook(user_spawn), "wrap_task_execution": wrap_task_execution}
-    )
-
-
-def _spawn_hook(user_spawn: Callable[..., Any] | None) -> Callable[..., Any]:
-    """`before_spawn` that runs the user's hook (sync or async) first, then injects the trace context."""
-    if user_spawn is not None and inspect.iscoroutinefunction(user_spawn):
-
-        async def before_spawn_async(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
-            return _inject(await user_spawn(task_name, params, options))
-
-        return before_spawn_async
-
-    def before_spawn(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
-        if user_spawn is not None:
-            options = user_spawn(task_name, params, options)
-        return _inject(options)
-
-    return before_spawn
+    return cast(AbsurdHooks, {**_absurd.chain_before_spawn(hooks, _inject), "wrap_task_execution": wrap_task_execution})
 
 
 def _task_attributes(ctx: AsyncTaskContext, queue: str, task_name: str) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """Everything that reaches into Absurd, in one place.
 
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
+- `_hooks`: chaining the client's `before_spawn` hook after the user's (sync or async).
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
 - `_sql`: raw SQL on Absurd's runs (claims, scheduling, failing, events), worker locks, and its SQLSTATEs.
 - `_sql_tasks`: raw SQL that reads Absurd's tasks, runs and checkpoints, and copies tasks.
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
+from ._hooks import chain_before_spawn
 from ._offline import OfflineTaskContext
 from ._private import (
     begin_step,
@@ -86,6 +88,7 @@ from ._sql_tasks import (
 )
 
 __all__ = [
+    "chain_before_spawn",
     "CheckpointRow",
     "OfflineTaskContext",
     "CURRENT_TIME",

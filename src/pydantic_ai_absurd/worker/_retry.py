@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import traceback
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -30,6 +29,7 @@ import pydantic
 from absurd_sdk import AbsurdHooks, RetryStrategy, SpawnOptions
 from pydantic_ai.exceptions import UserError
 
+from .._absurd import chain_before_spawn
 from .._text import storable, unstorable_text_at, with_article
 from ..errors import NonRetryableError, TaskResultNotSerializableError, validation_message
 
@@ -132,7 +132,7 @@ def agent_retry_hooks(hooks: AbsurdHooks | None = None, *, strategy: RetryStrate
 
     Every `spawn` without an explicit `retry_strategy` gets `strategy` (default `AGENT_RETRY_STRATEGY`),
     so the tasks back off whichever worker runs them (also Absurd's own `start_worker`). An existing
-    `before_spawn` hook in `hooks` runs first; other hooks are kept.
+    `before_spawn` hook in `hooks` runs first (sync or async); other hooks are kept.
 
     Not needed with `run_worker`, which applies `RetryPolicy.default_strategy` to tasks without a
     strategy. A stored strategy also delays the retry after a worker crash (Absurd fails an
@@ -140,20 +140,10 @@ def agent_retry_hooks(hooks: AbsurdHooks | None = None, *, strategy: RetryStrate
     prefer storing none.
     """
     chosen: RetryStrategy = strategy if strategy is not None else AGENT_RETRY_STRATEGY
-    base: AbsurdHooks = dict(hooks) if hooks else {}  # type: ignore[assignment]
-    previous = base.get("before_spawn")
 
-    async def before_spawn(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
-        if previous is not None:
-            result = previous(task_name, params, options)
-            if isinstance(result, Awaitable):
-                options = await result
-            else:
-                options = result
-        if "retry_strategy" not in options:
-            options = {**options, "retry_strategy": dict(chosen)}  # type: ignore[typeddict-item]
-        return options
+    def with_strategy(options: SpawnOptions) -> SpawnOptions:
+        if "retry_strategy" in options:
+            return options
+        return {**options, "retry_strategy": dict(chosen)}  # type: ignore[typeddict-item]
 
-    hook: Callable[[str, Any, SpawnOptions], Awaitable[SpawnOptions]] = before_spawn
-    base["before_spawn"] = hook
-    return base
+    return chain_before_spawn(hooks, with_strategy)
