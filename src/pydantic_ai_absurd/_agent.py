@@ -23,6 +23,7 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT
 
 from ._durability import AbsurdDurability
+from ._execution import bound
 from ._extensions import LAYERS, AgentRunCall, RunExtension
 from ._provider_waits import DEFAULT_MAX_PROVIDER_WAIT
 from ._time import DEFAULT_SUSPEND_THRESHOLD
@@ -138,11 +139,8 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
         `scope` (whose conversation it is, e.g. a user or tenant ID) is passed to the store's load and save.
         """
-        token = _run_scope_arg.set(scope)
-        try:
+        with bound(_run_scope_arg, scope):
             return await super().run(*args, **kwargs)
-        finally:
-            _run_scope_arg.reset(token)
 
     @asynccontextmanager
     async def iter(  # pyright: ignore[reportIncompatibleMethodOverride]

@@ -6,7 +6,8 @@ code that swallows them (`except Exception:`) cannot keep a finished run calling
 themselves are written by `_steps.run_step`; the claim is kept alive by `_lease.LeaseKeeper`.
 
 Run state is passed as arguments where the code that needs it is called by this package. Where Pydantic
-AI or user code stands in between, it is kept in one of these (the package's only ones):
+AI or user code stands in between, it is kept in one of these (the package's only ones; each context
+variable is set for a block with `bound`):
 
 | Variable                        | Holds                                                  | Set by                      |
 |---------------------------------|--------------------------------------------------------|-----------------------------|
@@ -29,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Generator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
@@ -48,6 +49,7 @@ __all__ = [
     "ExecutionState",
     "RunScope",
     "StepBody",
+    "bound",
     "current_run_scope",
     "current_step",
     "current_task_context",
@@ -206,13 +208,18 @@ def current_step() -> str | None:
 
 
 @contextmanager
-def step_body_scope(body: StepBody) -> Generator[None]:
-    """Mark the code inside as the step body `body`: agent runs started there become part of the step."""
-    token = _step_body.set(body)
+def bound(variable: ContextVar[_T], value: _T) -> Generator[None]:
+    """Set the context variable `variable` to `value` for the code inside (how every one in the table is set)."""
+    token = variable.set(value)
     try:
         yield
     finally:
-        _step_body.reset(token)
+        variable.reset(token)
+
+
+def step_body_scope(body: StepBody) -> AbstractContextManager[None]:
+    """Mark the code inside as the step body `body`: agent runs started there become part of the step."""
+    return bound(_step_body, body)
 
 
 def current_run_scope() -> RunScope | None:
@@ -220,11 +227,6 @@ def current_run_scope() -> RunScope | None:
     return _run_scope.get()
 
 
-@contextmanager
-def run_scope(scope: RunScope) -> Generator[None]:
+def run_scope(scope: RunScope) -> AbstractContextManager[None]:
     """Install `scope` for the steps of one durable agent run."""
-    token = _run_scope.set(scope)
-    try:
-        yield
-    finally:
-        _run_scope.reset(token)
+    return bound(_run_scope, scope)

@@ -9,8 +9,8 @@ returned even if the run is being torn down (`commit` is shielded). Test and ver
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Generator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -20,7 +20,15 @@ from absurd_sdk import AsyncTaskContext, StepHandle
 from ._absurd import begin_step, give_up_retries, release_step_name
 from ._checkpoint import Checkpoint
 from ._digest import Asked, check_digest
-from ._execution import END_STATES, StepBody, execution_state, remember_end, require_task_context, step_body_scope
+from ._execution import (
+    END_STATES,
+    StepBody,
+    bound,
+    execution_state,
+    remember_end,
+    require_task_context,
+    step_body_scope,
+)
 from .errors import ReplayDivergenceError, UnserializableResultError
 
 __all__ = [
@@ -43,14 +51,9 @@ _T = TypeVar("_T")
 _step_function: ContextVar[object | None] = ContextVar("pydantic_ai_absurd.step_function", default=None)
 
 
-@contextmanager
-def step_function(function: object | None) -> Generator[None]:
+def step_function(function: object | None) -> AbstractContextManager[None]:
     """Name the user function the step begun in this block runs (a tool's), for `verify` to point at."""
-    token = _step_function.set(function)
-    try:
-        yield
-    finally:
-        _step_function.reset(token)
+    return bound(_step_function, function)
 
 
 def current_step_function() -> object | None:
@@ -72,14 +75,9 @@ _commit_hook: ContextVar[Callable[[str], Awaitable[None]] | None] = ContextVar(
 )
 
 
-@contextmanager
-def commit_hook(hook: Callable[[str], Awaitable[None]]) -> Generator[None]:
+def commit_hook(hook: Callable[[str], Awaitable[None]]) -> AbstractContextManager[None]:
     """Await `hook(checkpoint_name)` at the start of every checkpoint write (fault injection in tests)."""
-    token = _commit_hook.set(hook)
-    try:
-        yield
-    finally:
-        _commit_hook.reset(token)
+    return bound(_commit_hook, hook)
 
 
 _live_guard: ContextVar[Callable[[str | None], NoReturn] | None] = ContextVar(
@@ -87,18 +85,13 @@ _live_guard: ContextVar[Callable[[str | None], NoReturn] | None] = ContextVar(
 )
 
 
-@contextmanager
-def replay_only(guard: Callable[[str | None], NoReturn]) -> Generator[None]:
+def replay_only(guard: Callable[[str | None], NoReturn]) -> AbstractContextManager[None]:
     """Run the code inside as a replay that executes nothing (deploy verification).
 
     Wherever a step body would run or a checkpoint would be written, `guard(checkpoint_name)` is called
     instead (the name is `None` where it is not known); it must raise. Replayed steps are unaffected.
     """
-    token = _live_guard.set(guard)
-    try:
-        yield
-    finally:
-        _live_guard.reset(token)
+    return bound(_live_guard, guard)
 
 
 def refuse_live(step: str | None) -> None:

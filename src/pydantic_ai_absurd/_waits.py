@@ -15,7 +15,7 @@ from pydantic_ai.durable_exec import ExternalEventError, ExternalEventWaiter
 from pydantic_ai.exceptions import UserError
 
 from ._checkpoint import Checkpoint
-from ._execution import RunScope, remember_end
+from ._execution import RunScope, bound, remember_end
 from ._step_names import ExternalEventStep, StepName, WaitPart
 from ._steps import begin, commit, run_body
 from ._text import storable
@@ -79,11 +79,8 @@ class AbsurdEventWaiter(ExternalEventWaiter):
         if handle.done:
             answer = None if handle.state is None else Checkpoint.read(handle.state).decode(step=handle.checkpoint_name)
         else:
-            reset = _CURRENT_WAIT.set(CurrentWait(name, timeout))
-            try:
+            with bound(_CURRENT_WAIT, CurrentWait(name, timeout)):
                 answer = await run_body(task_ctx, lambda: ask(token))
-            finally:
-                _CURRENT_WAIT.reset(reset)
             checkpoint = Checkpoint.of(answer)
             answer = checkpoint.value
             await commit(task_ctx, handle, checkpoint.stored())

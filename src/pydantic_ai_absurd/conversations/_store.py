@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncGenerator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from contextvars import ContextVar
 from types import TracebackType
 from typing import Any
@@ -22,6 +22,7 @@ from pydantic_ai.conversation_store import (
 
 from .._db import connection_pool, fetch_all_as, fetch_one_as
 from .._dsn import redact_dsn
+from .._execution import bound
 from ..errors import SchemaNotInstalledError
 from . import _sql
 from ._codec import EntryRow, HistoryRow, RecordRow, entries_from_rows, message_text, record_from_row, record_params
@@ -45,14 +46,9 @@ class SavedTurn:
         self.entry_ids = list(entry_ids)
 
 
-@asynccontextmanager
-async def saving_turn(turn_id: str) -> AsyncGenerator[None]:
+def saving_turn(turn_id: str) -> AbstractContextManager[None]:
     """Record the saves inside under `turn_id` (a durable turn's identity), in the save's own transaction."""
-    token = _turn_id.set(turn_id)
-    try:
-        yield
-    finally:
-        _turn_id.reset(token)
+    return bound(_turn_id, turn_id)
 
 
 class PostgresConversationStore(ConversationStore):

@@ -104,7 +104,7 @@ class StoredTurn:
             if done is not None:  # saved by an earlier attempt whose checkpoint was lost with its worker
                 mark_saved(result, done.revision)
                 return {"revision": done.revision, "entry_ids": done.entry_ids}
-            async with saving_turn(turn_id):
+            with saving_turn(turn_id):
                 entry_ids = await self._save_now(result)
         else:
             entry_ids = await self._save_now(result)
