@@ -203,11 +203,15 @@ def missing_private_names() -> tuple[str, ...]:
 
 def check_private_names() -> None:
     """Refuse to run on an `absurd_sdk` that lacks a private name this package relies on (one-line error)."""
-    missing = missing_private_names()
+    _refuse_without(missing_private_names())
+
+
+def _refuse_without(missing: tuple[str, ...], purpose: str = "") -> None:
+    """Raise the one-line `IncompatibleSdkError` naming the `missing` SDK names (needed `purpose`), if any."""
     if missing:
         raise IncompatibleSdkError(
             f"The installed absurd-sdk {_sdk_version()} lacks {', '.join(missing)}, which pydantic-ai-absurd "
-            "relies on; install a supported version (see the Compatibility page of the docs)."
+            f"relies on{purpose}; install a supported version (see the Compatibility page of the docs)."
         )
 
 
@@ -289,13 +293,7 @@ def missing_offline_context_names() -> tuple[str, ...]:
 
 def check_offline_context_names() -> None:
     """Refuse to verify on an `absurd_sdk` that lacks a name the offline context needs (one-line error)."""
-    missing = missing_offline_context_names()
-    if missing:
-        raise IncompatibleSdkError(
-            f"The installed absurd-sdk {_sdk_version()} lacks {', '.join(missing)}, which pydantic-ai-absurd "
-            "relies on (to verify recorded tasks); install a supported version (see the Compatibility page "
-            "of the docs)."
-        )
+    _refuse_without(missing_offline_context_names(), " (to verify recorded tasks)")
 
 
 def registered_handlers(absurd: AsyncAbsurd) -> dict[str, Callable[..., Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, cast
 
@@ -32,6 +33,19 @@ def _add_database_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scope", metavar="SCOPE", help="only requests of this scope (see `Inbox(scope=...)`)")
 
 
+def _decision_parser(
+    subparsers: Any, verb: str, summary: str, handler: Callable[[argparse.Namespace], Awaitable[int]]
+) -> argparse.ArgumentParser:
+    """The parser of `approve` or `deny` (`verb`): TOKEN, `--call` (repeatable) and `--by`."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(verb, help=summary)
+    _add_database_options(parser)
+    parser.add_argument("token", metavar="TOKEN")
+    parser.add_argument("--call", metavar="ID", action="append", help=f"tool call ID to {verb} (repeatable)")
+    parser.add_argument("--by", metavar="NAME", help="who answers (kept as `answered_by`)")
+    parser.set_defaults(handler=handler, needs_schema=True)
+    return parser
+
+
 def add_parsers(subparsers: Any) -> None:
     """Add `inbox`, `approve`, `deny` and `answer` to the CLI."""
     listing = subparsers.add_parser("inbox", help="list the requests durable runs wait for (oldest first)")
@@ -41,20 +55,11 @@ def add_parsers(subparsers: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON (one array) instead of a table")
     listing.set_defaults(handler=_cmd_inbox, needs_schema=True, validate=_check_inbox)
 
-    approve = subparsers.add_parser("approve", help="approve pending calls of a request (default: all of them)")
-    _add_database_options(approve)
-    approve.add_argument("token", metavar="TOKEN")
-    approve.add_argument("--call", metavar="ID", action="append", help="tool call ID to approve (repeatable)")
-    approve.add_argument("--by", metavar="NAME", help="who answers (kept as `answered_by`)")
-    approve.set_defaults(handler=_cmd_approve, needs_schema=True)
-
-    deny = subparsers.add_parser("deny", help="deny pending calls of a request; the model is told the reason")
-    _add_database_options(deny)
-    deny.add_argument("token", metavar="TOKEN")
+    _decision_parser(subparsers, "approve", "approve pending calls of a request (default: all of them)", _cmd_approve)
+    deny = _decision_parser(
+        subparsers, "deny", "deny pending calls of a request; the model is told the reason", _cmd_deny
+    )
     deny.add_argument("--reason", required=True, help="what the model is told")
-    deny.add_argument("--call", metavar="ID", action="append", help="tool call ID to deny (repeatable)")
-    deny.add_argument("--by", metavar="NAME", help="who answers (kept as `answered_by`)")
-    deny.set_defaults(handler=_cmd_deny, needs_schema=True)
 
     answer = subparsers.add_parser("answer", help="answer a request with DeferredToolResults JSON")
     _add_database_options(answer)

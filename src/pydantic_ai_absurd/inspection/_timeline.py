@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, Generator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from typing import Any
 from uuid import UUID
@@ -42,6 +42,18 @@ def _default_queue(source: Source) -> str | None:
     return _absurd.client_queue_name(source) if isinstance(source, AsyncAbsurd) else None
 
 
+@contextmanager
+def _mapped_errors(queue: str) -> Generator[None]:
+    """Raise the one-line error of a missing queue, schema or malformed task id instead of psycopg's."""
+    try:
+        yield
+    except psycopg.Error as err:
+        mapped = _map(err, queue)
+        if mapped is not None:
+            raise mapped from err
+        raise
+
+
 def _map(err: psycopg.Error, queue: str) -> Exception | None:
     if isinstance(err, psycopg.errors.UndefinedTable):
         return queue_not_found(queue, "check the name (`pydantic-ai-absurd tasks` lists every queue's tasks).")
@@ -55,13 +67,8 @@ def _map(err: psycopg.Error, queue: str) -> Exception | None:
 
 
 async def _queue_names(conn: AsyncConnection[Any]) -> list[str]:
-    try:
+    with _mapped_errors(""):
         return await _absurd.list_queue_names(conn)
-    except psycopg.Error as err:
-        mapped = _map(err, "")
-        if mapped is not None:
-            raise mapped from err
-        raise
 
 
 async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None = None) -> TaskTimeline:
@@ -82,7 +89,7 @@ async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None
         target = queue or _default_queue(absurd)
         queues = [target] if target is not None else await _queue_names(conn)
         for name in queues:
-            try:
+            with _mapped_errors(name):
                 task = await _absurd.read_task(conn, name, task_id)
                 if task is None:
                     continue
@@ -92,11 +99,6 @@ async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None
                 now = await _absurd.database_now(conn)
                 lost = await read_lost_executions(conn, name, task_id)
                 known = await registered_names(conn, name)
-            except psycopg.Error as err:
-                mapped = _map(err, name)
-                if mapped is not None:
-                    raise mapped from err
-                raise
             timeline = build_timeline(name, task, runs, rows, now, lost)
             return replace(timeline, known_to_workers=None if known is None else timeline.task_name in known)
     where = f"queue {target!r}" if target is not None else "any queue"
@@ -130,16 +132,11 @@ async def list_tasks(
         now = await _absurd.database_now(conn)
         summaries: list[TaskSummary] = []
         for queue_name in queues:
-            try:
+            with _mapped_errors(queue_name):
                 rows = await _absurd.list_tasks(
                     conn, queue_name, state=state, task_name=name, since_seconds=since, limit=limit
                 )
                 known = await registered_names(conn, queue_name)
-            except psycopg.Error as err:
-                mapped = _map(err, queue_name)
-                if mapped is not None:
-                    raise mapped from err
-                raise
             summaries.extend(
                 TaskSummary(
                     task_id=str(row["task_id"]),
