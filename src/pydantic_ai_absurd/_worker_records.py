@@ -2,7 +2,9 @@
 
 Both tables come with `setup()`'s migrations (`004_lost_executions`, `005_task_registrations`). On a
 database migrated before them, writes are skipped and reads return nothing, so a worker or an
-inspection never fails for lack of them.
+inspection never fails for lack of them. Lost executions go with their task (the trigger that
+`record_worker_tasks` installs, migration `006_worker_records_cleanup`); registrations go with their queue
+(`schema.drop_queue_sync`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .errors import one_line
 logger = logging.getLogger("pydantic_ai_absurd.worker")
 
 __all__ = [
+    "install_cleanup_trigger",
     "read_lost_executions",
     "record_lost_executions",
     "record_registrations",
@@ -30,6 +33,7 @@ __all__ = [
 
 _LOST = "pydantic_ai_absurd.lost_executions"
 _REGISTRATIONS = "pydantic_ai_absurd.task_registrations"
+_INSTALL_TRIGGERS = "pydantic_ai_absurd.install_worker_record_triggers(text)"
 
 
 async def _exists(conn: AsyncConnection[Any], table: str) -> bool:
@@ -88,14 +92,35 @@ async def record_registrations(
         )
 
 
+async def install_cleanup_trigger(conn: AsyncConnection[Any], queue_name: str) -> None:
+    """Have Absurd's cleanup of a task of `queue_name` delete its lost executions (idempotent; skipped before 006)."""
+    cur = await conn.execute("select to_regprocedure(%s) is not null", (_INSTALL_TRIGGERS,))
+    row = await cur.fetchone()
+    if row and row[0]:
+        await conn.execute("select pydantic_ai_absurd.install_worker_record_triggers(%s)", (queue_name,))
+
+
 async def record_worker_tasks(conn: AsyncConnection[Any], queue_name: str, absurd: AsyncAbsurd, worker_id: str) -> None:
-    """Record the tasks a worker of `queue_name` runs (registered on `absurd` for that queue); log a failure."""
+    """Record the tasks a worker of `queue_name` runs (registered on `absurd` for that queue); log a failure.
+
+    Also installs the trigger that deletes the queue's lost executions with their task, before this worker can
+    record one.
+    """
     runnable = (queue_name, client_queue_name(absurd))
     names = [name for name in registered_task_names(absurd) if registered_queue(absurd, name) in runnable]
     try:
-        await record_registrations(conn, queue_name, names, worker_id)
+        async with conn.transaction():  # a savepoint when the caller is in a transaction
+            await record_registrations(conn, queue_name, names, worker_id)
     except psycopg.Error as err:
         logger.warning("cannot record the task names of this worker: %s", one_line(err, with_type=True))
+    try:
+        async with conn.transaction():
+            await install_cleanup_trigger(conn, queue_name)
+    except psycopg.Error as err:
+        logger.warning(
+            "cannot install the trigger that deletes lost executions with their task: %s",
+            one_line(err, with_type=True),
+        )
 
 
 async def registered_names(conn: AsyncConnection[Any], queue_name: str) -> set[str] | None:

@@ -37,7 +37,7 @@ from ..errors import (
     SchemaVersionError,
     one_line,
 )
-from ._tables import OWN_SCHEMA, apply_own_migrations
+from ._tables import OWN_SCHEMA, apply_own_migrations, delete_queue_rows
 
 __all__ = [
     "ABSURD_SCHEMA_VERSION",
@@ -360,7 +360,12 @@ def _queues_only(dsn: str | None, queues: Sequence[str]) -> tuple[str, ...]:
 
 
 def drop_queue_sync(dsn: str | None, queue_name: str) -> None:
-    """Drop `queue_name` and all its tasks, runs, checkpoints and events (no-op if missing)."""
+    """Drop `queue_name` and all its tasks, runs, checkpoints and events (no-op if missing).
+
+    In the same transaction, the queue's rows in this package's tables go too: its event logs, lost executions
+    and task registrations (`_tables.QUEUE_TABLES`).
+    """
     dsn = resolve_dsn(dsn)
-    with connect(dsn, autocommit=True) as conn:
+    with connect(dsn) as conn, conn.transaction():
         drop_queue_on(conn, queue_name)
+        delete_queue_rows(conn, queue_name)

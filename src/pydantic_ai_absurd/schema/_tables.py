@@ -13,10 +13,11 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+from psycopg.sql import SQL, Identifier
 
 from ..errors import SchemaInstallError, one_line
 
-__all__ = ["OWN_SCHEMA", "apply_own_migrations", "own_migrations"]
+__all__ = ["OWN_SCHEMA", "QUEUE_TABLES", "apply_own_migrations", "delete_queue_rows", "own_migrations"]
 
 OWN_SCHEMA = "pydantic_ai_absurd"
 """The Postgres schema holding this package's tables (never inside Absurd's `absurd` schema)."""
@@ -56,3 +57,19 @@ def apply_own_migrations(conn: psycopg.Connection[Any], where: str) -> list[str]
         conn.execute(f"insert into {OWN_SCHEMA}.migrations (name) values (%s)", (name,))
         applied.append(name)
     return applied
+
+
+QUEUE_TABLES = ("events", "lost_executions", "task_registrations")
+"""Our tables whose rows belong to a queue (column `queue_name`), deleted when the queue is dropped.
+
+Inbox requests of a dropped queue go with `Inbox.purge()`; conversations belong to no queue.
+"""
+
+
+def delete_queue_rows(conn: psycopg.Connection[Any], queue_name: str) -> None:
+    """Delete the rows of `queue_name` in `QUEUE_TABLES` (those of the tables that exist)."""
+    for table in QUEUE_TABLES:
+        found = conn.execute("select to_regclass(%s)", (f"{OWN_SCHEMA}.{table}",)).fetchone()
+        if found is not None and found[0] is not None:
+            query = SQL("delete from {} where queue_name = %s").format(Identifier(OWN_SCHEMA, table))
+            conn.execute(query, (queue_name,))
