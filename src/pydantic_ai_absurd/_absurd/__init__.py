@@ -41,8 +41,6 @@ from ._private import (
     task_identity,
 )
 from ._sql import (
-    SQLSTATE_CANCELLED,
-    SQLSTATE_FAILED,
     OrphanedRun,
     backend_pid,
     emit_event_sql,
@@ -103,8 +101,6 @@ __all__ = [
     "schema_version",
     "schema_version_sync",
     "OrphanedRun",
-    "SQLSTATE_CANCELLED",
-    "SQLSTATE_FAILED",
     "TASK_STATES",
     "TERMINAL_TASK_STATES",
     "backend_pid",

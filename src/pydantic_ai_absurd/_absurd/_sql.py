@@ -19,14 +19,10 @@ from absurd_sdk import RetryStrategy
 from psycopg import AsyncConnection, sql
 
 SQLSTATE_CANCELLED = "AB001"
-
-
 """Raised by Absurd's functions when the task was cancelled."""
 
 
 SQLSTATE_FAILED = "AB002"
-
-
 """Raised by Absurd's functions when the run is no longer the task's running run (failed, lease expired)."""
 
 

@@ -148,8 +148,6 @@ TASK_STATES = ("pending", "running", "sleeping", "completed", "failed", "cancell
 """Every state of an Absurd task."""
 
 TERMINAL_TASK_STATES = ("completed", "failed", "cancelled")
-
-
 """States of a row of `absurd.t_<queue>` after which the task never runs again (unless retried by hand)."""
 
 

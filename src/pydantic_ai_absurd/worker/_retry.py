@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pydantic
 from absurd_sdk import AbsurdHooks, RetryStrategy, SpawnOptions
@@ -144,6 +144,6 @@ def agent_retry_hooks(hooks: AbsurdHooks | None = None, *, strategy: RetryStrate
     def with_strategy(options: SpawnOptions) -> SpawnOptions:
         if "retry_strategy" in options:
             return options
-        return {**options, "retry_strategy": dict(chosen)}  # type: ignore[typeddict-item]
+        return cast(SpawnOptions, {**options, "retry_strategy": dict(chosen)})
 
     return chain_before_spawn(hooks, with_strategy)
