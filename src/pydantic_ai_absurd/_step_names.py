@@ -230,6 +230,17 @@ class StepName:
         text = _format_operation(self.operation)
         return text if self.repeat == 1 else f"{text}#{self.repeat}"
 
+    def label(self) -> str:
+        """The name shortened for a table: `support call_tool:charge@call_1`, `support~2 model.request#2`."""
+        if self.agent is None:
+            return self.format().replace(
+                "__", " ", 1
+            )  # a provider wait starts with the agent segment of its model step
+        text = self.operation_text()
+        if isinstance(self.operation, ToolsetStep):
+            text = text.partition(f"__{self.operation.toolset_id}.")[2]
+        return f"{self.run_prefix} {text}"
+
     def format(self) -> str:
         """The persisted name."""
         text = self.operation_text()

@@ -92,13 +92,7 @@ def _kind(operation: object) -> StepKind:
 
 def short_label(name: str) -> str:
     """`name` shortened for a table: `support call_tool:charge@call_1`, `support~2 model.request#2`."""
-    step = StepName.parse(name)
-    if step.agent is None:
-        return name.replace("__", " ", 1)  # a provider wait starts with the agent segment of its model step
-    text = step.operation_text()
-    if isinstance(step.operation, ToolsetStep):
-        text = text.partition(f"__{step.operation.toolset_id}.")[2]
-    return f"{step.run_prefix} {text}"
+    return StepName.parse(name).label()
 
 
 def preview(value: object, limit: int = PREVIEW_LENGTH) -> str:
