@@ -3,6 +3,7 @@
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
 - `_sql`: raw SQL on Absurd's functions and tables, and its SQLSTATEs.
+- `_transactional`: a tool step's checkpoint written in the tool's own open transaction (`durable_transaction`).
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
@@ -37,6 +38,7 @@ from ._private import (
     task_connection,
     task_identity,
 )
+from ._transactional import raise_end_state, remember_checkpoint, write_checkpoint_in
 from ._sql import (
     SQLSTATE_CANCELLED,
     SQLSTATE_FAILED,
@@ -150,4 +152,7 @@ __all__ = [
     "task_state",
     "task_states",
     "worker_lock_held",
+    "raise_end_state",
+    "remember_checkpoint",
+    "write_checkpoint_in",
 ]
