@@ -28,6 +28,14 @@ from ._provider_waits import DEFAULT_MAX_PROVIDER_WAIT
 from ._time import DEFAULT_SUSPEND_THRESHOLD
 
 _run_scope_arg: ContextVar[str | None] = ContextVar("pydantic_ai_absurd.run_scope_arg", default=None)
+_agent_client: ContextVar[AsyncAbsurd | None] = ContextVar("pydantic_ai_absurd.agent_client", default=None)
+
+
+def current_agent_client() -> AsyncAbsurd | None:
+    """The Absurd client of the `AbsurdAgent` whose run the current code is part of, if it was given one."""
+    return _agent_client.get()
+
+
 """The `scope=` given to `AbsurdAgent.run`, read by the `iter` it calls (`Agent.run` passes on no extra argument)."""
 
 
@@ -163,6 +171,9 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             kwargs=kwargs,
         )
         async with AsyncExitStack() as extensions:
+            if self._absurd is not None:
+                client_token = _agent_client.set(self._absurd)
+                extensions.callback(_agent_client.reset, client_token)
             for extension in self._extensions:
                 await extensions.enter_async_context(extension.around_run(call))
             capabilities = [*(capabilities or ()), self._durability]

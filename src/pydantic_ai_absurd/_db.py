@@ -3,16 +3,22 @@
 Every connection the package opens goes through `connect` / `connect_async` (libpq's failures become one-line
 `DatabaseConnectionError`s), every "queue does not exist" error through `queue_not_found`, and rows that used to
 be read by position are read by name into dataclasses with `fetch_all_as` / `fetch_one_as`.
+
+`borrow_connection(dsn)` is the one place a short-lived connection for application work (a tool's
+`durable_transaction()` block) comes from: a process-wide pool per event loop and DSN, opened on first use.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, LiteralString, TypeVar
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -21,6 +27,8 @@ from ._dsn import connection_error
 from .errors import QueueNotFoundError
 
 __all__ = [
+    "borrow_connection",
+    "conninfo_of",
     "connect",
     "connect_async",
     "connection_pool",
@@ -93,6 +101,43 @@ async def open_connection(dsn: str) -> AsyncGenerator[psycopg.AsyncConnection[An
     conn = await connect_async(dsn, autocommit=True)
     async with conn:
         yield conn
+
+
+_POOLS: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, AsyncConnectionPool[psycopg.AsyncConnection[Any]]]] = (
+    WeakKeyDictionary()
+)
+_POOL_SIZE = 20
+
+
+async def _pool_for(dsn: str) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+    pools = _POOLS.setdefault(asyncio.get_running_loop(), {})
+    pool = pools.get(dsn)
+    if pool is None:
+        pool = connection_pool(dsn, min_size=0, max_size=_POOL_SIZE, name="pydantic-ai-absurd-transactions")
+        pools[dsn] = pool
+        try:
+            await pool.open(wait=False)
+        except BaseException:
+            del pools[dsn]
+            raise
+    return pool
+
+
+@asynccontextmanager
+async def borrow_connection(dsn: str) -> AsyncGenerator[psycopg.AsyncConnection[Any]]:
+    """An autocommit connection to `dsn` for the block, from a process-wide pool (per event loop and DSN).
+
+    The connection goes back to the pool after the block; one left inside a transaction is rolled back there.
+    """
+    pool = await _pool_for(dsn)
+    async with pool.connection() as conn:
+        yield conn
+
+
+def conninfo_of(conn: psycopg.AsyncConnection[Any]) -> str:
+    """A connection string for the database `conn` is connected to (its DSN plus the password libpq leaves out)."""
+    password = conn.info.password
+    return make_conninfo(conn.info.dsn, password=password) if password else conn.info.dsn
 
 
 def create_queue_hint(queue: str) -> str:

@@ -19,6 +19,7 @@ AI or user code stands in between, it is kept in one of these (the package's onl
 | `_steps._live_guard`            | replay-only mode: nothing may run or be written        | `verify` (`replay_only`)    |
 | `_waits._CURRENT_WAIT`          | the durable wait whose `ask` runs (name, timeout)      | `AbsurdEventWaiter`         |
 | `_agent._run_scope_arg`         | `AbsurdAgent.run(scope=...)` for the `iter` it calls   | `AbsurdAgent.run`           |
+| `_agent._agent_client`          | the Absurd client of the running `AbsurdAgent`         | `AbsurdAgent.iter`          |
 | `conversations._store._turn_id` | the durable turn whose save runs (exactly-once save)   | `_store.saving_turn`        |
 
 Work a layer does once per execution is kept in `ExecutionState.once`; a process-wide cache,
