@@ -35,10 +35,9 @@ from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
-
-import psycopg
 from weakref import WeakKeyDictionary
 
+import psycopg
 from absurd_sdk import AsyncTaskContext, CancelledTask, FailedTask, SuspendTask, TaskContext
 from absurd_sdk import get_current_context as _sdk_current_context
 from pydantic_ai.exceptions import UserError

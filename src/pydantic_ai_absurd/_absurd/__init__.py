@@ -38,7 +38,6 @@ from ._private import (
     task_connection,
     task_identity,
 )
-from ._transactional import raise_end_state, remember_checkpoint, write_checkpoint_in
 from ._sql import (
     SQLSTATE_CANCELLED,
     SQLSTATE_FAILED,
@@ -82,6 +81,7 @@ from ._sql_schema import (
     schema_version,
     schema_version_sync,
 )
+from ._transactional import raise_end_state, remember_checkpoint, write_checkpoint_in
 
 __all__ = [
     "OfflineTaskContext",
