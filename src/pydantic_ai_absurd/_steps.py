@@ -321,7 +321,12 @@ async def _run_transactional(
     if within is not None and is_journaled_failure(payload):
         await within.rollback()  # the tool raised `ModelRetry` (or the like) after its block: nothing is written
         within = None
-    await commit(task_ctx, handle, checkpoint.stored(), within=within)
+    try:
+        await commit(task_ctx, handle, checkpoint.stored(), within=within)
+    except BaseException:
+        if within is not None:
+            await within.rollback()  # already rolled back when the commit itself failed
+        raise
     return checkpoint
 
 
