@@ -358,3 +358,22 @@ async def test_journaled_tool_failures_are_recognised(
     )
     assert [is_journaled_failure(value) for value in values] == [False, True]
     assert not is_journaled_failure("refunded")
+
+
+async def test_verify_and_fork_replay_the_step_and_open_no_transaction(
+    absurd_client: AsyncAbsurd, absurd_queue: str, absurd_dsn: str, table: str
+) -> None:
+    from pydantic_ai_absurd import fork_task, verify_replay
+
+    refunds = Refunds()
+    register(absurd_client, refund_agent(refund_calls("a"), table, refunds))
+    task_id = (await absurd_client.spawn("refund", {}))["task_id"]
+    assert (await run_until_done(absurd_client, task_id)).state == "completed"
+    names = await checkpoint_names(absurd_dsn, absurd_queue, task_id)
+
+    report = await verify_replay(absurd_client, [task_id])
+    assert report.ok, report.to_json()
+    fork_id = await fork_task(absurd_client, task_id, at_step=len(names))
+    assert (await run_until_done(absurd_client, fork_id)).state == "completed"
+    assert refunds.executions == ["a"]  # neither ran the tool, so neither opened its transaction
+    assert await count_rows(absurd_dsn, table) == 1
