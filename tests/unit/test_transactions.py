@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, ModelRetry, RunContext
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, DurableTransactionError, durable_transaction
@@ -195,10 +195,14 @@ async def test_outside_a_durable_run_the_block_is_an_ordinary_transaction(
     agent = refund_agent(refund_calls("a", "b"), table, refunds)
     assert (await agent.run("refund")).output == "done"
     assert await count_rows(absurd_dsn, table) == 2
-    with pytest.raises(ZeroDivisionError):
+
+    async def fail_in_block() -> None:
         async with durable_transaction() as conn:
             await conn.execute(f'insert into "{table}" values (%s, %s)', ("c", 1))  # type: ignore[arg-type]
             raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        await fail_in_block()
     assert await count_rows(absurd_dsn, table) == 2
 
 
