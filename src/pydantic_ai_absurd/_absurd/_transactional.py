@@ -7,8 +7,8 @@ task's running run (AB002 when it failed, AB001 when the task was cancelled): un
 ends, no other worker can fail the run and start a new one (`claim_task` skips locked runs), so a new
 run can never execute the tool while these rows are on their way to commit.
 
-After the commit, the SDK's checkpoint cache (`AsyncTaskContext._checkpoint_cache`, private, checked at
-start-up by `check_private_names`) is told the step is done, as `complete_step` would have.
+After the commit, the SDK's checkpoint cache is told the step is done (`_private.remember_checkpoint`), as
+`complete_step` would have.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import psycopg
 from absurd_sdk import AsyncTaskContext, CancelledTask, FailedTask
 from psycopg import AsyncConnection
 
-from ._private import claim_timeout_of, claimed_task_of, task_identity
+from ._private import claim_timeout_of, claimed_task_of, remember_checkpoint, task_identity
 from ._sql import end_state_of
 
 __all__ = ["raise_end_state", "remember_checkpoint", "write_checkpoint_in"]
@@ -55,8 +55,3 @@ def _raise(ended: str, error: psycopg.Error) -> NoReturn:
     if ended == "cancelled":
         raise CancelledTask() from error
     raise FailedTask() from error
-
-
-def remember_checkpoint(task_ctx: AsyncTaskContext, checkpoint_name: str, state: Any) -> None:
-    """Tell the SDK's checkpoint cache that `checkpoint_name` holds `state` (`AsyncTaskContext._checkpoint_cache`)."""
-    task_ctx._checkpoint_cache[checkpoint_name] = state  # pyright: ignore[reportPrivateUsage]
