@@ -19,6 +19,7 @@ are killed with SIGKILL on purpose:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -99,6 +100,21 @@ async def worker(dsn: str, queue: str, table: str, state: Path) -> None:
         await absurd.close()
 
 
+async def run_to_completion(absurd: AsyncAbsurd, task_id: str, argv: list[str], state: Path) -> Any:
+    """Start a worker process, and another each time one dies, until the task has completed."""
+    while True:
+        child = await asyncio.create_subprocess_exec(sys.executable, __file__, "--worker", *argv)
+        while child.returncode is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(child.wait(), timeout=0.2)
+            snapshot = await absurd.fetch_task_result(task_id)
+            if snapshot is not None and snapshot.state in {"completed", "failed", "cancelled"}:
+                (state / "done").touch()
+                await child.wait()
+                return snapshot
+        print(f"[main] worker {child.pid} exited with {child.returncode}; starting another")
+
+
 async def main(dsn: str) -> None:
     queue = f"refunds_{uuid.uuid4().hex[:8]}"
     table = f"refunds_{uuid.uuid4().hex[:8]}"
@@ -106,40 +122,25 @@ async def main(dsn: str) -> None:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute(f"create table {table} (order_id text not null, amount int not null)")  # type: ignore[arg-type]
     absurd = AsyncAbsurd(dsn, queue_name=queue)
-    with tempfile.TemporaryDirectory() as folder:
-        state = Path(folder)
-        try:
+    try:
+        with tempfile.TemporaryDirectory() as folder:
             task_id = str((await absurd.spawn("refunds", {}, queue=queue))["task_id"])
-            snapshot = None
-            while snapshot is None or snapshot.state not in {"completed", "failed", "cancelled"}:
-                child = await asyncio.create_subprocess_exec(
-                    sys.executable, __file__, "--worker", dsn, queue, table, folder
-                )
-                while child.returncode is None and (snapshot is None or snapshot.state != "completed"):
-                    try:
-                        await asyncio.wait_for(child.wait(), timeout=0.2)
-                    except TimeoutError:
-                        pass
-                    snapshot = await absurd.fetch_task_result(task_id)
-                if child.returncode is not None:
-                    print(f"[main] worker {child.pid} exited with {child.returncode}; starting another")
-            (state / "done").touch()
-            await child.wait()
+            snapshot = await run_to_completion(absurd, task_id, [dsn, queue, table, folder], Path(folder))
             print(f"[main] result: {snapshot.result}")
-            executions = (state / "executions").read_text().split()
+            executions = (Path(folder) / "executions").read_text().split()
             print(f"[main] refund tool executions: {sorted(executions)}")
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                cursor = await conn.execute(
-                    f"select order_id, count(*) from {table} group by order_id order by order_id"  # type: ignore[arg-type]
-                )
-                rows = {order: count for order, count in await cursor.fetchall()}
-            print(f"[main] refund rows per order: {rows}")
-            assert rows == dict.fromkeys(ORDERS, 1), rows
-            print("[main] each refund row exists exactly once")
-        finally:
-            await absurd.close()
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                await conn.execute(f"drop table if exists {table}")  # type: ignore[arg-type]
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            cursor = await conn.execute(
+                f"select order_id, count(*) from {table} group by order_id order by order_id"  # type: ignore[arg-type]
+            )
+            rows = {order: count for order, count in await cursor.fetchall()}
+        print(f"[main] refund rows per order: {rows}")
+        assert rows == dict.fromkeys(ORDERS, 1), rows
+        print("[main] each refund row exists exactly once")
+    finally:
+        await absurd.close()
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute(f"drop table if exists {table}")  # type: ignore[arg-type]
 
 
 def run() -> None:
