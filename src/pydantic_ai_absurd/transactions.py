@@ -134,7 +134,8 @@ class _Held:
             async with self.conn.pipeline():
                 if write is not None:
                     await write(self.conn)
-                await self.conn.commit()
+                # A `COMMIT` statement, not `conn.commit()`: that one syncs the pipeline, and leaving it syncs again.
+                await self.conn.execute("commit")
         except BaseException:
             await self.rollback()
             raise
