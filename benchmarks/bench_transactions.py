@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psycopg
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext, get_current_context
@@ -56,9 +56,9 @@ def one_refund(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
 class RoundTrips:
     """Counts the round trips of the traced connections (libpq trace: one `ReadyForQuery` per round trip)."""
 
-    def __init__(self) -> None:
+    def __init__(self, file: IO[str]) -> None:
         self.on = False
-        self.file = tempfile.TemporaryFile("w+")
+        self.file = file
         self.traced: list[psycopg.AsyncConnection[Any]] = []
         self.counts: list[int] = []
 
@@ -149,8 +149,22 @@ async def bench_transactions(dsn: str, quick: bool) -> dict[str, Any]:
         await conn.execute("create table if not exists refunds (order_id text not null, amount int not null)")
     reps, blocks = (20, 3) if quick else (50, 6)
     samples: dict[str, list[float]] = {"plain": [], "durable": []}
+    with tempfile.TemporaryFile("w+") as trace_file:
+        trips = RoundTrips(trace_file)
+        round_trips = await _run_blocks(dsn, reps, blocks, samples, trips)
+    return {
+        "plain": summary(samples["plain"]),
+        "durable": summary(samples["durable"]),
+        "round_trip": summary(await round_trip(dsn, 200)),
+        "runs": reps * blocks,
+        "round_trips": round_trips,
+    }
+
+
+async def _run_blocks(
+    dsn: str, reps: int, blocks: int, samples: dict[str, list[float]], trips: RoundTrips
+) -> dict[str, int]:
     started: dict[str, float] = {}
-    trips = RoundTrips()
     round_trips: dict[str, int] = {}
     absurd = AsyncAbsurd(dsn, queue_name=QUEUE)
     pool = AsyncConnectionPool[Any](dsn, kwargs={"autocommit": True}, min_size=1, max_size=2, open=False)
@@ -173,13 +187,7 @@ async def bench_transactions(dsn: str, quick: bool) -> dict[str, Any]:
     finally:
         await pool.close()
         await absurd.close()
-    return {
-        "plain": summary(samples["plain"]),
-        "durable": summary(samples["durable"]),
-        "round_trip": summary(await round_trip(dsn, 200)),
-        "runs": reps * blocks,
-        "round_trips": round_trips,
-    }
+    return round_trips
 
 
 def render_transactions(r: dict[str, Any]) -> str:
