@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from typing import Any, overload
 
 from absurd_sdk import AsyncAbsurd
-from pydantic_ai.agent import AbstractAgent, AgentRun, EventStreamHandler, WrapperAgent
+from pydantic_ai.agent import AbstractAgent, Agent, AgentRun, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.conversation_store import ConversationStore
 from pydantic_ai.exceptions import UserError
@@ -108,6 +108,24 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
     def absurd(self) -> AsyncAbsurd | None:
         """The Absurd client passed at construction."""
         return self._absurd
+
+    @property
+    def tool(self) -> Any:
+        """The wrapped `Agent`'s `tool` decorator: `@agent.tool` registers a tool (taking `RunContext`) on it."""
+        return self._wrapped_agent("tool").tool
+
+    @property
+    def tool_plain(self) -> Any:
+        """The wrapped `Agent`'s `tool_plain` decorator: `@agent.tool_plain` registers a tool on it."""
+        return self._wrapped_agent("tool_plain").tool_plain
+
+    def _wrapped_agent(self, decorator: str) -> Agent[AgentDepsT, OutputDataT]:
+        if not isinstance(self.wrapped, Agent):
+            raise UserError(
+                f"`@agent.{decorator}` needs an AbsurdAgent that wraps a `pydantic_ai.Agent`; this one wraps a "
+                f"{type(self.wrapped).__name__}: register the tool on that agent instead."
+            )
+        return self.wrapped
 
     @property
     def durability(self) -> AbsurdDurability[AgentDepsT]:

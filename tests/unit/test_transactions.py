@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, ModelRetry, RunContext
+from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -413,3 +414,29 @@ async def test_the_sdk_cache_knows_the_step_and_nothing_writes_it_again(
     stored = await checkpoints(absurd_dsn, absurd_queue, task_id)
     assert cached == [stored[STEP.format("a")]]
     assert STEP.format("a") not in completed and "billing__model.request" in completed
+
+
+async def test_the_tool_decorators_of_an_absurd_agent_register_durable_tools(
+    absurd_client: AsyncAbsurd, absurd_queue: str, absurd_dsn: str, table: str
+) -> None:
+    agent = AbsurdAgent(Agent(refund_calls("a").model(), name="billing"), absurd_client)
+
+    @agent.tool
+    async def refund(ctx: RunContext[None], order_id: str, amount: int) -> str:
+        async with durable_transaction() as conn:
+            await conn.execute(f'insert into "{table}" (order_id, amount) values (%s, %s)', (order_id, amount))  # type: ignore[arg-type]
+            row = await conn.execute(f'select count(*) from "{table}" where order_id = %s', (order_id,))  # type: ignore[arg-type]
+            (count,) = await row.fetchone()  # type: ignore[misc]
+        return f"refunded {amount} on {order_id} (refund #{count})"
+
+    @agent.tool_plain
+    def unused() -> str:
+        return "never called"
+
+    register(absurd_client, agent)
+    task_id = (await absurd_client.spawn("refund", {}))["task_id"]
+    assert (await run_until_done(absurd_client, task_id)).state == "completed"
+    assert STEP.format("a") in await checkpoint_names(absurd_dsn, absurd_queue, task_id)
+    assert await count_rows(absurd_dsn, table) == 1
+    with pytest.raises(UserError, match="wraps a `pydantic_ai.Agent`"):
+        AbsurdAgent(agent, name="outer").tool  # noqa: B018
