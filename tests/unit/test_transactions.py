@@ -438,5 +438,5 @@ async def test_the_tool_decorators_of_an_absurd_agent_register_durable_tools(
     assert (await run_until_done(absurd_client, task_id)).state == "completed"
     assert STEP.format("a") in await checkpoint_names(absurd_dsn, absurd_queue, task_id)
     assert await count_rows(absurd_dsn, table) == 1
-    with pytest.raises(UserError, match="wraps a `pydantic_ai.Agent`"):
+    with pytest.raises(UserError, match=r"wraps a `pydantic_ai\.Agent`"):
         AbsurdAgent(agent, name="outer").tool  # noqa: B018
