@@ -7,7 +7,8 @@ tool step's checkpoint in the same transaction and commits both when the tool bo
 executes the tool again, a resumed one replays its result.
 
 Outside a durable run the block is an ordinary transaction on `ABSURD_DATABASE_URL` (else the DSN of the
-running `AbsurdAgent`'s Absurd client), committed when the block exits.
+running `AbsurdAgent`'s Absurd client), committed when the block exits. In a task but outside any step (a tool
+opted out of checkpoints, the task handler itself) it is an ordinary transaction on the task's database.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from psycopg import AsyncConnection, IsolationLevel
 from . import _absurd
 from ._agent import current_agent_client
 from ._db import borrow_connection, conninfo_of
-from ._execution import TransactionSlot, current_step_body, require_task_context
+from ._execution import TransactionSlot, current_step_body, current_task_context, require_task_context
 from .errors import DurableTransactionError
 
 __all__ = ["durable_transaction"]
@@ -186,6 +187,9 @@ class _Pending:
 
 
 def _plain_dsn() -> str:
+    task_ctx = current_task_context()  # in a task, outside any step (a tool opted out of checkpoints, say)
+    if task_ctx is not None:
+        return conninfo_of(_absurd.task_connection(task_ctx))
     dsn = os.environ.get("ABSURD_DATABASE_URL")
     if dsn:
         return dsn

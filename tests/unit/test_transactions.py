@@ -440,3 +440,50 @@ async def test_the_tool_decorators_of_an_absurd_agent_register_durable_tools(
     assert await count_rows(absurd_dsn, table) == 1
     with pytest.raises(UserError, match=r"wraps a `pydantic_ai\.Agent`"):
         AbsurdAgent(agent, name="outer").tool  # noqa: B018
+
+
+async def test_a_real_serialization_conflict_between_parallel_calls_is_retried(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, table: str
+) -> None:
+    """Two serializable blocks read the table, then both insert: one of them cannot commit, and runs again."""
+    executions: list[str] = []
+    both_read = asyncio.Barrier(2)
+    agent = Agent(refund_calls("a", "b").model(), name="billing")
+
+    @agent.tool
+    async def refund(ctx: RunContext[None], order_id: str, amount: int) -> str:
+        executions.append(order_id)
+        async with durable_transaction(isolation_level=psycopg.IsolationLevel.SERIALIZABLE) as conn:
+            cursor = await conn.execute(f'select count(*) from "{table}"')  # type: ignore[arg-type]
+            (before,) = await cursor.fetchone()  # type: ignore[misc]
+            if len(executions) <= 2:
+                await both_read.wait()  # both transactions have read before either writes
+            await conn.execute(f'insert into "{table}" values (%s, %s)', (order_id, before))  # type: ignore[arg-type]
+        return f"refund #{before + 1}"
+
+    register(absurd_client, AbsurdAgent(agent))
+    task_id = (await absurd_client.spawn("refund", {}, max_attempts=1))["task_id"]
+    snapshot = await run_until_done(absurd_client, task_id)
+    assert snapshot.state == "completed", snapshot.failure
+    assert len(executions) == 3  # one of the two ran again after its serialization failure
+    async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
+        cursor = await conn.execute(f'select amount from "{table}" order by amount')  # type: ignore[arg-type]
+        assert [row[0] for row in await cursor.fetchall()] == [0, 1]  # serial: the second saw the first
+
+
+async def test_a_tool_without_a_checkpoint_gets_an_ordinary_transaction_on_the_task_database(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ABSURD_DATABASE_URL", raising=False)
+    agent = Agent(refund_calls("a").model(), name="billing")
+
+    @agent.tool(metadata={"absurd": False})
+    async def refund(ctx: RunContext[None], order_id: str, amount: int) -> str:
+        async with durable_transaction() as conn:
+            await conn.execute(f'insert into "{table}" values (%s, %s)', (order_id, amount))  # type: ignore[arg-type]
+        return "refunded"
+
+    register(absurd_client, AbsurdAgent(agent))
+    task_id = (await absurd_client.spawn("refund", {}))["task_id"]
+    assert (await run_until_done(absurd_client, task_id)).state == "completed"
+    assert await count_rows(absurd_dsn, table) == 1
