@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_conversations import bench_conversations, render_conversations, with_conversations_section
 from bench_events import bench_events, render_events, with_events_section
 from bench_support import admin, drain, scratch_dsn, summary
+from bench_transactions import bench_transactions, render_transactions, with_transactions_section
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "bench"
@@ -964,11 +965,14 @@ async def main_async(args: argparse.Namespace) -> None:
         print("inspect done", flush=True)
         results["conversations"] = await bench_conversations(dsn, quick)
         print("conversations done", flush=True)
+        results["transactions"] = await bench_transactions(dsn, quick)
+        print("transactions done", flush=True)
     finally:
         await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     wall = time.perf_counter() - started
     page = with_events_section(render(results, info, cfg, wall), render_events(results["events"]))
     page = with_conversations_section(page, render_conversations(results["conversations"]))
+    page = with_transactions_section(page, render_transactions(results["transactions"]))
     table_start = page.index("## Results")
     print(page[table_start : page.index("## What the numbers mean")])
     print(f"wall time: {wall:.1f} s")

@@ -49,6 +49,7 @@ LAYERS = {
     "embedded",
     "client",
     "_worker_records",
+    "transactions",
 }
 
 HELPERS = {"_dsn", "_db", "_pg_binaries"}

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from .conversations import PostgresConversationStore
     from .errors import (
         ConversationConflictError,
+        DurableTransactionError,
         InvalidAnswerError,
         NonRetryableError,
         PydanticAIAbsurdError,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from .inspection import TaskTimeline, inspect_task
     from .schema import setup
     from .telemetry import otel_hooks
+    from .transactions import durable_transaction
     from .verify import fork_task, verify_replay
     from .worker import WorkerConfig, run_worker
 
@@ -44,6 +46,8 @@ _EXPORTS: dict[str, str] = {
     "AbsurdAgent": "._agent",
     "PostgresConversationStore": ".conversations",
     "ConversationConflictError": ".errors",
+    "DurableTransactionError": ".errors",
+    "durable_transaction": ".transactions",
     "AbsurdDurability": "._durability",
     "TOOL_METADATA_KEY": "._durability",
     "NonRetryableError": ".errors",
@@ -73,6 +77,7 @@ _EXPORTS: dict[str, str] = {
 __all__ = [
     "fork_task",
     "verify_replay",
+    "durable_transaction",
     "TaskEvent",
     "event_stream_response",
     "publish_events",
@@ -81,6 +86,7 @@ __all__ = [
     "AbsurdAgent",
     "AbsurdDurability",
     "ConversationConflictError",
+    "DurableTransactionError",
     "PostgresConversationStore",
     "Inbox",
     "InvalidAnswerError",

@@ -12,7 +12,7 @@ from contextvars import ContextVar
 from typing import Any, overload
 
 from absurd_sdk import AsyncAbsurd
-from pydantic_ai.agent import AbstractAgent, AgentRun, EventStreamHandler, WrapperAgent
+from pydantic_ai.agent import AbstractAgent, Agent, AgentRun, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.conversation_store import ConversationStore
 from pydantic_ai.exceptions import UserError
@@ -29,6 +29,14 @@ from ._provider_waits import DEFAULT_MAX_PROVIDER_WAIT
 from ._time import DEFAULT_SUSPEND_THRESHOLD
 
 _run_scope_arg: ContextVar[str | None] = ContextVar("pydantic_ai_absurd.run_scope_arg", default=None)
+_agent_client: ContextVar[AsyncAbsurd | None] = ContextVar("pydantic_ai_absurd.agent_client", default=None)
+
+
+def current_agent_client() -> AsyncAbsurd | None:
+    """The Absurd client of the `AbsurdAgent` whose run the current code is part of, if it was given one."""
+    return _agent_client.get()
+
+
 """The `scope=` given to `AbsurdAgent.run`, read by the `iter` it calls (`Agent.run` passes on no extra argument)."""
 
 
@@ -103,6 +111,24 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
         return self._absurd
 
     @property
+    def tool(self) -> Any:
+        """The wrapped `Agent`'s `tool` decorator: `@agent.tool` registers a tool (taking `RunContext`) on it."""
+        return self._wrapped_agent("tool").tool
+
+    @property
+    def tool_plain(self) -> Any:
+        """The wrapped `Agent`'s `tool_plain` decorator: `@agent.tool_plain` registers a tool on it."""
+        return self._wrapped_agent("tool_plain").tool_plain
+
+    def _wrapped_agent(self, decorator: str) -> Agent[AgentDepsT, OutputDataT]:
+        if not isinstance(self.wrapped, Agent):
+            raise UserError(
+                f"`@agent.{decorator}` needs an AbsurdAgent that wraps a `pydantic_ai.Agent`; this one wraps a "
+                f"{type(self.wrapped).__name__}: register the tool on that agent instead."
+            )
+        return self.wrapped
+
+    @property
     def durability(self) -> AbsurdDurability[AgentDepsT]:
         """The capability added to each run."""
         return self._durability
@@ -161,6 +187,9 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             kwargs=kwargs,
         )
         async with AsyncExitStack() as extensions:
+            if self._absurd is not None:
+                client_token = _agent_client.set(self._absurd)
+                extensions.callback(_agent_client.reset, client_token)
             for extension in self._extensions:
                 await extensions.enter_async_context(extension.around_run(call))
             capabilities = [*(capabilities or ()), self._durability]

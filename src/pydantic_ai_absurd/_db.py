@@ -3,16 +3,23 @@
 Every connection the package opens goes through `connect` / `connect_async` (libpq's failures become one-line
 `DatabaseConnectionError`s), every "queue does not exist" error through `queue_not_found`, and rows that used to
 be read by position are read by name into dataclasses with `fetch_all_as` / `fetch_one_as`.
+
+`borrow_connection(dsn)` is the one place a short-lived connection for application work (a tool's
+`durable_transaction()` block) comes from: idle connections are kept per event loop and DSN and reused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, LiteralString, TypeVar
+from weakref import WeakKeyDictionary
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -21,6 +28,8 @@ from ._dsn import connection_error
 from .errors import QueueNotFoundError
 
 __all__ = [
+    "borrow_connection",
+    "conninfo_of",
     "connect",
     "connect_async",
     "connection_pool",
@@ -93,6 +102,65 @@ async def open_connection(dsn: str) -> AsyncGenerator[psycopg.AsyncConnection[An
     conn = await connect_async(dsn, autocommit=True)
     async with conn:
         yield conn
+
+
+_IDLE: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[psycopg.AsyncConnection[Any]]]] = WeakKeyDictionary()
+"""Idle connections per event loop and DSN (no background task: nothing outlives a loop but these sockets)."""
+_MAX_IDLE = 8
+
+
+def _finish(idle: dict[str, list[psycopg.AsyncConnection[Any]]]) -> None:
+    """Close the sockets of connections left idle by a loop that is gone (synchronous: that loop cannot run)."""
+    for conns in idle.values():
+        for conn in conns:
+            conn.pgconn.finish()
+        conns.clear()
+
+
+def _idle_connections(dsn: str) -> list[psycopg.AsyncConnection[Any]]:
+    for loop in [loop for loop in _IDLE if loop.is_closed()]:
+        _finish(_IDLE.pop(loop))
+    loop = asyncio.get_running_loop()
+    idle = _IDLE.get(loop)
+    if idle is None:
+        idle = _IDLE[loop] = {}
+        weakref.finalize(loop, _finish, idle)
+    return idle.setdefault(dsn, [])
+
+
+@asynccontextmanager
+async def borrow_connection(dsn: str) -> AsyncGenerator[psycopg.AsyncConnection[Any]]:
+    """An autocommit connection to `dsn` for the block, reused by later blocks of this event loop.
+
+    The one place a tool's `durable_transaction()` gets its connection: a worker that owns a pool can serve it
+    here. A connection given back idle and in autocommit is kept (a few per DSN); any other is closed.
+    """
+    idle = _idle_connections(dsn)
+    conn: psycopg.AsyncConnection[Any] | None = None
+    while idle and conn is None:
+        candidate = idle.pop()
+        if candidate.closed or candidate.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await candidate.close()
+        else:
+            conn = candidate
+    if conn is None:
+        conn = await connect_async(dsn, autocommit=True)
+    try:
+        yield conn
+    finally:
+        reusable = (
+            not conn.closed and conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        )
+        if reusable and len(idle) < _MAX_IDLE:
+            idle.append(conn)
+        else:
+            await conn.close()
+
+
+def conninfo_of(conn: psycopg.AsyncConnection[Any]) -> str:
+    """A connection string for the database `conn` is connected to (its DSN plus the password libpq leaves out)."""
+    password = conn.info.password
+    return make_conninfo(conn.info.dsn, password=password) if password else conn.info.dsn
 
 
 def create_queue_hint(queue: str) -> str:

@@ -16,9 +16,11 @@ variable is set for a block with `bound`):
 | `_execution._run_scope`         | the durable agent run steps belong to (`RunScope`)     | `AbsurdDurability.wrap_run` |
 | `_steps._step_function`         | the user function of the step being begun (verify)     | `_backend` (`step_function`)|
 | `_steps._commit_hook`           | a hook before every checkpoint write (tests' faults)   | `commit_hook()`             |
+| `_steps._committed_hook`        | a hook after every checkpoint write (tests' faults)    | `commit_hook(after=...)`    |
 | `_steps._live_guard`            | replay-only mode: nothing may run or be written        | `verify` (`replay_only`)    |
 | `_waits._CURRENT_WAIT`          | the durable wait whose `ask` runs (name, timeout)      | `AbsurdEventWaiter`         |
 | `_agent._run_scope_arg`         | `AbsurdAgent.run(scope=...)` for the `iter` it calls   | `AbsurdAgent.run`           |
+| `_agent._agent_client`          | the Absurd client of the running `AbsurdAgent`         | `AbsurdAgent.iter`          |
 | `conversations._store._turn_id` | the durable turn whose save runs (exactly-once save)   | `_store.saving_turn`        |
 
 Work a layer does once per execution is kept in `ExecutionState.once`; a process-wide cache,
@@ -29,13 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 from weakref import WeakKeyDictionary
 
+import psycopg
 from absurd_sdk import AsyncTaskContext, CancelledTask, FailedTask, SuspendTask, TaskContext
 from absurd_sdk import get_current_context as _sdk_current_context
 from pydantic_ai.exceptions import UserError
@@ -50,8 +53,11 @@ __all__ = [
     "RunScope",
     "StepBody",
     "bound",
+    "StepTransaction",
+    "TransactionSlot",
     "current_run_scope",
     "current_step",
+    "current_step_body",
     "current_task_context",
     "execution_state",
     "in_step",
@@ -68,12 +74,43 @@ END_STATES: tuple[type[BaseException], ...] = (CancelledTask, FailedTask, Suspen
 """Absurd's exceptions that end an execution: the task was cancelled, the run failed elsewhere, or it suspended."""
 
 
+@dataclass(eq=False)
+class TransactionSlot:
+    """Where a tool step's body leaves its open database transaction, to be committed with its checkpoint.
+
+    Created by `_steps.run_step` for each run of a tool step's body. The transactions layer
+    (`pydantic_ai_absurd.transactions`) sets `pending` when a `durable_transaction()` block exits with its
+    statements uncommitted, and `conflict` when the block (or the commit) failed on a serialization failure
+    or deadlock: the step then runs its body again.
+    """
+
+    checkpoint_name: str
+    pending: StepTransaction | None = None
+    used: bool = False
+    """Whether a block was opened in this body (at most one may be)."""
+    conflict: BaseException | None = None
+
+
+class StepTransaction(Protocol):
+    """An open transaction a tool step commits together with its checkpoint (see `TransactionSlot`)."""
+
+    async def commit_with(self, write: Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]]) -> None:
+        """Run `write(conn)` (the checkpoint write) in the transaction, then commit it; roll back if either fails."""
+        ...
+
+    async def rollback(self) -> None:
+        """Roll the transaction back and give its connection back (idempotent)."""
+        ...
+
+
 @dataclass(frozen=True, eq=False)
 class StepBody:
     """One run of a step's body; compared by identity, so an end state that surfaces in it is known as its own."""
 
     checkpoint_name: str | None
     """The checkpoint name of the step (`None` for the bodies of waits and sleeps, which publish no events)."""
+    transaction: TransactionSlot | None = None
+    """Set for the body of a tool step, which may hold one `durable_transaction()` block."""
 
 
 _step_body: ContextVar[StepBody | None] = ContextVar("pydantic_ai_absurd.step_body", default=None)
@@ -205,6 +242,11 @@ def current_step() -> str | None:
     """The checkpoint name of the step whose body the current code runs in, else `None`."""
     body = _step_body.get()
     return body.checkpoint_name if body is not None else None
+
+
+def current_step_body() -> StepBody | None:
+    """The step body the current code runs in, else `None`."""
+    return _step_body.get()
 
 
 @contextmanager

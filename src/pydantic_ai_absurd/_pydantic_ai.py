@@ -19,6 +19,13 @@ pinned by `tests/test_otel.py`:
   aggregated usage. A resumed attempt takes the usage of its replayed model requests off it, so the agent
   run spans of all attempts together count each request once. Missing, the correction is skipped.
 
+And the wire shape of a tool call's journaled result (`durable_exec._toolset.CallToolResult`, whose variants are
+private), read by `is_journaled_failure()` for `durable_transaction`, pinned by `tests/unit/test_transactions.py`:
+
+- a tool that raised `ModelRetry`, `ToolFailed`, `ApprovalRequired`, `CallDeferred`, a validation error or a
+  cancelled sub-run is journaled as an object whose `kind` names it. Its `durable_transaction()` block's rows
+  are rolled back then: the tool did not succeed.
+
 And one method of `AgentRunResult`, used by the conversations layer, pinned by
 `tests/test_conversation_turns.py`:
 
@@ -30,7 +37,7 @@ And one method of `AgentRunResult`, used by the conversations layer, pinned by
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from pydantic_ai.agent.abstract import AbstractAgent
 from pydantic_ai.durable_exec import BaseDurabilityCapability
@@ -41,7 +48,14 @@ from pydantic_ai.toolsets import AbstractToolset, CombinedToolset
 
 from .errors import IncompatibleSdkError
 
-__all__ = ["PrivateHooks", "active_run_usage", "check_private_names", "mark_result_saved", "missing_private_names"]
+__all__ = [
+    "PrivateHooks",
+    "active_run_usage",
+    "check_private_names",
+    "is_journaled_failure",
+    "mark_result_saved",
+    "missing_private_names",
+]
 
 _OVERRIDDEN = ("_stamp_response", "_reject_runtime_toolsets")
 
@@ -119,3 +133,16 @@ def mark_result_saved(result: Any, revision: str) -> None:
     saved = getattr(result, "_conversation_saved", None)
     if callable(saved):
         saved(revision)
+
+
+_JOURNALED_FAILURES = frozenset(
+    {"model_retry", "tool_failed", "approval_required", "call_deferred", "validation_error", "run_cancelled"}
+)
+
+
+def is_journaled_failure(payload: object) -> bool:
+    """Whether a tool step's encoded result is control flow journaled as a value (`ModelRetry`, ...), not a return."""
+    if not isinstance(payload, dict):
+        return False
+    kind = cast(dict[str, object], payload).get("kind")
+    return isinstance(kind, str) and kind in _JOURNALED_FAILURES

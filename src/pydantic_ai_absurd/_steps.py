@@ -4,34 +4,52 @@
 asked), runs the body under the lease keeper otherwise, and commits the checkpoint of a body that
 returned even if the run is being torn down (`commit` is shielded). Test and verification hooks:
 `commit_hook` (fault injection at each write) and `replay_only` (deploy verification: nothing executes).
+
+A tool step (`run_step(..., transactional=True)`) may hold one `durable_transaction()` block: its body then
+leaves an open transaction in its `TransactionSlot`, and the checkpoint is written in that transaction and
+committed with it (`_absurd.write_checkpoint_in`). A serialization failure or deadlock in the block or at that
+commit runs the body again, as the same step, at most `CONFLICT_ATTEMPTS` times in all.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractContextManager
+import random
+from collections.abc import Awaitable, Callable, Generator
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
+import psycopg
 from absurd_sdk import AsyncTaskContext, StepHandle
 
-from ._absurd import begin_step, give_up_retries, release_step_name
+from ._absurd import (
+    begin_step,
+    give_up_retries,
+    raise_end_state,
+    release_step_name,
+    remember_checkpoint,
+    write_checkpoint_in,
+)
 from ._checkpoint import Checkpoint
 from ._digest import Asked, check_digest
 from ._execution import (
     END_STATES,
     StepBody,
+    StepTransaction,
+    TransactionSlot,
     bound,
     execution_state,
     remember_end,
     require_task_context,
     step_body_scope,
 )
+from ._pydantic_ai import is_journaled_failure
 from .errors import ReplayDivergenceError, UnserializableResultError
 
 __all__ = [
+    "CONFLICT_ATTEMPTS",
     "RetryAfterFailure",
     "StepOutcome",
     "begin",
@@ -75,9 +93,27 @@ _commit_hook: ContextVar[Callable[[str], Awaitable[None]] | None] = ContextVar(
 )
 
 
-def commit_hook(hook: Callable[[str], Awaitable[None]]) -> AbstractContextManager[None]:
-    """Await `hook(checkpoint_name)` at the start of every checkpoint write (fault injection in tests)."""
-    return bound(_commit_hook, hook)
+_committed_hook: ContextVar[Callable[[str], Awaitable[None]] | None] = ContextVar(
+    "pydantic_ai_absurd.committed_hook", default=None
+)
+
+
+@contextmanager
+def commit_hook(
+    hook: Callable[[str], Awaitable[None]] | None, *, after: Callable[[str], Awaitable[None]] | None = None
+) -> Generator[None]:
+    """Await `hook(checkpoint_name)` at the start of every checkpoint write, `after(checkpoint_name)` once it committed.
+
+    Fault injection in tests: a process killed in `hook` loses the write (and a tool's open transaction), one
+    killed in `after` keeps it.
+    """
+    token = _commit_hook.set(hook)
+    after_token = _committed_hook.set(after)
+    try:
+        yield
+    finally:
+        _committed_hook.reset(after_token)
+        _commit_hook.reset(token)
 
 
 _live_guard: ContextVar[Callable[[str | None], NoReturn] | None] = ContextVar(
@@ -100,11 +136,14 @@ def refuse_live(step: str | None) -> None:
         guard(step)
 
 
-async def commit(task_ctx: AsyncTaskContext, handle: StepHandle, checkpoint: object) -> None:
+async def commit(
+    task_ctx: AsyncTaskContext, handle: StepHandle, checkpoint: object, *, within: StepTransaction | None = None
+) -> None:
     """Write a checkpoint, shielded: once a body has returned, only process death can lose its result.
 
     When the caller is cancelled meanwhile (a sibling tool failed and the run is being torn down), the
-    write still finishes before the cancellation propagates.
+    write still finishes before the cancellation propagates. With `within`, the checkpoint is written in
+    that open transaction (a tool's `durable_transaction()` block) and committed with it.
     """
     refuse_live(handle.checkpoint_name)
 
@@ -112,7 +151,13 @@ async def commit(task_ctx: AsyncTaskContext, handle: StepHandle, checkpoint: obj
         hook = _commit_hook.get()
         if hook is not None:
             await hook(handle.checkpoint_name)
-        await task_ctx.complete_step(handle, checkpoint)
+        if within is None:
+            await task_ctx.complete_step(handle, checkpoint)
+        else:
+            await _commit_within(task_ctx, handle.checkpoint_name, checkpoint, within)
+        after = _committed_hook.get()
+        if after is not None:
+            await after(handle.checkpoint_name)
 
     task = asyncio.ensure_future(remember_end(task_ctx, write()))
     try:
@@ -123,6 +168,20 @@ async def commit(task_ctx: AsyncTaskContext, handle: StepHandle, checkpoint: obj
         raise
 
 
+async def _commit_within(
+    task_ctx: AsyncTaskContext, checkpoint_name: str, checkpoint: object, transaction: StepTransaction
+) -> None:
+    async def write(conn: psycopg.AsyncConnection[Any]) -> None:
+        await write_checkpoint_in(conn, task_ctx, checkpoint_name, checkpoint)
+
+    try:
+        await transaction.commit_with(write)
+    except psycopg.Error as error:
+        raise_end_state(error)  # the run ended (lease lost, task cancelled): the transaction rolled back
+        raise
+    remember_checkpoint(task_ctx, checkpoint_name, checkpoint)
+
+
 async def begin(task_ctx: AsyncTaskContext, step: str) -> StepHandle:
     """Begin the step `step` (its checkpoint, if it has one), unless the execution has already ended."""
     execution_state(task_ctx).raise_if_ended()
@@ -130,18 +189,23 @@ async def begin(task_ctx: AsyncTaskContext, step: str) -> StepHandle:
 
 
 async def run_body(
-    task_ctx: AsyncTaskContext, body: Callable[[], Awaitable[_T]], *, checkpoint_name: str | None = None
+    task_ctx: AsyncTaskContext,
+    body: Callable[[], Awaitable[_T]],
+    *,
+    checkpoint_name: str | None = None,
+    transaction: TransactionSlot | None = None,
 ) -> _T:
     """Run a step body under the lease keeper, marked as a step body (agent runs inside join the step).
 
     `checkpoint_name` is the step's, for the code inside (`current_step()`); waits and sleeps give none.
+    `transaction` is the slot a tool step's body may leave its `durable_transaction()` block in.
 
     If Absurd reported an end state from inside this body and the body returned anyway, that end state is
     raised instead of the value.
     """
     refuse_live(None)
     state = execution_state(task_ctx)
-    step_body = StepBody(checkpoint_name)
+    step_body = StepBody(checkpoint_name, transaction)
 
     async def in_body() -> _T:
         with step_body_scope(step_body):
@@ -166,6 +230,7 @@ async def run_step(
     asked: Asked | None = None,
     on_unencodable: Callable[[BaseException, str], str | None] | None = None,
     retry: RetryAfterFailure | None = None,
+    transactional: bool = False,
 ) -> StepOutcome:
     """Run `body` as the Absurd step `step` of the current task, or replay its checkpoint.
 
@@ -173,7 +238,8 @@ async def run_step(
     task for good (`ReplayDivergenceError`, whichever worker runs it). When the body raises and
     `retry(error, checkpoint_name)` returns True, the body runs again as the same step (same checkpoint name).
     When `on_unencodable(error, checkpoint_name)` returns a message, that failure is checkpointed (retries raise
-    it again without running the body) and raised as `UnserializableResultError`.
+    it again without running the body) and raised as `UnserializableResultError`. `transactional` marks a tool
+    step, whose body may hold one `durable_transaction()` block (see the module docstring).
     """
     task_ctx = require_task_context()
     handle = await begin(task_ctx, step)
@@ -184,7 +250,7 @@ async def run_step(
         )
     refuse_live(handle.checkpoint_name)
     try:
-        payload = await _run_body_retrying(task_ctx, body, handle.checkpoint_name, retry)
+        checkpoint = await _run_and_commit(task_ctx, handle, body, asked, retry, transactional=transactional)
     except Exception as error:
         message = on_unencodable(error, handle.checkpoint_name) if on_unencodable is not None else None
         if message is None:
@@ -193,9 +259,66 @@ async def run_step(
             raise
         await commit(task_ctx, handle, Checkpoint.failure(message).stored())
         raise UnserializableResultError(message) from error
-    checkpoint = Checkpoint.of(payload, asked=asked)
-    await commit(task_ctx, handle, checkpoint.stored())
     return StepOutcome(checkpoint.value, True, handle.checkpoint_name)
+
+
+CONFLICT_ATTEMPTS = 5
+"""How often a tool step whose `durable_transaction()` block hit a serialization failure or deadlock runs, at most."""
+
+
+async def _run_and_commit(
+    task_ctx: AsyncTaskContext,
+    handle: StepHandle,
+    body: Callable[[], Awaitable[object]],
+    asked: Asked | None,
+    retry: RetryAfterFailure | None,
+    *,
+    transactional: bool,
+) -> Checkpoint:
+    if not transactional:
+        checkpoint = Checkpoint.of(await _run_body_retrying(task_ctx, body, handle.checkpoint_name, retry), asked=asked)
+        await commit(task_ctx, handle, checkpoint.stored())
+        return checkpoint
+    conflicts = 0
+    while True:
+        slot = TransactionSlot(handle.checkpoint_name)
+        try:
+            return await _run_transactional(task_ctx, handle, body, asked, slot)
+        except END_STATES:
+            raise
+        except Exception:
+            if slot.conflict is None or conflicts + 1 >= CONFLICT_ATTEMPTS:
+                raise
+            conflicts += 1
+            await asyncio.sleep(min(1.0, 0.05 * 2 ** (conflicts - 1)) * random.uniform(0.5, 1.0))
+
+
+async def _run_transactional(
+    task_ctx: AsyncTaskContext,
+    handle: StepHandle,
+    body: Callable[[], Awaitable[object]],
+    asked: Asked | None,
+    slot: TransactionSlot,
+) -> Checkpoint:
+    """Run a tool step's body once and commit its checkpoint, in its `durable_transaction()` block's transaction if any."""
+    try:
+        payload = await run_body(task_ctx, body, checkpoint_name=handle.checkpoint_name, transaction=slot)
+    except BaseException:
+        if slot.pending is not None:
+            await slot.pending.rollback()
+        raise
+    checkpoint = Checkpoint.of(payload, asked=asked)
+    within = slot.pending
+    if within is not None and is_journaled_failure(payload):
+        await within.rollback()  # the tool raised `ModelRetry` (or the like) after its block: nothing is written
+        within = None
+    try:
+        await commit(task_ctx, handle, checkpoint.stored(), within=within)
+    except BaseException:
+        if within is not None:
+            await within.rollback()  # already rolled back when the commit itself failed
+        raise
+    return checkpoint
 
 
 async def _run_body_retrying(

@@ -22,6 +22,7 @@ __all__ = [
     "WorkerTargetError",
     "CommandLineError",
     "DatabaseConnectionError",
+    "DurableTransactionError",
     "NonRetryableError",
     "ReplayDivergenceError",
     "UnserializableResultError",
@@ -97,6 +98,14 @@ class NonRetryableError(PydanticAIAbsurdError):
 
     The task is failed for good with the error recorded as its failure reason, whatever attempts
     are left; no attempt is burned and no side effect is repeated.
+    """
+
+
+class DurableTransactionError(NonRetryableError):
+    """`durable_transaction()` was used where its rows could not commit with a tool step's checkpoint.
+
+    A second or nested block in one tool step, or a block inside a model request, an MCP call or an event
+    handler; the message names the step. The same code would fail on every retry, so the task fails at once.
     """
 
 

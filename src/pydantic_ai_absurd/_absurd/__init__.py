@@ -5,6 +5,7 @@
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
 - `_sql`: raw SQL on Absurd's runs (claims, scheduling, failing, events), worker locks, and its SQLSTATEs.
 - `_sql_tasks`: raw SQL that reads Absurd's tasks, runs and checkpoints, and copies tasks.
+- `_transactional`: a tool step's checkpoint written in the tool's own open transaction (`durable_transaction`).
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
@@ -84,6 +85,7 @@ from ._sql_tasks import (
     task_state,
     task_states,
 )
+from ._transactional import raise_end_state, remember_checkpoint, write_checkpoint_in
 
 __all__ = [
     "chain_before_spawn",
@@ -154,4 +156,7 @@ __all__ = [
     "task_state",
     "task_states",
     "worker_lock_held",
+    "raise_end_state",
+    "remember_checkpoint",
+    "write_checkpoint_in",
 ]

@@ -33,6 +33,9 @@ Private names used (absurd-sdk 0.5.1), all pinned by `tests/test_worker_sdk_priv
   context, and updates the cache on each write of this execution; a name missing from it has no
   checkpoint, yet `begin_step` asks Postgres again, doubling the statements of every new step. Any other
   writer would be an older run of the task, and Absurd refuses its writes once a newer run exists.
+  `remember_checkpoint` writes the cache too: a tool step whose checkpoint `durable_transaction()` committed
+  in the tool's own transaction (`_transactional.py`) is entered there as `complete_step` would enter it
+  (pinned by `tests/unit/test_transactions.py`).
 - `AsyncTaskContext._get_checkpoint_name`, `_lookup_checkpoint`, `_persist_checkpoint` and `_schedule_run_after`,
   overridden by `OfflineTaskContext` (`_offline.py`): every checkpoint read, write and reschedule of the SDK's own
   context methods goes through them, so deploy verification's context reaches no database (checked by
@@ -249,6 +252,11 @@ def release_step_name(task_ctx: AsyncTaskContext, handle: StepHandle) -> None:
     taken = handle.name if count == 1 else f"{handle.name}#{count}"
     if count and taken == handle.checkpoint_name:
         counter[handle.name] = count - 1
+
+
+def remember_checkpoint(task_ctx: AsyncTaskContext, checkpoint_name: str, state: Any) -> None:
+    """Enter a checkpoint committed outside the SDK (`durable_transaction`) in `AsyncTaskContext._checkpoint_cache`."""
+    task_ctx._checkpoint_cache[checkpoint_name] = state  # pyright: ignore[reportPrivateUsage]
 
 
 def checkpoint_state(task_ctx: AsyncTaskContext, name: str) -> Any:
