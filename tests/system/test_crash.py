@@ -1,0 +1,120 @@
+"""Real worker processes are SIGKILLed at chosen points; a second worker resumes the task from Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
+
+pytestmark = pytest.mark.crash
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_worker(
+    dsn: str, queue: str, state: Path, *, claim_timeout: int = 2, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.helpers.apps.crash_worker", dsn, queue, str(state), str(claim_timeout)],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+async def wait_terminal(absurd: AsyncAbsurd, task_id: str, timeout: float = 60) -> TaskResultSnapshot:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        snapshot = await absurd.fetch_task_result(task_id)
+        if snapshot is not None and snapshot.state in {"completed", "failed", "cancelled"}:
+            return snapshot
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"task {task_id} did not finish within {timeout} s")
+
+
+def lines(state: Path, name: str) -> list[str]:
+    path = state / name
+    return path.read_text().split() if path.exists() else []
+
+
+async def run_scenario(
+    absurd: AsyncAbsurd, dsn: str, queue: str, state: Path, kill_points: list[str]
+) -> tuple[TaskResultSnapshot, list[int]]:
+    for point in kill_points:
+        (state / f"kill-{point}").touch()
+    spawned = await absurd.spawn("crashy", {}, queue=queue)
+    exit_codes: list[int] = []
+    worker = start_worker(dsn, queue, state)
+    try:
+        # Each killed worker is replaced by a fresh one, as an orchestrator would.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            snapshot = await absurd.fetch_task_result(spawned["task_id"])
+            if snapshot is not None and snapshot.state in {"completed", "failed", "cancelled"}:
+                break
+            if worker.poll() is not None:
+                exit_codes.append(worker.returncode)
+                worker = start_worker(dsn, queue, state)
+            await asyncio.sleep(0.1)
+        snapshot = await wait_terminal(absurd, str(spawned["task_id"]), timeout=5)
+    finally:
+        (state / "stop").touch()
+        try:
+            worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - only when a worker hangs
+            worker.kill()
+    return snapshot, exit_codes
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Path:
+    path = tmp_path / "reference"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    "kill_points",
+    [
+        pytest.param(["tool-2"], id="inside-a-tool"),
+        pytest.param(["after-tool-3"], id="after-a-side-effect-before-its-checkpoint"),
+        pytest.param(["model-1"], id="inside-a-model-call"),
+        pytest.param(["between-runs"], id="between-two-agent-runs"),
+        pytest.param(["tool-1", "tool-3", "model-1"], id="several-crashes-during-parallel-calls"),
+    ],
+)
+async def test_sigkilled_worker_is_resumed_by_another(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, tmp_path: Path, kill_points: list[str]
+) -> None:
+    uninterrupted_state = tmp_path / "uninterrupted"
+    uninterrupted_state.mkdir()
+    uninterrupted, codes = await run_scenario(absurd_client, absurd_dsn, absurd_queue, uninterrupted_state, [])
+    assert codes == []
+    crashed_state = tmp_path / "crashed"
+    crashed_state.mkdir()
+    resumed, codes = await run_scenario(absurd_client, absurd_dsn, absurd_queue, crashed_state, kill_points)
+    assert codes == [-9] * len(kill_points)
+
+    assert resumed.state == "completed", resumed.failure
+    assert uninterrupted.result is not None and resumed.result is not None
+    result: dict[str, Any] = dict(resumed.result)  # type: ignore[arg-type]
+    reference_result: dict[str, Any] = dict(uninterrupted.result)  # type: ignore[arg-type]
+    assert result["output"] == reference_result["output"] == "charged ['receipt-1', 'receipt-2', 'receipt-3']"
+    assert result["second"] == reference_result["second"]
+    assert result["usage"] == reference_result["usage"]
+    # Each charge committed once; only a charge killed after its side effect but before its checkpoint
+    # (the one in-flight step) may run twice.
+    charges = lines(crashed_state, "charge")
+    doubled = {p.removeprefix("after-tool-") for p in kill_points if p.startswith("after-tool-")}
+    for amount in ("1", "2", "3"):
+        assert charges.count(amount) == (2 if amount in doubled else 1), charges
+    # Each completed model step was sent once: three requests in all (two in the first run, one in the second),
+    # plus the one killed mid-call, which never returned.
+    models = lines(crashed_state, "model")
+    assert len(models) == 3, models
