@@ -1,4 +1,4 @@
-"""Shared helpers for the engine tests: scripted models, task draining, crash injection."""
+"""Scripted models, crash injection, and running queued work in the test's own process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
 from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
 from pydantic_ai.messages import (
     ModelMessage,
@@ -18,6 +17,8 @@ from pydantic_ai.messages import (
     ToolCallPart,
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+
+from .polling import TERMINAL, wait_until
 
 
 class SimulatedCrash(Exception):
@@ -82,7 +83,7 @@ async def run_until_done(
     """Run queued work until the task is terminal (each failed run is retried by Absurd at once)."""
     for _ in range(max_batches):
         snapshot = await absurd.fetch_task_result(task_id)
-        if snapshot is not None and snapshot.state in {"completed", "failed", "cancelled"}:
+        if snapshot is not None and snapshot.state in TERMINAL:
             return snapshot
         await absurd.work_batch(claim_timeout=claim_timeout, batch_size=4)
     snapshot = await absurd.fetch_task_result(task_id)
@@ -90,20 +91,15 @@ async def run_until_done(
     return snapshot
 
 
-async def checkpoint_names(dsn: str, queue: str, task_id: str) -> list[str]:
-    """The checkpoint names stored for `task_id`, in the order they were written."""
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cursor = await conn.execute(
-            f'select checkpoint_name from absurd."c_{queue}" where task_id = %s order by updated_at, checkpoint_name',
-            (task_id,),
-        )
-        return [row[0] for row in await cursor.fetchall()]
+async def run_to_end(absurd: AsyncAbsurd, task_id: str, *, timeout: float = 30.0) -> TaskResultSnapshot:
+    """Work the queue until the task is terminal, waiting for sleeping runs to become claimable again."""
 
+    async def terminal() -> TaskResultSnapshot | None:
+        snapshot = await absurd.fetch_task_result(task_id)
+        assert snapshot is not None
+        if snapshot.state in TERMINAL:
+            return snapshot
+        await absurd.work_batch(claim_timeout=30, batch_size=4)
+        return None
 
-async def checkpoints(dsn: str, queue: str, task_id: str) -> dict[str, Any]:
-    """The stored checkpoint states of `task_id`, by name."""
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cursor = await conn.execute(
-            f'select checkpoint_name, state from absurd."c_{queue}" where task_id = %s', (task_id,)
-        )
-        return {row[0]: row[1] for row in await cursor.fetchall()}
+    return await wait_until(terminal, timeout, message=f"task {task_id} not finished after {timeout} s")

@@ -16,7 +16,6 @@ from pydantic_ai.messages import (
 )
 
 from pydantic_ai_absurd import AbsurdAgent, Inbox
-
 from tests.helpers.agents import Script
 
 

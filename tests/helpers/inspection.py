@@ -13,7 +13,6 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.instrumented import InstrumentationSettings
 
 from pydantic_ai_absurd import AbsurdAgent
-
 from tests.helpers.agents import SimulatedCrash
 
 

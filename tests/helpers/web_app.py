@@ -18,8 +18,9 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "web_app.py"
+from .paths import EXAMPLES, ROOT
+
+EXAMPLE = EXAMPLES / "web_app.py"
 
 
 def free_port() -> int:

@@ -30,10 +30,10 @@ from absurd_sdk import AsyncAbsurd
 from psycopg import sql
 
 from tests.helpers.apps.matrix_worker import effect_of, read_lines
+from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.crash
 
-ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
 """Generous bound (seconds) for anything awaited; never a performance assertion."""
 EFFECTS = ["model@0", "tool@c-bump", "model@1"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "chat.py"
+from tests.helpers.paths import EXAMPLES
+
+EXAMPLE = EXAMPLES / "chat.py"
 
 
 @pytest.mark.crash

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
 
-pytestmark = pytest.mark.crash
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.crash
 
 
 def start_worker(

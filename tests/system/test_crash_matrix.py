@@ -23,10 +23,10 @@ import pytest
 from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
 
 from tests.helpers.apps.matrix_worker import effect_of, read_lines
+from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.crash
 
-ROOT = Path(__file__).resolve().parent.parent
 CLAIM_TIMEOUT = 2
 WORKERS = 3
 TERMINAL = {"completed", "failed", "cancelled"}

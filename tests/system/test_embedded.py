@@ -16,7 +16,6 @@ import pytest
 from pydantic_ai_absurd.embedded import EmbeddedPostgres, default_embedded_dir, start_embedded
 from pydantic_ai_absurd.errors import DatabaseConnectionError, EmbeddedPostgresError
 from pydantic_ai_absurd.schema import check_schema_sync
-
 from tests.helpers.infra import pid_alive, server_root
 
 IS_ROOT = os.geteuid() == 0

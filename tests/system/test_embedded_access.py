@@ -22,9 +22,9 @@ from pydantic_ai_absurd import _pg_binaries
 from pydantic_ai_absurd._pg_binaries import PG_BIN_ENV, find_bin_dir, runnable_bin_dir
 from pydantic_ai_absurd.embedded import EmbeddedPostgres
 from pydantic_ai_absurd.errors import EmbeddedPostgresError
+from tests.helpers.paths import ROOT
 
 IS_ROOT = os.geteuid() == 0
-REPO = Path(__file__).resolve().parent.parent
 NOBODY = pwd.getpwnam("nobody")
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="only root runs the server as another user ('nobody')")
 
@@ -120,8 +120,8 @@ def test_binaries_behind_a_private_directory_start_a_server(
 def test_quickstart_from_a_private_clone(private_dir: Path, data_base: Path) -> None:
     """The README quickstart (`python examples/quickstart.py`) from a clone nobody else can traverse."""
     clone = private_dir / "app"
-    shutil.copytree(REPO / "src", clone / "src", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "examples", clone / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "src", clone / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "examples", clone / "examples", ignore=shutil.ignore_patterns("__pycache__"))
     _copy_install(clone / "site-packages", with_init=True)  # found by find_spec before the venv's
     env = {k: v for k, v in os.environ.items() if k not in ("ABSURD_DATABASE_URL", PG_BIN_ENV)}
     env |= {
@@ -150,7 +150,7 @@ def test_quickstart_runs_from_any_directory(absurd_dsn: str, private_dir: Path) 
     env = {**os.environ, "ABSURD_DATABASE_URL": absurd_dsn}
     env.pop("PYDANTIC_AI_MODEL", None)
     result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "quickstart.py")],
+        [sys.executable, str(ROOT / "examples" / "quickstart.py")],
         cwd=private_dir,
         env=env,
         capture_output=True,
@@ -300,7 +300,7 @@ def unprivileged_user() -> Iterator[pwd.struct_passwd]:
 def test_unprivileged_user_runs_a_read_only_install(unprivileged_user: pwd.struct_passwd, data_base: Path) -> None:
     site_packages = Path(psycopg.__file__).parent.parent
     python = _python_for(unprivileged_user.pw_uid)
-    if python is None or not _reachable_by_others(site_packages) or not _reachable_by_others(REPO / "src"):
+    if python is None or not _reachable_by_others(site_packages) or not _reachable_by_others(ROOT / "src"):
         pytest.skip("no Python interpreter, site-packages or src directory this user can read")
     install_base = data_base / "ro-install"
     bin_dir = _copy_install(install_base)
@@ -313,7 +313,7 @@ def test_unprivileged_user_runs_a_read_only_install(unprivileged_user: pwd.struc
     env = {
         "PATH": "/usr/bin:/bin",
         "HOME": str(home),
-        "PYTHONPATH": f"{REPO / 'src'}:{site_packages}",
+        "PYTHONPATH": f"{ROOT / 'src'}:{site_packages}",
         PG_BIN_ENV: str(bin_dir),
         "PYDANTIC_AI_ABSURD_DATA_DIR": str(home / "data"),
     }

@@ -15,12 +15,11 @@ import pytest
 from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd.events import StepInterruptedEvent
-
 from tests.helpers.events import answer_words, collect, shown_text
+from tests.helpers.paths import ROOT
 
 pytestmark = pytest.mark.crash
 
-ROOT = Path(__file__).resolve().parent.parent
 WORDS = 40
 
 

@@ -11,12 +11,10 @@ import pytest
 from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd import Inbox
-
-from tests.helpers.workers import eventually
+from tests.helpers.paths import ROOT
+from tests.helpers.polling import wait_until
 
 pytestmark = pytest.mark.crash
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_worker(dsn: str, queue: str, state: Path) -> subprocess.Popen[bytes]:
@@ -57,17 +55,17 @@ async def test_workers_killed_after_asking_and_after_the_answer(
         return snapshot is not None and snapshot.state in {"completed", "failed", "cancelled"}
 
     try:
-        [request] = await eventually(waiting, timeout=60)
+        [request] = await wait_until(waiting, timeout=60)
         # The first worker died after recording the request, before its step committed: the retried step
         # found the row and did not notify again.
         assert workers[0].wait(timeout=30) == -9
-        await eventually(sleeping, timeout=60)
+        await wait_until(sleeping, timeout=60)
         # No worker alive while the answer arrives: the answer waits in Postgres for the next one.
         workers[-1].kill()
         assert workers[-1].wait(timeout=30) == -9
         await inbox.approve(request.token, answered_by="ops-oncall")
         # The worker resuming the run dies as the approved call starts; the next one finishes the run.
-        await eventually(finished, timeout=60)
+        await wait_until(finished, timeout=60)
     finally:
         (tmp_path / "stop").touch()
         for worker in workers:

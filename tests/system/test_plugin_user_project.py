@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from pydantic_ai_absurd.testing.pytest_plugin import MISSING_ASYNCIO_PLUGIN, TEST_DATABASE_ENV
+from tests.helpers.paths import DOCS
 
 pytest_plugins = ["pytester"]
 
@@ -24,6 +24,7 @@ from pydantic_ai.models.test import TestModel
 
 from pydantic_ai_absurd import AbsurdAgent
 from pydantic_ai_absurd.testing import run_queued
+from tests.helpers.paths import DOCS
 
 
 def test_sync_fixtures(absurd_dsn: str, absurd_queue: str) -> None:
@@ -49,9 +50,7 @@ async def test_client_runs_a_durable_agent(absurd_client: AsyncAbsurd) -> None:
 """
 
 
-DOCS_EXAMPLE = re.search(
-    r"^```python\n(.*?)^```", (Path(__file__).parent.parent / "docs" / "testing.md").read_text(), re.S | re.M
-)
+DOCS_EXAMPLE = re.search(r"^```python\n(.*?)^```", (DOCS / "testing.md").read_text(), re.S | re.M)
 
 
 BLOCK_PYTEST_ASYNCIO = """

@@ -16,20 +16,17 @@ from psycopg import sql
 
 from pydantic_ai_absurd.worker import APPLICATION_NAME_PREFIX, Worker
 from pydantic_ai_absurd.worker import _takeover as takeover  # pyright: ignore[reportPrivateUsage]
-
 from tests.helpers.apps.worker_app import EFFECTS_TABLE
+from tests.helpers.polling import WAIT, wait_until
+from tests.helpers.sql import runs, task_state
 from tests.helpers.workers import (
-    WAIT,
     WorkerProcess,
     count_events,
     effect_events,
-    eventually,
     is_completed,
     open_gate,
     running_worker,
-    runs,
     seen_event,
-    task_state,
 )
 
 LONG_LEASE = 60
@@ -64,7 +61,7 @@ async def test_a_run_of_a_dead_worker_is_handed_back_and_resumed_before_its_leas
     [claimed] = await absurd_client.claim_tasks(claim_timeout=LONG_LEASE, worker_id=ghost)
     assert claimed["task_id"] == spawned["task_id"]
     async with running_worker(absurd_client) as worker:
-        await eventually(lambda: is_completed(absurd_client, spawned["task_id"]))
+        await wait_until(lambda: is_completed(absurd_client, spawned["task_id"]))
         assert worker.health.taken_over == 1
         assert worker.health.fast_takeover
     assert (await task_state(absurd_dsn, absurd_queue, spawned["task_id"]))["attempts"] == 1  # no attempt used
@@ -76,7 +73,7 @@ async def test_a_run_claimed_by_another_kind_of_worker_is_never_handed_back(
     spawned = await absurd_client.spawn("not_registered_here", None, queue=absurd_queue)
     await absurd_client.claim_tasks(claim_timeout=LONG_LEASE, worker_id="plain-absurd-worker")
     async with running_worker(absurd_client) as worker:
-        await eventually(lambda: _checks_at_least(worker, 4))
+        await wait_until(lambda: _checks_at_least(worker, 4))
         assert worker.health.taken_over == 0
     row = await _run_row(absurd_dsn, absurd_queue, spawned["task_id"])
     assert row == {"state": "running", "claimed_by": "plain-absurd-worker"}
@@ -106,7 +103,7 @@ async def test_a_worker_marks_its_claims_and_holds_its_lock_on_two_connections(
         assert worker.claim_id.startswith(f"{takeover.CLAIM_PREFIX}marks:")
         assert await _lock_holders(absurd_dsn, worker.claim_id) == takeover.LOCK_CONNECTIONS == 2
         release.set()
-        await eventually(lambda: is_completed(absurd_client, spawned["task_id"]))
+        await wait_until(lambda: is_completed(absurd_client, spawned["task_id"]))
     assert await _lock_holders(absurd_dsn, worker.claim_id) == 0  # released on stop
 
 
@@ -142,7 +139,7 @@ async def test_a_pooled_connection_falls_back_to_leases_with_one_log_line(
     spawned = await absurd_client.spawn("hello", None)
     with caplog.at_level(logging.INFO, logger="pydantic_ai_absurd.worker"):
         async with running_worker(absurd_client, worker_id="pooled") as worker:
-            await eventually(lambda: is_completed(absurd_client, spawned["task_id"]))
+            await wait_until(lambda: is_completed(absurd_client, spawned["task_id"]))
             assert not worker.health.fast_takeover
     lines = [r.getMessage() for r in caplog.records if "fast takeover disabled" in r.getMessage()]
     assert len(lines) == 1
@@ -208,14 +205,14 @@ async def test_sigkill_another_worker_resumes_before_the_lease_would_expire(
     spawned = await absurd_client.spawn("steps", {"steps": 4, "step_seconds": 0.1, "gate": "s1"}, queue=absurd_queue)
     task_id = spawned["task_id"]
     a = _start(workers, dsn, absurd_queue, tmp_path, id="a")
-    await eventually(lambda: seen_event(dsn, absurd_queue, task_id, "s1", "start"))
+    await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s1", "start"))
     b = _start(workers, dsn, absurd_queue, tmp_path, id="b")
-    await eventually(lambda: _ready(b))
+    await wait_until(lambda: _ready(b))
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait()
     await open_gate(dsn, absurd_queue, task_id, "s1")
     # The lease runs for 60 s (WAIT is 20 s): completing now proves the takeover.
-    await eventually(lambda: is_completed(absurd_client, task_id))
+    await wait_until(lambda: is_completed(absurd_client, task_id))
     snapshot = await absurd_client.fetch_task_result(task_id)
     assert snapshot is not None
     assert isinstance(snapshot.result, dict)
@@ -235,10 +232,10 @@ async def test_a_paused_worker_keeps_its_task_while_peers_poll(
     dsn = effects
     pair = {name: _start(workers, dsn, absurd_queue, tmp_path, id=name) for name in ("a", "b")}
     for w in pair.values():
-        await eventually(lambda w=w: _ready(w))
+        await wait_until(lambda w=w: _ready(w))
     spawned = await absurd_client.spawn("steps", {"steps": 2, "step_seconds": 2.0}, queue=absurd_queue)
     task_id = spawned["task_id"]
-    await eventually(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
+    await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
     claimed_by = str((await _run_row(dsn, absurd_queue, task_id))["claimed_by"])
     name = claimed_by.removeprefix(takeover.CLAIM_PREFIX).split(":")[0].removeprefix(f"{absurd_queue}-")
     paused, peer = pair[name], pair["b" if name == "a" else "a"]
@@ -246,12 +243,12 @@ async def test_a_paused_worker_keeps_its_task_while_peers_poll(
     try:
         before = await _polls(peer)
         # The peer checks for dead workers at least three times (0.1 s apart) while the other one is stopped.
-        await eventually(lambda: _polls_since(peer, before, 3))
+        await wait_until(lambda: _polls_since(peer, before, 3))
         assert await _run_row(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
         assert "took over" not in peer.output()
     finally:
         paused.proc.send_signal(signal.SIGCONT)
-    await eventually(lambda: is_completed(absurd_client, task_id))
+    await wait_until(lambda: is_completed(absurd_client, task_id))
     snapshot = await absurd_client.fetch_task_result(task_id)
     assert snapshot is not None
     assert isinstance(snapshot.result, dict)
@@ -291,21 +288,21 @@ async def test_a_worker_that_lost_one_lock_connection_keeps_its_tasks(
     dsn = effects
     # A checks its lock connections only every 2 s, so the peer polls while A is down to one lock.
     a = _start(workers, dsn, absurd_queue, tmp_path, id="a", poll_interval=2.0)
-    await eventually(lambda: _ready(a))
+    await wait_until(lambda: _ready(a))
     spawned = await absurd_client.spawn("steps", {"steps": 2, "step_seconds": 2.0}, queue=absurd_queue)
     task_id = spawned["task_id"]
-    await eventually(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
+    await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
     b = _start(workers, dsn, absurd_queue, tmp_path, id="b")
-    await eventually(lambda: _ready(b))
+    await wait_until(lambda: _ready(b))
     claimed_by = (await _run_row(dsn, absurd_queue, task_id))["claimed_by"]
     assert str(claimed_by).startswith(f"{takeover.CLAIM_PREFIX}{absurd_queue}-a:")
     assert await _terminate_lock_connection(dsn, f"{absurd_queue}-a", 0) == 1
     before = await _polls(b)
-    await eventually(lambda: _polls_since(b, before, 3))
+    await wait_until(lambda: _polls_since(b, before, 3))
     assert await _run_row(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
     assert "took over" not in b.output()
-    await eventually(lambda: _lock_connections_are(dsn, f"{absurd_queue}-a", 2))  # reconnected and re-locked
-    await eventually(lambda: is_completed(absurd_client, task_id))
+    await wait_until(lambda: _lock_connections_are(dsn, f"{absurd_queue}-a", 2))  # reconnected and re-locked
+    await wait_until(lambda: is_completed(absurd_client, task_id))
     events = await effect_events(dsn, absurd_queue, task_id)
     assert [count_events(events, f"s{i}", "start") for i in range(2)] == [1, 1]
     assert {pid for _, _, pid in events} == {a.pid}

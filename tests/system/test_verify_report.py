@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 from pydantic_ai_absurd.testing import run_queued
-
 from tests.helpers.apps.verify_app import build_app
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CONSOLE_SCRIPT = Path(sys.executable).parent / "pydantic-ai-absurd"
 
 

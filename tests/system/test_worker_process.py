@@ -15,19 +15,10 @@ import pytest
 from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd.worker import APPLICATION_NAME_PREFIX
-
 from tests.helpers.apps.worker_app import EFFECTS_TABLE
-from tests.helpers.workers import (
-    WAIT,
-    WorkerProcess,
-    count_events,
-    effect_events,
-    eventually,
-    is_completed,
-    runs,
-    seen_event,
-    task_state,
-)
+from tests.helpers.polling import WAIT, wait_until
+from tests.helpers.sql import runs, task_state
+from tests.helpers.workers import WorkerProcess, count_events, effect_events, is_completed, seen_event
 
 pytestmark = pytest.mark.crash
 
@@ -74,12 +65,12 @@ async def test_sigterm_hands_back_and_another_worker_resumes_at_once(
     task_id = spawned["task_id"]
     # A long lease: the task can only move to worker B this soon because A hands it back.
     a = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=60, drain_timeout=0.3)
-    await eventually(lambda: _seen(dsn, absurd_queue, task_id, "s0", "start"))
+    await wait_until(lambda: _seen(dsn, absurd_queue, task_id, "s0", "start"))
     b = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=60)
-    await eventually(lambda: _seen(dsn, absurd_queue, task_id, "s2", "start"))  # s0, s1 committed
+    await wait_until(lambda: _seen(dsn, absurd_queue, task_id, "s2", "start"))  # s0, s1 committed
     a.proc.send_signal(signal.SIGTERM)
     assert await a.wait_exit() == 0
-    await eventually(lambda: _completed(absurd_client, task_id))
+    await wait_until(lambda: _completed(absurd_client, task_id))
 
     events = await _events(dsn, absurd_queue, task_id)
     assert [_count(events, f"s{i}", "start") for i in range(4)] == [1, 1, 2, 1]
@@ -105,7 +96,7 @@ async def test_cli_worker_sigterm_lets_in_flight_tasks_finish_within_the_drain(
     cli = [sys.executable, "-m", "pydantic_ai_absurd.cli", "worker", "tests.helpers.apps.worker_app:absurd"]
     cli += ["--concurrency", "2", "--claim-timeout", "10", "--drain-timeout", str(WAIT), "--poll-interval", "0.1"]
     a = _start(workers, dsn, absurd_queue, tmp_path, command=cli)
-    await eventually(lambda: _seen(dsn, absurd_queue, spawned["task_id"], "s0", "start"))
+    await wait_until(lambda: _seen(dsn, absurd_queue, spawned["task_id"], "s0", "start"))
     a.proc.send_signal(signal.SIGTERM)
     later = await absurd_client.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=absurd_queue)
     assert await a.wait_exit() == 0
@@ -133,7 +124,7 @@ async def test_cli_worker_queue_option_runs_the_tasks_of_that_queue(
             cli = [sys.executable, "-m", "pydantic_ai_absurd.cli", "worker", "tests.helpers.apps.worker_app:absurd"]
             cli += ["--queue", other, "--poll-interval", "0.1", "--no-fast-takeover"]
             w = _start(workers, dsn, absurd_queue, tmp_path, command=cli)
-            await eventually(lambda: _completed(spawner, spawned["task_id"]))
+            await wait_until(lambda: _completed(spawner, spawned["task_id"]))
             assert (await task_state(dsn, other, spawned["task_id"]))["attempts"] == 1
             w.proc.send_signal(signal.SIGTERM)
             assert await w.wait_exit() == 0
@@ -163,9 +154,9 @@ async def test_worker_survives_killed_connections(
     spawned = await absurd_client.spawn("steps", {"steps": 3, "step_seconds": 0.5}, queue=absurd_queue)
     task_id = spawned["task_id"]
     w = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=5, id=absurd_queue)
-    await eventually(lambda: _seen(dsn, absurd_queue, task_id, "s1", "start"))
+    await wait_until(lambda: _seen(dsn, absurd_queue, task_id, "s1", "start"))
     assert await _kill_worker_backends(dsn, absurd_queue) >= 1  # mid-step: the task's, the claimer's, the heartbeat's
-    await eventually(lambda: _completed(absurd_client, task_id))
+    await wait_until(lambda: _completed(absurd_client, task_id))
     events = await _events(dsn, absurd_queue, task_id)
     assert _count(events, "s0", "start") == 1  # a committed step never runs again
     assert [_count(events, f"s{i}", "end") >= 1 for i in range(3)] == [True, True, True]
@@ -173,7 +164,7 @@ async def test_worker_survives_killed_connections(
     # Idle connections killed too: the worker reconnects and takes new work.
     assert await _kill_worker_backends(dsn, absurd_queue) >= 1
     second = await absurd_client.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=absurd_queue)
-    await eventually(lambda: _completed(absurd_client, second["task_id"]))
+    await wait_until(lambda: _completed(absurd_client, second["task_id"]))
     for tid in (task_id, second["task_id"]):
         assert all(r["state"] != "running" for r in await runs(dsn, absurd_queue, tid))
     assert (await task_state(dsn, absurd_queue, task_id))["attempts"] == 1  # handed back, not failed
@@ -199,16 +190,16 @@ async def test_worker_survives_a_postgres_restart(tmp_path: Path, workers: list[
         task_id = spawned["task_id"]
         await client.close()
         w = _start(workers, dsn, queue, tmp_path, claim_timeout=5)
-        await eventually(lambda: _seen(dsn, queue, task_id, "s1", "start"))
+        await wait_until(lambda: _seen(dsn, queue, task_id, "s1", "start"))
         await asyncio.to_thread(server.stop)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(server.start)
 
         client = AsyncAbsurd(dsn, queue_name=queue)
         try:
-            await eventually(lambda: _completed(client, task_id), timeout=2 * WAIT)
+            await wait_until(lambda: _completed(client, task_id), timeout=2 * WAIT)
             later = await client.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=queue)
-            await eventually(lambda: _completed(client, later["task_id"]))
+            await wait_until(lambda: _completed(client, later["task_id"]))
         finally:
             await client.close()
         events = await _events(dsn, queue, task_id)

@@ -17,7 +17,6 @@ from pydantic_ai.capabilities import HandleDeferredToolCalls
 from pydantic_ai.messages import ModelMessage, ModelResponsePart, TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, Inbox
-
 from tests.helpers.agents import Script
 
 PAYLOAD = "red\x1b[31m title\x1b]0;pwned\x07 cr\r erase\x1b[2K [bold]markup[/bold] end"

@@ -24,7 +24,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic_ai import Agent
 
 from pydantic_ai_absurd.worker import run_worker
-
 from tests.helpers.inspection import billing_agent, register_billing
 
 

@@ -15,7 +15,6 @@ from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, ModelResponsePart, TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent
-
 from tests.helpers.agents import Script
 
 APPROVAL_EVENT = "approve:{task_id}"

@@ -10,8 +10,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from tests.helpers.paths import SRC
+
 PACKAGE = "pydantic_ai_absurd"
-ROOT = Path(__file__).resolve().parent.parent / "src" / PACKAGE
+ROOT = SRC
 
 CORE = {
     "_durability",

@@ -14,7 +14,6 @@ import pytest
 from pydantic_ai_absurd.cli import build_parser, main
 from pydantic_ai_absurd.embedded import EmbeddedPostgres
 from pydantic_ai_absurd.schema import ABSURD_SCHEMA_VERSION, redact_dsn
-
 from tests.helpers.infra import fresh_database, pid_alive, server_root
 
 CLI = [sys.executable, "-c", "import sys; from pydantic_ai_absurd.cli import main; sys.exit(main())"]

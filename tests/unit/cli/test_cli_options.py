@@ -14,7 +14,6 @@ from absurd_sdk import AsyncAbsurd
 from pydantic_ai_absurd import Inbox
 from pydantic_ai_absurd.cli import build_parser, main
 from pydantic_ai_absurd.testing import run_queued
-
 from tests.helpers.apps.cli_hostile_app import build
 from tests.helpers.infra import fresh_database
 
@@ -162,7 +161,9 @@ def test_verify_export_to_an_unwritable_path_is_one_line(
     monkeypatch.setenv("HOSTILE_DSN", absurd_dsn)
     monkeypatch.setenv("HOSTILE_QUEUE", absurd_queue)
     sys.modules.pop("tests.helpers.apps.cli_hostile_app", None)
-    code, _, err = run(capsys, "verify", "tests.helpers.apps.cli_hostile_app:absurd", "--export", "/nonexistent/dir/x.json")
+    code, _, err = run(
+        capsys, "verify", "tests.helpers.apps.cli_hostile_app:absurd", "--export", "/nonexistent/dir/x.json"
+    )
     assert code == 2
     one_line_error(err, "Cannot write recorded tasks to '/nonexistent/dir/x.json': No such file or directory.")
 
@@ -181,7 +182,9 @@ def test_verify_reads_the_recorded_tasks_of_database(
     monkeypatch.setenv("HOSTILE_DSN", UNREACHABLE)
     monkeypatch.setenv("HOSTILE_QUEUE", "elsewhere")
     sys.modules.pop("tests.helpers.apps.cli_hostile_app", None)
-    code, out, _ = run(capsys, "verify", "tests.helpers.apps.cli_hostile_app:absurd", "-d", absurd_dsn, "-q", absurd_queue)
+    code, out, _ = run(
+        capsys, "verify", "tests.helpers.apps.cli_hostile_app:absurd", "-d", absurd_dsn, "-q", absurd_queue
+    )
     assert code == 0 and "1 task(s) verified: 1 ok" in out
 
 

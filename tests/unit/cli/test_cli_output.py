@@ -11,7 +11,6 @@ from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd.cli import main
 from pydantic_ai_absurd.testing import run_queued
-
 from tests.helpers.apps.cli_hostile_app import PAYLOAD, RAW, build
 
 TARGET = "tests.helpers.apps.cli_hostile_app:absurd"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from pydantic_ai_absurd.cli._worker import resolve_client
+from tests.helpers.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-c", "import sys; from pydantic_ai_absurd.cli import main; sys.exit(main())"]
 
 

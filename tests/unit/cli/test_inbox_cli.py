@@ -17,9 +17,8 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, Inbox, InvalidAnswerError
 from pydantic_ai_absurd.cli import main
-
-from tests.helpers.inbox import approval_agent
 from tests.helpers.agents import run_until_done
+from tests.helpers.inbox import approval_agent
 from tests.unit.inbox.test_inbox import start
 
 

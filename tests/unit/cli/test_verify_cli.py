@@ -14,7 +14,6 @@ from pydantic_ai_absurd.cli import main
 from pydantic_ai_absurd.errors import RecordingError
 from pydantic_ai_absurd.testing import assert_replays, run_queued
 from pydantic_ai_absurd.verify import Handler, export_recorded, fork_origin, import_recorded, recorded_tasks
-
 from tests.helpers.apps.verify_app import App, build_app
 
 TARGET = "tests.helpers.apps.verify_cli_app:absurd"

@@ -21,8 +21,9 @@ from pydantic_ai_absurd.client import (
 )
 from pydantic_ai_absurd.errors import QueueNotFoundError
 from pydantic_ai_absurd.worker._retry import AGENT_RETRY_STRATEGY, NonRetryableError
-
-from tests.helpers.workers import WAIT, running_worker, task_state
+from tests.helpers.polling import WAIT
+from tests.helpers.sql import task_state
+from tests.helpers.workers import running_worker
 
 
 class Question(pydantic.BaseModel):

@@ -14,8 +14,8 @@ from pydantic_ai_absurd.cli import main
 from pydantic_ai_absurd.client import UnknownTaskError, UnregisteredTaskError, spawn_task
 from pydantic_ai_absurd.inspection import list_tasks
 from pydantic_ai_absurd.inspection._render import render_timeline, task_row, unknown_task_notes
-
-from tests.helpers.workers import eventually, running_worker
+from tests.helpers.polling import wait_until
+from tests.helpers.workers import running_worker
 
 
 async def _registered(dsn: str, queue: str) -> set[str]:
@@ -36,7 +36,7 @@ async def test_a_name_no_worker_runs_is_refused_and_shown(
     web = AsyncAbsurd(absurd_dsn, queue_name=absurd_queue)  # a web process: registers nothing
     try:
         async with running_worker(absurd_client, worker_id="biller"):
-            await eventually(lambda: _registered(absurd_dsn, absurd_queue))
+            await wait_until(lambda: _registered(absurd_dsn, absurd_queue))
             assert await _registered(absurd_dsn, absurd_queue) == {"bill"}
 
             with pytest.raises(UnknownTaskError, match=r"No worker of queue .* runs task 'bil'.*'bill'") as caught:
@@ -45,7 +45,7 @@ async def test_a_name_no_worker_runs_is_refused_and_shown(
             spawned = await spawn_task(web, "bill", {}, queue=absurd_queue)
 
             typo = await web.spawn("bil", {}, queue=absurd_queue)  # spawned by other means (absurdctl, the SDK)
-            await eventually(lambda: _claimed_once(absurd_dsn, absurd_queue, str(typo["task_id"])))
+            await wait_until(lambda: _claimed_once(absurd_dsn, absurd_queue, str(typo["task_id"])))
 
         rows = {row.task_name: row for row in await list_tasks(absurd_dsn, queue=absurd_queue)}
         assert rows["bil"].known_to_workers is False and rows["bill"].known_to_workers is True

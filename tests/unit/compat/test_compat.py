@@ -18,8 +18,8 @@ from pydantic_ai_absurd._absurd import claim_timeout_of
 from pydantic_ai_absurd._durability import AbsurdDurability
 from pydantic_ai_absurd._execution import current_task_context
 from pydantic_ai_absurd._pydantic_ai import PrivateHooks, check_private_names
-
-from tests.helpers.agents import Script, checkpoints, run_until_done
+from tests.helpers.agents import Script, run_until_done
+from tests.helpers.sql import checkpoints
 
 
 async def test_async_task_context_exposes_its_claim_timeout(absurd_client: AsyncAbsurd) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,11 +25,11 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent
-
 from tests.helpers.agents import run_until_done
+from tests.helpers.paths import FIXTURES
 
 RECORDINGS = {
-    name: json.loads((Path(__file__).parent / "fixtures" / f"checkpoints_{name}.json").read_text())
+    name: json.loads((FIXTURES / f"checkpoints_{name}.json").read_text())
     for name in ("0354ed8", "26084a3_pydantic_ai_2.68")
 }
 

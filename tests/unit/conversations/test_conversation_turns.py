@@ -19,9 +19,10 @@ from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults
 from pydantic_ai_absurd import AbsurdAgent, PostgresConversationStore
 from pydantic_ai_absurd._steps import commit_hook
 from pydantic_ai_absurd.errors import ConversationUsageError
-
-from tests.helpers.agents import SimulatedCrash, checkpoint_names, run_until_done
-from tests.helpers.workers import eventually, running_worker, task_state
+from tests.helpers.agents import SimulatedCrash, run_until_done
+from tests.helpers.polling import wait_until
+from tests.helpers.sql import checkpoint_names, task_state
+from tests.helpers.workers import running_worker
 
 
 def prompts_of(messages: list[ModelMessage]) -> list[str]:
@@ -168,7 +169,7 @@ async def test_a_resumed_turn_sees_the_first_attempts_history_and_a_conflict_is_
         "chat-turn", {"message": "second"}, max_attempts=5, retry_strategy={"kind": "fixed", "base_seconds": 0}
     )
     async with running_worker(absurd_client):
-        await eventually(lambda: _failed(absurd_client, spawned["task_id"]))
+        await wait_until(lambda: _failed(absurd_client, spawned["task_id"]))
     # Both attempts' model requests saw the history the load checkpoint holds, not "other".
     assert seen == [["first", "second"], ["first", "second"]]
     snapshot = await absurd_client.fetch_task_result(spawned["task_id"])
@@ -309,7 +310,7 @@ async def test_two_concurrent_turns_of_one_conversation_give_exactly_one_conflic
     ]
     async with running_worker(absurd_client, concurrency=2):
         for task_id in task_ids:
-            await eventually(lambda task_id=task_id: _terminal(absurd_client, task_id))
+            await wait_until(lambda task_id=task_id: _terminal(absurd_client, task_id))
     snapshots = [await absurd_client.fetch_task_result(task_id) for task_id in task_ids]
     states = sorted(s.state for s in snapshots if s is not None)
     assert states == ["completed", "failed"]

@@ -28,9 +28,9 @@ from pydantic_ai.usage import RequestUsage, UsageLimits
 
 from pydantic_ai_absurd import AbsurdAgent, AbsurdDurability, ReplayDivergenceError
 from pydantic_ai_absurd._absurd import read_runs
-
+from tests.helpers.agents import SimulatedCrash
 from tests.helpers.events import collect
-from tests.helpers.agents import SimulatedCrash, checkpoint_names
+from tests.helpers.sql import checkpoint_names
 
 
 async def run_to_end(absurd: AsyncAbsurd, task_id: str, *, deadline: float = 30.0) -> TaskResultSnapshot:

@@ -12,8 +12,8 @@ from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, AbsurdDurability
-
-from tests.helpers.agents import Script, SimulatedCrash, checkpoint_names, run_until_done
+from tests.helpers.agents import Script, SimulatedCrash, run_until_done
+from tests.helpers.sql import checkpoint_names
 
 
 class Receipt(BaseModel):

@@ -12,7 +12,6 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import TextPart
 
 from pydantic_ai_absurd import AbsurdAgent, AbsurdDurability
-
 from tests.helpers.agents import Script, run_until_done
 
 
@@ -76,7 +75,8 @@ async def test_agent_toolset_decorators_are_durable_like_any_toolset(
     """`@agent.toolset` functions of the wrapped agent run as steps; run-time additions stay refused."""
     from pydantic_ai.messages import ToolCallPart
 
-    from tests.helpers.agents import SimulatedCrash, checkpoint_names
+    from tests.helpers.agents import SimulatedCrash
+    from tests.helpers.sql import checkpoint_names
 
     script = Script(
         turns=[lambda _: [ToolCallPart("lookup", {"key": "k"}, tool_call_id="l1")], lambda _: [TextPart("ok")]]

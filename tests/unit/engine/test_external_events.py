@@ -13,8 +13,8 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, fail_event_token, resolve_event_token
-
-from tests.helpers.agents import Script, checkpoint_names, run_until_done
+from tests.helpers.agents import Script, run_until_done
+from tests.helpers.sql import checkpoint_names
 
 
 def refund_agent(

@@ -12,8 +12,8 @@ from absurd_sdk import AsyncAbsurd, AsyncTaskContext, CancelledTask, FailedTask
 from pydantic_ai_absurd._execution import current_task_context
 from pydantic_ai_absurd._lease import LeaseKeeper
 from pydantic_ai_absurd._time import graph_sleep
-
-from tests.helpers.agents import SimulatedCrash, checkpoints, run_until_done
+from tests.helpers.agents import SimulatedCrash, run_until_done
+from tests.helpers.sql import checkpoints
 
 
 class FakeTaskContext:

@@ -12,8 +12,8 @@ from pydantic_ai.messages import ModelMessage, TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent
 from pydantic_ai_absurd._steps import commit_hook, run_step
-
-from tests.helpers.agents import Script, SimulatedCrash, checkpoints, run_until_done
+from tests.helpers.agents import Script, SimulatedCrash, run_until_done
+from tests.helpers.sql import checkpoints
 
 
 def two_tools_script() -> Script:

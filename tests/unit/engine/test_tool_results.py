@@ -13,7 +13,6 @@ from pydantic_ai.exceptions import ApprovalRequired, CallDeferred
 from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent
-
 from tests.helpers.agents import Script, SimulatedCrash, run_until_done
 
 

@@ -39,9 +39,10 @@ from pydantic_ai_absurd.events import sse_events
 from pydantic_ai_absurd.testing import run_queued
 from pydantic_ai_absurd.worker import RetryPolicy
 from pydantic_ai_absurd.worker._retry import failure_reason
-
-from tests.helpers.agents import SimulatedCrash, checkpoints, run_until_done
-from tests.helpers.workers import eventually, running_worker, task_state
+from tests.helpers.agents import SimulatedCrash, run_until_done
+from tests.helpers.polling import wait_until
+from tests.helpers.sql import checkpoints, task_state
+from tests.helpers.workers import running_worker
 
 NASTY_ARG = "a\x00b\x01\x1b[31m\u2028c"  # Pydantic AI cannot send a lone surrogate in arguments
 NASTY_RESULT = "\ud800\udfff\x00 lone \udc80 and a NUL \x00\x7f"
@@ -189,7 +190,7 @@ async def test_failures_and_results_quoting_nul_or_surrogates_are_recorded_once(
 
     spawned = await absurd_client.spawn("quoting", kind, max_attempts=2)
     async with running_worker(absurd_client, retry_policy=RetryPolicy(default_strategy=None)):
-        failure = await eventually(lambda: _failed(absurd_client, spawned["task_id"]))
+        failure = await wait_until(lambda: _failed(absurd_client, spawned["task_id"]))
     assert failure["name"] == name
     assert len(calls) == attempts
     state = await task_state(absurd_dsn, absurd_queue, spawned["task_id"])

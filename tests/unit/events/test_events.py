@@ -25,9 +25,8 @@ from pydantic_ai_absurd.events import (
     WaitingForInputEvent,
     channel_name,
 )
-
-from tests.helpers.events import answer_words, collect, log_rows, shown_text, streaming_agent
 from tests.helpers.agents import Script, SimulatedCrash, run_until_done
+from tests.helpers.events import answer_words, collect, log_rows, shown_text, streaming_agent
 
 
 def register_chat(absurd: AsyncAbsurd, agent: AbsurdAgent[None, str], *, fail_after_run: bool = False) -> None:

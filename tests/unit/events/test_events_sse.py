@@ -19,9 +19,8 @@ from pydantic_ai_absurd import event_stream_response
 from pydantic_ai_absurd.client import TaskNotFoundError
 from pydantic_ai_absurd.errors import EventLogError
 from pydantic_ai_absurd.events import sse_events
-
-from tests.helpers.events import answer_words, collect, streaming_agent
 from tests.helpers.agents import run_until_done
+from tests.helpers.events import answer_words, collect, streaming_agent
 
 
 def app_for(absurd: AsyncAbsurd, protocol: str) -> Starlette:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from tests.helpers.web_app import EXAMPLE, ROOT
+from tests.helpers.paths import ROOT
+from tests.helpers.web_app import EXAMPLE
 
 PROJECT = "pydantic-ai-absurd"
 

@@ -12,9 +12,8 @@ from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunCon
 
 from pydantic_ai_absurd import Inbox, InvalidAnswerError, PendingRequest, RequestNotPendingError
 from pydantic_ai_absurd.testing import run_queued
-
-from tests.helpers.inbox import approval_agent
 from tests.helpers.agents import run_until_done
+from tests.helpers.inbox import approval_agent
 
 
 async def start(absurd: AsyncAbsurd, agent: Any, prompt: str = "clean up", deps: Any = None) -> str:
@@ -159,7 +158,7 @@ async def test_two_concurrent_answers_exactly_one_wins(absurd_client: AsyncAbsur
 
 
 async def _waiting_on_lock(dsn: str, count: int) -> None:
-    from tests.helpers.workers import eventually
+    from tests.helpers.polling import wait_until
 
     async def blocked() -> bool:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
@@ -170,7 +169,7 @@ async def _waiting_on_lock(dsn: str, count: int) -> None:
             row = await cur.fetchone()
             return row is not None and int(row[0]) >= count
 
-    await eventually(blocked)
+    await wait_until(blocked)
 
 
 async def test_answered_unknown_and_ended_tokens_are_not_pending(absurd_client: AsyncAbsurd) -> None:
@@ -327,9 +326,8 @@ async def test_a_tool_waiting_directly_with_wait_for_external_event(absurd_clien
     from pydantic_ai.messages import TextPart, ToolCallPart
 
     from pydantic_ai_absurd import AbsurdAgent
-
-    from tests.helpers.inbox import tool_outcomes
     from tests.helpers.agents import Script
+    from tests.helpers.inbox import tool_outcomes
 
     inbox = Inbox(absurd_client)
     sent: list[str] = []
@@ -381,9 +379,8 @@ async def test_external_toolset_calls_are_answered_with_results(absurd_client: A
     from pydantic_ai.toolsets import ExternalToolset
 
     from pydantic_ai_absurd import AbsurdAgent
-
-    from tests.helpers.inbox import tool_outcomes
     from tests.helpers.agents import Script
+    from tests.helpers.inbox import tool_outcomes
 
     inbox = Inbox(absurd_client)
     script = Script(
@@ -469,7 +466,7 @@ def test_private_task_context_names_are_still_there() -> None:
 async def test_a_real_timeout_denies_the_calls_and_the_token_expires(absurd_client: AsyncAbsurd) -> None:
     from datetime import timedelta
 
-    from tests.helpers.workers import eventually
+    from tests.helpers.polling import wait_until
 
     inbox = Inbox(absurd_client)
     agent, script, counters = approval_agent(inbox, timeout=timedelta(seconds=1))
@@ -479,7 +476,7 @@ async def test_a_real_timeout_denies_the_calls_and_the_token_expires(absurd_clie
     async def expired() -> bool:
         return await inbox.pending(task_id=task_id) == []
 
-    await eventually(expired)
+    await wait_until(expired)
     with pytest.raises(RequestNotPendingError, match="expired"):
         await inbox.approve(request.token)
 
@@ -488,7 +485,7 @@ async def test_a_real_timeout_denies_the_calls_and_the_token_expires(absurd_clie
         snapshot = await absurd_client.fetch_task_result(task_id)
         return snapshot is not None and snapshot.state == "completed"
 
-    await eventually(finished)
+    await wait_until(finished)
     done = await absurd_client.fetch_task_result(task_id)
     assert done is not None and "No decision on this tool call arrived" in str(done.result)
     assert counters.runs == {} and script.calls == 2
@@ -510,7 +507,8 @@ async def test_a_token_resolved_without_the_inbox_is_no_longer_pending(absurd_cl
 
 
 async def test_with_the_production_worker(absurd_client: AsyncAbsurd) -> None:
-    from tests.helpers.workers import eventually, running_worker
+    from tests.helpers.polling import wait_until
+    from tests.helpers.workers import running_worker
 
     inbox = Inbox(absurd_client)
     agent, script, counters = approval_agent(inbox)
@@ -525,12 +523,12 @@ async def test_with_the_production_worker(absurd_client: AsyncAbsurd) -> None:
         async def asked() -> list[PendingRequest]:
             return await inbox.pending(task_id=task_id)
 
-        [request] = await eventually(asked)
+        [request] = await wait_until(asked)
         await inbox.approve(request.token, answered_by="alice")
 
         async def done() -> bool:
             snapshot = await absurd_client.fetch_task_result(task_id)
             return snapshot is not None and snapshot.state == "completed"
 
-        await eventually(done)
+        await wait_until(done)
     assert counters.runs == {"delete_file": 1} and script.calls == 2

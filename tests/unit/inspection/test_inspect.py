@@ -15,9 +15,8 @@ from pydantic_ai_absurd import TaskTimeline, inspect_task
 from pydantic_ai_absurd.cli import main
 from pydantic_ai_absurd.client import TaskNotFoundError
 from pydantic_ai_absurd.inspection import JSON_FORMAT_VERSION, list_tasks
-
-from tests.helpers.inspection import billing_agent, register_billing
 from tests.helpers.agents import run_until_done
+from tests.helpers.inspection import billing_agent, register_billing
 
 
 async def cli(*args: str) -> int:

@@ -16,14 +16,13 @@ from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 from pydantic_ai_absurd import inspect_task
 from pydantic_ai_absurd.inspection._render import render_timeline
 from pydantic_ai_absurd.worker import _takeover as takeover  # pyright: ignore[reportPrivateUsage]
-
 from tests.helpers.agents import run_until_done
 from tests.helpers.apps.worker_app import EFFECTS_TABLE
+from tests.helpers.polling import wait_until
 from tests.helpers.workers import (
     WorkerProcess,
     count_events,
     effect_events,
-    eventually,
     is_completed,
     open_gate,
     running_worker,
@@ -69,13 +68,13 @@ async def test_a_sigkilled_worker_shows_as_a_lost_execution(
     spawned = await absurd_client.spawn("steps", params, queue=absurd_queue)
     task_id = spawned["task_id"]
     a = _start(workers, dsn, absurd_queue, tmp_path, "a")
-    await eventually(lambda: seen_event(dsn, absurd_queue, task_id, "s1", "start"))
+    await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s1", "start"))
     b = _start(workers, dsn, absurd_queue, tmp_path, "b")
-    await eventually(lambda: _ready(b))
+    await wait_until(lambda: _ready(b))
     a.proc.send_signal(signal.SIGKILL)
     a.proc.wait()
     await open_gate(dsn, absurd_queue, task_id, "s1")
-    await eventually(lambda: is_completed(absurd_client, task_id))
+    await wait_until(lambda: is_completed(absurd_client, task_id))
 
     timeline = await inspect_task(absurd_client, task_id)
     assert len(timeline.attempts) == 1  # taken over without using an attempt
@@ -158,7 +157,7 @@ async def test_a_takeover_whose_record_fails_still_hands_the_run_back(
     ghost = f"{takeover.CLAIM_PREFIX}ghost:1:deadbeef"  # a worker of ours whose lock nobody holds: dead
     await absurd_client.claim_tasks(claim_timeout=60, worker_id=ghost)
     async with running_worker(absurd_client) as worker:
-        await eventually(lambda: is_completed(absurd_client, spawned["task_id"]))
+        await wait_until(lambda: is_completed(absurd_client, spawned["task_id"]))
         assert worker.health.taken_over == 1
     assert "cannot record the lost executions of a takeover" in caplog.text
     monkeypatch.undo()

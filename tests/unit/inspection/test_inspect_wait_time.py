@@ -15,7 +15,6 @@ from pydantic_ai.messages import TextPart, ToolCallPart
 from pydantic_ai_absurd import AbsurdAgent, Inbox, inspect_task
 from pydantic_ai_absurd.inspection._render import render_timeline
 from pydantic_ai_absurd.testing import run_queued
-
 from tests.helpers.agents import Script
 
 WAITED = timedelta(seconds=1.5)

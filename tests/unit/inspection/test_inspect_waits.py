@@ -11,7 +11,6 @@ from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, inspect_task, resolve_event_token
 from pydantic_ai_absurd.inspection import list_tasks
-
 from tests.helpers.agents import Script, run_until_done
 
 

@@ -31,7 +31,6 @@ from pydantic_ai_absurd.schema import (
     resolve_dsn,
     setup_sync,
 )
-
 from tests.helpers.infra import dsn_for_database, fake_schema_version, fresh_database
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -29,10 +28,9 @@ from pydantic_ai_absurd._step_names import (
     escape,
     unescape,
 )
-
+from tests.helpers.paths import FIXTURES
 from tests.unit.step_names.test_step_names import PINNED_NAMES
 
-FIXTURES = Path(__file__).parent / "fixtures"
 RECORDED_NAMES = sorted(
     {
         checkpoint["name"]

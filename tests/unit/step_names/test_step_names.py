@@ -19,8 +19,8 @@ from pydantic_ai.messages import AgentStreamEvent, TextPart, ToolCallPart
 from pydantic_ai.toolsets import DynamicToolset
 
 from pydantic_ai_absurd import AbsurdAgent
-
-from tests.helpers.agents import Script, SimulatedCrash, checkpoint_names, run_until_done
+from tests.helpers.agents import Script, SimulatedCrash, run_until_done
+from tests.helpers.sql import checkpoint_names
 
 
 @dataclass(kw_only=True)

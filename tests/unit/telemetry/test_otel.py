@@ -23,11 +23,9 @@ from pydantic_ai.models.instrumented import InstrumentationSettings
 from pydantic_ai_absurd import inspect_task, otel_hooks
 from pydantic_ai_absurd._pydantic_ai import active_run_usage
 from pydantic_ai_absurd.telemetry import TRACE_HEADER, with_default_hooks
-
-from tests.helpers.inspection import billing_agent, register_billing
 from tests.helpers.agents import run_until_done
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers.inspection import billing_agent, register_billing
+from tests.helpers.paths import ROOT
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 from pydantic_ai_absurd.schema import check_schema_sync
 from pydantic_ai_absurd.testing import run_queued
 from pydantic_ai_absurd.testing.pytest_plugin import TEST_DATABASE_ENV, provision_test_database
-
 from tests.helpers.infra import fresh_database
 
 

@@ -14,10 +14,10 @@ from pydantic_ai_absurd import AbsurdAgent, fork_task
 from pydantic_ai_absurd.errors import ForkError
 from pydantic_ai_absurd.testing import run_queued
 from pydantic_ai_absurd.verify import FORK_HEADER, ForkOrigin, fork_origin, fork_points_of, recorded_tasks
-
-from tests.helpers.agents import Script, checkpoint_names, checkpoints, run_until_done
+from tests.helpers.agents import Script, run_until_done
 from tests.helpers.apps.verify_app import build_app
-from tests.helpers.workers import eventually
+from tests.helpers.polling import wait_until
+from tests.helpers.sql import checkpoint_names, checkpoints
 
 STEPS = [
     "billing__model.request",
@@ -167,7 +167,7 @@ async def test_fork_of_a_running_task_copies_what_committed(absurd_dsn: str, abs
         assert snapshot.state == "completed" and snapshot.result == "finished"
     assert script.calls == 2 + 1  # the source's two model requests, and the fork's one after the copied one
     assert tool_runs == [1, 1]
-    await eventually(lambda: _names_equal(absurd_dsn, absurd_queue, source, fork_id))
+    await wait_until(lambda: _names_equal(absurd_dsn, absurd_queue, source, fork_id))
     await absurd.close()
 
 

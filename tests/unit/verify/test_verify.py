@@ -16,9 +16,10 @@ from pydantic_ai_absurd._absurd import registered_handlers
 from pydantic_ai_absurd.errors import QueueNotFoundError, RecordingError
 from pydantic_ai_absurd.testing import run_queued
 from pydantic_ai_absurd.verify import TaskReplay, recorded_tasks, replay_recorded
-
-from tests.helpers.agents import checkpoint_names, checkpoints, run_until_done
+from tests.helpers.agents import run_until_done
 from tests.helpers.apps.verify_app import App, build_app
+from tests.helpers.paths import APPS
+from tests.helpers.sql import checkpoint_names, checkpoints
 
 
 async def record(dsn: str, queue: str, *, wait: bool = True, prompt: str = "bill it") -> tuple[App, str]:
@@ -265,7 +266,9 @@ async def test_parallel_tool_steps_replay_whatever_order_they_committed_in(absur
     assert verdict.divergence is not None
     assert verdict.divergence.step == "billing__function_toolset__<agent>.call_tool:charge@c2"
     assert "'billing__model.request#2'" in verdict.divergence.recorded
-    assert verdict.source == f"tests/helpers/apps/verify_app.py:{_line_of('async def charge(')}"  # the tool's definition
+    assert (
+        verdict.source == f"tests/helpers/apps/verify_app.py:{_line_of('async def charge(')}"
+    )  # the tool's definition
     await new.absurd.close()
 
 
@@ -281,7 +284,6 @@ async def test_a_handler_failing_on_replay_is_an_error(absurd_dsn: str, absurd_q
 async def test_a_task_waiting_for_approval_replays_up_to_the_wait(absurd_dsn: str, absurd_queue: str) -> None:
     from pydantic_ai_absurd import resolve_event_token
     from pydantic_ai_absurd.verify import fork_points_of
-
     from tests.unit.engine.test_external_events import refund_agent
 
     tokens: list[str] = []
@@ -317,7 +319,6 @@ async def test_concurrent_agent_runs_replay_without_a_false_divergence(absurd_ds
     from pydantic_ai.messages import TextPart, ToolCallPart
 
     from pydantic_ai_absurd import AbsurdAgent
-
     from tests.helpers.agents import Script
 
     def app(ran: list[str]) -> AsyncAbsurd:
@@ -363,7 +364,6 @@ async def test_concurrent_agent_runs_replay_without_a_false_divergence(absurd_ds
 
 
 def _line_of(text: str) -> int:
-    from pathlib import Path
 
-    lines = (Path(__file__).parent / "verify_app.py").read_text().splitlines()
+    lines = (APPS / "verify_app.py").read_text().splitlines()
     return next(number for number, line in enumerate(lines, 1) if text in line) - 1  # the decorator's line

@@ -18,8 +18,9 @@ from pydantic_ai_absurd.worker._retry import (
     TaskResultNotSerializableError,
     agent_retry_hooks,
 )
-
-from tests.helpers.workers import eventually, running_worker, runs, task_state
+from tests.helpers.polling import wait_until
+from tests.helpers.sql import runs, task_state
+from tests.helpers.workers import running_worker
 
 
 def _queue(absurd: AsyncAbsurd) -> str:
@@ -75,7 +76,7 @@ async def test_non_retryable_errors_fail_the_task_at_once(
     spawned = await absurd_client.spawn("hopeless", kind, max_attempts=5)
     policy = RetryPolicy(non_retryable=(*RetryPolicy().non_retryable, MyFatal))
     async with running_worker(absurd_client, retry_policy=policy):
-        await eventually(lambda: _terminal(absurd_client, spawned["task_id"]))
+        await wait_until(lambda: _terminal(absurd_client, spawned["task_id"]))
     snapshot = await absurd_client.fetch_task_result(spawned["task_id"])
     assert snapshot is not None
     assert snapshot.state == "failed"
@@ -108,7 +109,7 @@ async def test_retryable_error_backs_off_by_default(absurd_client: AsyncAbsurd, 
     spawned = await absurd_client.spawn("flaky", None)  # no retry_strategy: the worker's default applies
     queue = _queue(absurd_client)
     async with running_worker(absurd_client):
-        await eventually(lambda: _has_runs(absurd_dsn, queue, spawned["task_id"], 2))
+        await wait_until(lambda: _has_runs(absurd_dsn, queue, spawned["task_id"], 2))
     rows = await runs(absurd_dsn, queue, spawned["task_id"])
     assert [(r["attempt"], r["state"]) for r in rows] == [(1, "failed"), (2, "sleeping")]
     assert rows[0]["failure_reason"]["retryable"] is True
@@ -135,7 +136,7 @@ async def test_task_own_retry_strategy_wins(absurd_client: AsyncAbsurd, absurd_d
 
     spawned = await absurd_client.spawn("flaky", None, retry_strategy={"kind": "none"})
     async with running_worker(absurd_client):
-        await eventually(lambda: _terminal(absurd_client, spawned["task_id"]))
+        await wait_until(lambda: _terminal(absurd_client, spawned["task_id"]))
     snapshot = await absurd_client.fetch_task_result(spawned["task_id"])
     assert snapshot is not None
     assert (snapshot.state, snapshot.result) == ("completed", "ok")
@@ -149,7 +150,7 @@ async def test_attempts_exhausted_fails(absurd_client: AsyncAbsurd) -> None:
 
     spawned = await absurd_client.spawn("always", None, max_attempts=2, retry_strategy={"kind": "none"})
     async with running_worker(absurd_client) as worker:
-        await eventually(lambda: _terminal(absurd_client, spawned["task_id"]))
+        await wait_until(lambda: _terminal(absurd_client, spawned["task_id"]))
     snapshot = await absurd_client.fetch_task_result(spawned["task_id"])
     assert snapshot is not None
     assert snapshot.state == "failed"
@@ -170,7 +171,7 @@ async def test_policy_without_default_strategy_keeps_absurd_immediate_retry(
 
     spawned = await absurd_client.spawn("flaky", None)
     async with running_worker(absurd_client, retry_policy=RetryPolicy(default_strategy=None)):
-        await eventually(lambda: _terminal(absurd_client, spawned["task_id"]))
+        await wait_until(lambda: _terminal(absurd_client, spawned["task_id"]))
     assert len(calls) == 2
 
 

@@ -12,8 +12,9 @@ import pytest
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext, get_current_context
 
 from pydantic_ai_absurd.worker import Worker, WorkerConfig, WorkerHealth
-
-from tests.helpers.workers import WAIT, eventually, running_worker, runs, task_state
+from tests.helpers.polling import WAIT, wait_until
+from tests.helpers.sql import runs, task_state
+from tests.helpers.workers import running_worker
 
 
 async def _state(absurd: AsyncAbsurd, task_id: str) -> str | None:
@@ -40,10 +41,10 @@ async def test_slot_refill_one_slow_task_does_not_block_claims(absurd_client: As
     async with running_worker(absurd_client, concurrency=2) as worker:
         # Six fast tasks go through the one free slot while the slow one holds the other slot.
         for spawned in fast_tasks:
-            await eventually(lambda s=spawned: _completed(absurd_client, s["task_id"]))
+            await wait_until(lambda s=spawned: _completed(absurd_client, s["task_id"]))
         assert await _state(absurd_client, slow_task["task_id"]) == "running"
         release.set()
-        await eventually(lambda: _completed(absurd_client, slow_task["task_id"]))
+        await wait_until(lambda: _completed(absurd_client, slow_task["task_id"]))
         assert sorted(done) == list(range(6))
         assert worker.health.completed == 7
 
@@ -66,7 +67,7 @@ async def test_each_in_flight_task_has_its_own_connection(absurd_client: AsyncAb
     spawned = [await absurd_client.spawn("pid", None) for _ in range(3)]
     async with running_worker(absurd_client, concurrency=3):
         for s in spawned:
-            await eventually(lambda s=s: _completed(absurd_client, s["task_id"]))
+            await wait_until(lambda s=s: _completed(absurd_client, s["task_id"]))
     pids: set[object] = set()
     for s in spawned:
         snapshot = await absurd_client.fetch_task_result(s["task_id"])
@@ -96,7 +97,7 @@ async def test_worker_heartbeat_keeps_a_short_lease_alive(absurd_client: AsyncAb
 
     spawned = await absurd_client.spawn("busy", None)
     async with running_worker(absurd_client, claim_timeout=1, concurrency=1):
-        await eventually(lambda: _at_least(calls, 1))
+        await wait_until(lambda: _at_least(calls, 1))
         other = AsyncAbsurd(absurd_dsn, queue_name=_queue(absurd_client))
         try:
             # Another worker keeps polling: it would fail the run with $ClaimTimeout if the lease expired.
@@ -104,7 +105,7 @@ async def test_worker_heartbeat_keeps_a_short_lease_alive(absurd_client: AsyncAb
                 assert await other.claim_tasks(claim_timeout=1, worker_id="other") == []
                 return await _completed(absurd_client, spawned["task_id"])
 
-            await eventually(claimed_by_other, interval=0.2)
+            await wait_until(claimed_by_other, interval=0.2)
         finally:
             await other.close()
     assert calls == [1]
@@ -134,7 +135,7 @@ async def test_cancel_is_noticed_by_the_heartbeat_between_steps(absurd_client: A
         await asyncio.wait_for(started.wait(), WAIT)
         await absurd_client.cancel_task(spawned["task_id"])
         await asyncio.wait_for(cancelled.wait(), WAIT)
-        await eventually(lambda: _no_in_flight(worker.health))
+        await wait_until(lambda: _no_in_flight(worker.health))
     assert await _state(absurd_client, spawned["task_id"]) == "cancelled"
 
 
@@ -200,7 +201,7 @@ async def test_drain_timeout_hands_back_without_using_an_attempt(absurd_client: 
     started.clear()
     snapshot = None
     async with running_worker(absurd_client, concurrency=2):
-        await eventually(lambda: _completed(absurd_client, spawned["task_id"]))
+        await wait_until(lambda: _completed(absurd_client, spawned["task_id"]))
         snapshot = await absurd_client.fetch_task_result(spawned["task_id"])
     assert snapshot is not None
     assert snapshot.result == "ab"
@@ -218,8 +219,8 @@ async def test_on_poll_and_health_file(absurd_client: AsyncAbsurd, tmp_path: Pat
         health_file=health_file,
         on_poll=lambda h: polls.append(h.last_poll),  # pyright: ignore
     ) as worker:
-        await eventually(lambda: _exists(health_file))
-        await eventually(lambda: _at_least(polls, 2))
+        await wait_until(lambda: _exists(health_file))
+        await wait_until(lambda: _at_least(polls, 2))
         assert worker.health.ready
         assert worker.health.is_alive()
     assert not health_file.exists()
@@ -244,7 +245,7 @@ async def test_logs_claim_and_completion_with_task_id_name_attempt(
     spawned = await absurd_client.spawn("hello", None)
     with caplog.at_level(logging.INFO, logger="pydantic_ai_absurd.worker"):
         async with running_worker(absurd_client):
-            await eventually(lambda: _completed(absurd_client, spawned["task_id"]))
+            await wait_until(lambda: _completed(absurd_client, spawned["task_id"]))
     expected = f"task_id={spawned['task_id']} task=hello attempt=1"
     messages = [r.getMessage() for r in caplog.records if r.name == "pydantic_ai_absurd.worker"]
     assert any(m.startswith("claimed ") and expected in m for m in messages)

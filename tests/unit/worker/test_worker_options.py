@@ -21,9 +21,10 @@ from pydantic_ai_absurd.errors import IncompatibleSdkError
 from pydantic_ai_absurd.schema import create_queue_sync, drop_queue_sync
 from pydantic_ai_absurd.worker import DEFAULT_CONCURRENCY, Worker, WorkerConfig, WorkerHealth, run_worker
 from pydantic_ai_absurd.worker import _run as run_module  # pyright: ignore[reportPrivateUsage]
-
 from tests.helpers.agents import Script
-from tests.helpers.workers import WAIT, eventually, running_worker, runs, task_state
+from tests.helpers.polling import WAIT, wait_until
+from tests.helpers.sql import runs, task_state
+from tests.helpers.workers import running_worker
 
 
 async def _state(absurd: AsyncAbsurd, task_id: str) -> str | None:
@@ -59,7 +60,7 @@ async def test_worker_queue_option_runs_tasks_of_that_queue(
         await spawner.close()
     async with running_worker(absurd_client, queue=other_queue) as worker:
         assert worker.queue == other_queue
-        await eventually(lambda: _completed_in(absurd_client, spawned["task_id"], other_queue))
+        await wait_until(lambda: _completed_in(absurd_client, spawned["task_id"], other_queue))
     snapshot = await absurd_client.fetch_task_result(spawned["task_id"], queue_name=other_queue)
     assert snapshot is not None
     assert snapshot.result == "here"
@@ -182,7 +183,7 @@ async def test_cancel_during_a_long_step_raises_cancelled_task_from_the_step(abs
         await asyncio.wait_for(started.wait(), WAIT)
         await absurd_client.cancel_task(spawned["task_id"])
         await asyncio.wait_for(stopped.wait(), WAIT)  # within a heartbeat (1/3 s), not after the step
-        await eventually(lambda: _cancelled_counted(worker.health))
+        await wait_until(lambda: _cancelled_counted(worker.health))
     assert [type(e) for e in seen] == [asyncio.CancelledError, CancelledTask]
     assert await _state(absurd_client, spawned["task_id"]) == "cancelled"
     assert worker.health.failed == 0
@@ -219,7 +220,7 @@ async def test_a_run_failed_elsewhere_stops_the_step_with_failed_task_and_is_log
             [run] = await runs(absurd_dsn, absurd_queue, spawned["task_id"])
             async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
                 await _absurd.fail_run(conn, absurd_queue, str(run["run_id"]), {"name": "elsewhere"})
-            await eventually(lambda: _lost_counted(worker.health))
+            await wait_until(lambda: _lost_counted(worker.health))
     assert [type(e) for e in seen] == [FailedTask]
     assert any(r.getMessage().startswith("lost the claim of ") for r in caplog.records)
     assert worker.health.failed == 0
@@ -263,7 +264,7 @@ async def test_drain_waits_for_a_sync_tool_in_a_thread_before_handing_back(
         async with running_worker(absurd_client, concurrency=1, drain_timeout=0.1) as worker:
             await asyncio.to_thread(in_thread.wait, WAIT)
             worker.request_stop()
-            await eventually(lambda: _logged(caplog, "still running in a thread"))
+            await wait_until(lambda: _logged(caplog, "still running in a thread"))
             # Past the drain timeout, the tool still runs: the run stays claimed by this worker.
             assert [r["state"] for r in await runs(absurd_dsn, absurd_queue, spawned["task_id"])] == ["running"]
             assert worker.health.handed_back == 0
