@@ -33,6 +33,13 @@ async def runs(dsn: str, queue: str, task_id: str) -> list[dict[str, Any]]:
     return [{**row, "now": now} for row in rows]
 
 
+async def latest_run(dsn: str, queue: str, task_id: str) -> dict[str, Any]:
+    """The `state` and `claimed_by` of the task's latest run."""
+    rows = await runs(dsn, queue, task_id)
+    assert rows, f"no run of task {task_id} in queue {queue}"
+    return {"state": rows[-1]["state"], "claimed_by": rows[-1]["claimed_by"]}
+
+
 async def _checkpoint_rows(dsn: str, queue: str, task_id: str) -> list[tuple[str, Any, str | None, Any]]:
     async with open_connection(dsn) as conn:
         task = await read_task(conn, queue, task_id)

@@ -1,16 +1,10 @@
-"""Helpers for the worker tests: run a `Worker` in-process, poll Postgres, read Absurd's tables."""
+"""Workers in the test's own process, and what `worker_app`'s steps record (its `worker_effects` table)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncGenerator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,7 +12,6 @@ from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd.worker import Worker, WorkerConfig
 
-from .paths import APPS, ROOT
 from .polling import WAIT
 
 
@@ -36,57 +29,6 @@ async def running_worker(absurd: AsyncAbsurd, **config: Any) -> AsyncGenerator[W
         if not worker.health.stopping:
             worker.request_stop()
         await asyncio.wait_for(job, timeout=WAIT)
-
-
-APP = APPS / "worker_app.py"
-
-
-class WorkerProcess:
-    """A worker subprocess running `tests/helpers/apps/worker_app.py` (settings as `WORKER_<NAME>` environment variables)."""
-
-    def __init__(self, dsn: str, queue: str, log: Path, *, command: list[str] | None = None, **settings: Any) -> None:
-        env = {**os.environ, "WORKER_DSN": dsn, "WORKER_QUEUE": queue}
-        env.update({f"WORKER_{k.upper()}": str(v) for k, v in settings.items()})
-        self.log = log
-        self.health_log = settings.get("health_log")
-        self._out = log.open("wb")
-        self.proc = subprocess.Popen(
-            command or [sys.executable, str(APP)], env=env, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def health(self) -> dict[str, Any]:
-        """The worker's last `WorkerHealth` (needs `health_log=PATH`); empty before its first poll."""
-        assert self.health_log is not None
-        try:
-            return json.loads(Path(self.health_log).read_text())
-        except FileNotFoundError:
-            return {}
-
-    async def wait_exit(self) -> int:
-        for _ in range(int(WAIT / 0.05)):
-            code = self.proc.poll()
-            if code is not None:
-                return code
-            await asyncio.sleep(0.05)
-        self.proc.send_signal(signal.SIGUSR1)  # ask the hung worker where it is
-        for _ in range(40):
-            if "=== end of stacks ===" in self.output():
-                break
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"worker {self.pid} did not exit:\n{self.output()}")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
 
 
 async def effect_events(dsn: str, queue: str, task_id: str) -> list[tuple[str, str, int]]:
@@ -122,3 +64,20 @@ async def is_completed(absurd: AsyncAbsurd, task_id: str) -> bool:
     """Whether the task has completed."""
     snapshot = await absurd.fetch_task_result(task_id)
     return snapshot is not None and snapshot.state == "completed"
+
+
+async def lock_holders(dsn: str, identity: str) -> int:
+    """How many server processes hold the worker liveness lock of `identity` (a worker's claim id)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "select count(distinct pid) from pg_locks where locktype = 'advisory' and granted and objsubid = 1"
+            " and ((classid::int8 << 32) | objid::int8) = hashtextextended(%s, 0)",
+            (identity,),
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def takeover_checks_at_least(worker: Worker, n: int) -> bool:
+    """Whether the in-process worker has looked for dead peers `n` times."""
+    return worker.health.takeover_checks >= n

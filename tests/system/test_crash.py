@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import pytest
 from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
 
 from tests.helpers.paths import ROOT
+from tests.helpers.polling import TERMINAL, wait_until
 
 pytestmark = pytest.mark.crash
 
@@ -26,16 +25,6 @@ def start_worker(
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
-
-
-async def wait_terminal(absurd: AsyncAbsurd, task_id: str, timeout: float = 60) -> TaskResultSnapshot:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        snapshot = await absurd.fetch_task_result(task_id)
-        if snapshot is not None and snapshot.state in {"completed", "failed", "cancelled"}:
-            return snapshot
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"task {task_id} did not finish within {timeout} s")
 
 
 def lines(state: Path, name: str) -> list[str]:
@@ -53,16 +42,17 @@ async def run_scenario(
     worker = start_worker(dsn, queue, state)
     try:
         # Each killed worker is replaced by a fresh one, as an orchestrator would.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        async def finished() -> TaskResultSnapshot | None:
+            nonlocal worker
             snapshot = await absurd.fetch_task_result(spawned["task_id"])
-            if snapshot is not None and snapshot.state in {"completed", "failed", "cancelled"}:
-                break
+            if snapshot is not None and snapshot.state in TERMINAL:
+                return snapshot
             if worker.poll() is not None:
                 exit_codes.append(worker.returncode)
                 worker = start_worker(dsn, queue, state)
-            await asyncio.sleep(0.1)
-        snapshot = await wait_terminal(absurd, str(spawned["task_id"]), timeout=5)
+            return None
+
+        snapshot = await wait_until(finished, 60, interval=0.1)
     finally:
         (state / "stop").touch()
         try:

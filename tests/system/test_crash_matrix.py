@@ -10,10 +10,8 @@ another worker reclaim the task.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,26 +22,31 @@ from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
 
 from tests.helpers.apps.matrix_worker import effect_of, read_lines
 from tests.helpers.paths import ROOT
+from tests.helpers.polling import TERMINAL, wait_until
 
 pytestmark = pytest.mark.crash
 
 CLAIM_TIMEOUT = 2
 WORKERS = 3
-TERMINAL = {"completed", "failed", "cancelled"}
 
 
 async def wait_all(absurd: AsyncAbsurd, task_ids: list[str], timeout: float) -> dict[str, TaskResultSnapshot]:
-    deadline = time.monotonic() + timeout
     done: dict[str, TaskResultSnapshot] = {}
-    while len(done) < len(task_ids):
+
+    async def all_done() -> bool:
         for task_id in task_ids:
             if task_id not in done:
                 snapshot = await absurd.fetch_task_result(task_id)
                 if snapshot is not None and snapshot.state in TERMINAL:
                     done[task_id] = snapshot
-        if len(done) < len(task_ids):
-            assert time.monotonic() < deadline, f"{len(task_ids) - len(done)} tasks did not finish in {timeout} s"
-            await asyncio.sleep(0.1)
+        return len(done) == len(task_ids)
+
+    await wait_until(
+        all_done,
+        timeout,
+        interval=0.1,
+        message=lambda: f"{len(task_ids) - len(done)} tasks did not finish in {timeout} s",
+    )
     return done
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ from absurd_sdk import AsyncAbsurd
 from pydantic_ai_absurd.events import StepInterruptedEvent
 from tests.helpers.events import answer_words, collect, shown_text
 from tests.helpers.paths import ROOT
+from tests.helpers.polling import wait_until
 
 pytestmark = pytest.mark.crash
 
@@ -25,16 +24,6 @@ WORDS = 40
 
 def start(module: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env={**os.environ})
-
-
-async def wait_for(check: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
@@ -57,11 +46,11 @@ async def test_sigkill_mid_answer_leaves_marked_partial_events_and_the_complete_
     worker = start("tests.helpers.apps.events_worker", absurd_dsn, absurd_queue, str(tmp_path), "2")
     replacement: subprocess.Popen[bytes] | None = None
     try:
-        await wait_for(lambda: worker.poll() is not None)
+        await wait_until(lambda: worker.poll() is not None, 60)
         assert worker.returncode == -9
         replacement = start("tests.helpers.apps.events_worker", absurd_dsn, absurd_queue, str(tmp_path), "2")
         for reader in readers:
-            await wait_for(lambda reader=reader: reader.poll() is not None)
+            await wait_until(lambda reader=reader: reader.poll() is not None, 60)
             assert reader.returncode == 0
     finally:
         (tmp_path / "stop").touch()

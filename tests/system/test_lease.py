@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from absurd_sdk import AsyncAbsurd
 
-from tests.system.test_crash import lines, start_worker, wait_terminal
+from tests.helpers.polling import wait_terminal
+from tests.system.test_crash import lines, start_worker
 
 pytestmark = pytest.mark.crash
 

@@ -1,31 +1,26 @@
-"""Fast takeover: a dead worker's runs resume elsewhere before its lease expires; a live worker keeps its runs."""
+"""Fast takeover between worker processes: a dead worker's runs resume elsewhere before its lease expires; a live
+worker keeps its runs."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from absurd_sdk import AsyncAbsurd, AsyncTaskContext
-from psycopg import sql
+from absurd_sdk import AsyncAbsurd
 
-from pydantic_ai_absurd.worker import APPLICATION_NAME_PREFIX, Worker
+from pydantic_ai_absurd.worker import APPLICATION_NAME_PREFIX
 from pydantic_ai_absurd.worker import _takeover as takeover  # pyright: ignore[reportPrivateUsage]
-from tests.helpers.apps.worker_app import EFFECTS_TABLE
-from tests.helpers.polling import WAIT, wait_until
-from tests.helpers.sql import runs, task_state
+from tests.helpers.polling import wait_until
+from tests.helpers.processes import WorkerProcess, Workers
+from tests.helpers.sql import latest_run, task_state
 from tests.helpers.workers import (
-    WorkerProcess,
     count_events,
     effect_events,
     is_completed,
     open_gate,
-    running_worker,
     seen_event,
 )
 
@@ -33,159 +28,17 @@ LONG_LEASE = 60
 """Seconds; longer than any wait of these tests, so a run that moved on did so by takeover, not by lease expiry."""
 
 
-async def _run_row(dsn: str, queue: str, task_id: str) -> dict[str, Any]:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            sql.SQL("select state, claimed_by from absurd.{} where task_id = %s order by attempt desc limit 1").format(
-                sql.Identifier(f"r_{queue}")
-            ),
-            (task_id,),
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return {"state": row[0], "claimed_by": row[1]}
-
-
-# -- in-process -------------------------------------------------------------------------------------------------
-
-
-async def test_a_run_of_a_dead_worker_is_handed_back_and_resumed_before_its_lease_expires(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
-) -> None:
-    @absurd_client.register_task(name="hello")
-    async def hello(params: Any, ctx: AsyncTaskContext) -> str:
-        return "hi"
-
-    spawned = await absurd_client.spawn("hello", None)
-    ghost = f"{takeover.CLAIM_PREFIX}ghost:1:deadbeef"  # a worker of ours whose lock nobody holds: dead
-    [claimed] = await absurd_client.claim_tasks(claim_timeout=LONG_LEASE, worker_id=ghost)
-    assert claimed["task_id"] == spawned["task_id"]
-    async with running_worker(absurd_client) as worker:
-        await wait_until(lambda: is_completed(absurd_client, spawned["task_id"]))
-        assert worker.health.taken_over == 1
-        assert worker.health.fast_takeover
-    assert (await task_state(absurd_dsn, absurd_queue, spawned["task_id"]))["attempts"] == 1  # no attempt used
-
-
-async def test_a_run_claimed_by_another_kind_of_worker_is_never_handed_back(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
-) -> None:
-    spawned = await absurd_client.spawn("not_registered_here", None, queue=absurd_queue)
-    await absurd_client.claim_tasks(claim_timeout=LONG_LEASE, worker_id="plain-absurd-worker")
-    async with running_worker(absurd_client) as worker:
-        await wait_until(lambda: _checks_at_least(worker, 4))
-        assert worker.health.taken_over == 0
-    row = await _run_row(absurd_dsn, absurd_queue, spawned["task_id"])
-    assert row == {"state": "running", "claimed_by": "plain-absurd-worker"}
-
-
-async def _checks_at_least(worker: Worker, n: int) -> bool:
-    return worker.health.takeover_checks >= n
-
-
-async def test_a_worker_marks_its_claims_and_holds_its_lock_on_two_connections(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
-) -> None:
-    started = asyncio.Event()
-    release = asyncio.Event()
-
-    @absurd_client.register_task(name="wait")
-    async def wait(params: Any, ctx: AsyncTaskContext) -> str:
-        started.set()
-        await asyncio.wait_for(release.wait(), WAIT)
-        return "ok"
-
-    spawned = await absurd_client.spawn("wait", None)
-    async with running_worker(absurd_client, worker_id="marks") as worker:
-        await asyncio.wait_for(started.wait(), WAIT)
-        row = await _run_row(absurd_dsn, absurd_queue, spawned["task_id"])
-        assert row["claimed_by"] == worker.claim_id
-        assert worker.claim_id.startswith(f"{takeover.CLAIM_PREFIX}marks:")
-        assert await _lock_holders(absurd_dsn, worker.claim_id) == takeover.LOCK_CONNECTIONS == 2
-        release.set()
-        await wait_until(lambda: is_completed(absurd_client, spawned["task_id"]))
-    assert await _lock_holders(absurd_dsn, worker.claim_id) == 0  # released on stop
-
-
-async def _lock_holders(dsn: str, identity: str) -> int:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "select count(distinct pid) from pg_locks where locktype = 'advisory' and granted and objsubid = 1"
-            " and ((classid::int8 << 32) | objid::int8) = hashtextextended(%s, 0)",
-            (identity,),
-        )
-        row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-
-async def test_a_pooled_connection_falls_back_to_leases_with_one_log_line(
-    absurd_client: AsyncAbsurd,
-    absurd_dsn: str,
-    absurd_queue: str,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    pids = iter(range(10_000_000, 20_000_000))
-
-    async def changing_backend(conn: psycopg.AsyncConnection[Any]) -> int:
-        return next(pids)  # what a transaction-mode pooler looks like: another backend per statement
-
-    monkeypatch.setattr(takeover, "backend_pid", changing_backend)
-
-    @absurd_client.register_task(name="hello")
-    async def hello(params: Any, ctx: AsyncTaskContext) -> str:
-        return "hi"
-
-    spawned = await absurd_client.spawn("hello", None)
-    with caplog.at_level(logging.INFO, logger="pydantic_ai_absurd.worker"):
-        async with running_worker(absurd_client, worker_id="pooled") as worker:
-            await wait_until(lambda: is_completed(absurd_client, spawned["task_id"]))
-            assert not worker.health.fast_takeover
-    lines = [r.getMessage() for r in caplog.records if "fast takeover disabled" in r.getMessage()]
-    assert len(lines) == 1
-    assert "PgBouncer" in lines[0]
-    rows = await runs(absurd_dsn, absurd_queue, spawned["task_id"])
-    assert len(rows) == 1
-    async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            sql.SQL("select claimed_by from absurd.{} where task_id = %s").format(sql.Identifier(f"r_{absurd_queue}")),
-            (spawned["task_id"],),
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    assert row[0] in (None, "pooled")  # completed runs may clear it; never the marked identity
-
-
 # -- worker processes -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        if w.proc.poll() is None:
-            w.proc.send_signal(signal.SIGCONT)
-        w.close()
-
-
-@pytest.fixture
-def effects(absurd_dsn: str) -> str:
-    with psycopg.connect(absurd_dsn, autocommit=True) as conn:
-        conn.execute(EFFECTS_TABLE)
-    return absurd_dsn
-
-
-def _start(workers: list[WorkerProcess], dsn: str, queue: str, tmp_path: Path, **settings: Any) -> WorkerProcess:
-    n = len(workers)
+def _start(workers: Workers, dsn: str, queue: str, tmp_path: Path, **settings: Any) -> WorkerProcess:
+    n = len(workers.started)
     if "id" in settings:  # unique per test: another session on the same server may run workers "a" and "b" too
         settings["id"] = f"{queue}-{settings['id']}"
     settings.setdefault("claim_timeout", LONG_LEASE)
     settings.setdefault("poll_interval", 0.1)
     settings.setdefault("health_log", tmp_path / f"health{n}.json")
-    w = WorkerProcess(dsn, queue, tmp_path / f"worker{n}.log", **settings)
-    workers.append(w)
-    return w
+    return workers.worker(dsn, queue, **settings)
 
 
 async def _polls(w: WorkerProcess) -> int:
@@ -198,7 +51,7 @@ async def _ready(w: WorkerProcess) -> bool:
 
 @pytest.mark.crash
 async def test_sigkill_another_worker_resumes_before_the_lease_would_expire(
-    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: Workers
 ) -> None:
     dsn = effects
     # Step s1 holds until the gate opens, so `a` is still inside it when it is killed, however slow `b` starts.
@@ -208,8 +61,8 @@ async def test_sigkill_another_worker_resumes_before_the_lease_would_expire(
     await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s1", "start"))
     b = _start(workers, dsn, absurd_queue, tmp_path, id="b")
     await wait_until(lambda: _ready(b))
-    a.proc.send_signal(signal.SIGKILL)
-    a.proc.wait()
+    a.send_signal(signal.SIGKILL)
+    a.wait()
     await open_gate(dsn, absurd_queue, task_id, "s1")
     # The lease runs for 60 s (WAIT is 20 s): completing now proves the takeover.
     await wait_until(lambda: is_completed(absurd_client, task_id))
@@ -227,7 +80,7 @@ async def test_sigkill_another_worker_resumes_before_the_lease_would_expire(
 
 @pytest.mark.crash
 async def test_a_paused_worker_keeps_its_task_while_peers_poll(
-    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: Workers
 ) -> None:
     dsn = effects
     pair = {name: _start(workers, dsn, absurd_queue, tmp_path, id=name) for name in ("a", "b")}
@@ -236,18 +89,18 @@ async def test_a_paused_worker_keeps_its_task_while_peers_poll(
     spawned = await absurd_client.spawn("steps", {"steps": 2, "step_seconds": 2.0}, queue=absurd_queue)
     task_id = spawned["task_id"]
     await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
-    claimed_by = str((await _run_row(dsn, absurd_queue, task_id))["claimed_by"])
+    claimed_by = str((await latest_run(dsn, absurd_queue, task_id))["claimed_by"])
     name = claimed_by.removeprefix(takeover.CLAIM_PREFIX).split(":")[0].removeprefix(f"{absurd_queue}-")
     paused, peer = pair[name], pair["b" if name == "a" else "a"]
-    paused.proc.send_signal(signal.SIGSTOP)
+    paused.send_signal(signal.SIGSTOP)
     try:
         before = await _polls(peer)
         # The peer checks for dead workers at least three times (0.1 s apart) while the other one is stopped.
         await wait_until(lambda: _polls_since(peer, before, 3))
-        assert await _run_row(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
+        assert await latest_run(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
         assert "took over" not in peer.output()
     finally:
-        paused.proc.send_signal(signal.SIGCONT)
+        paused.send_signal(signal.SIGCONT)
     await wait_until(lambda: is_completed(absurd_client, task_id))
     snapshot = await absurd_client.fetch_task_result(task_id)
     assert snapshot is not None
@@ -283,7 +136,7 @@ async def _lock_connections(dsn: str, worker_id: str) -> int:
 
 @pytest.mark.crash
 async def test_a_worker_that_lost_one_lock_connection_keeps_its_tasks(
-    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: Workers
 ) -> None:
     dsn = effects
     # A checks its lock connections only every 2 s, so the peer polls while A is down to one lock.
@@ -294,12 +147,12 @@ async def test_a_worker_that_lost_one_lock_connection_keeps_its_tasks(
     await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
     b = _start(workers, dsn, absurd_queue, tmp_path, id="b")
     await wait_until(lambda: _ready(b))
-    claimed_by = (await _run_row(dsn, absurd_queue, task_id))["claimed_by"]
+    claimed_by = (await latest_run(dsn, absurd_queue, task_id))["claimed_by"]
     assert str(claimed_by).startswith(f"{takeover.CLAIM_PREFIX}{absurd_queue}-a:")
     assert await _terminate_lock_connection(dsn, f"{absurd_queue}-a", 0) == 1
     before = await _polls(b)
     await wait_until(lambda: _polls_since(b, before, 3))
-    assert await _run_row(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
+    assert await latest_run(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
     assert "took over" not in b.output()
     await wait_until(lambda: _lock_connections_are(dsn, f"{absurd_queue}-a", 2))  # reconnected and re-locked
     await wait_until(lambda: is_completed(absurd_client, task_id))

@@ -6,9 +6,6 @@ import asyncio
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -17,64 +14,31 @@ from absurd_sdk import AsyncAbsurd
 from pydantic_ai_absurd.worker import APPLICATION_NAME_PREFIX
 from tests.helpers.apps.worker_app import EFFECTS_TABLE
 from tests.helpers.polling import WAIT, wait_until
+from tests.helpers.processes import Workers
 from tests.helpers.sql import runs, task_state
-from tests.helpers.workers import WorkerProcess, count_events, effect_events, is_completed, seen_event
+from tests.helpers.workers import count_events, effect_events, is_completed, seen_event
 
 pytestmark = pytest.mark.crash
 
 
-@pytest.fixture
-def workers(absurd_dsn: str, absurd_queue: str, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        w.close()
-
-
-@pytest.fixture
-def effects(absurd_dsn: str) -> str:
-    with psycopg.connect(absurd_dsn, autocommit=True) as conn:
-        conn.execute(EFFECTS_TABLE)
-    return absurd_dsn
-
-
-def _start(
-    workers: list[WorkerProcess],
-    dsn: str,
-    queue: str,
-    tmp_path: Path,
-    command: list[str] | None = None,
-    **settings: Any,
-) -> WorkerProcess:
-    w = WorkerProcess(dsn, queue, tmp_path / f"worker{len(workers)}.log", command=command, **settings)
-    workers.append(w)
-    return w
-
-
-_events = effect_events
-_count = count_events
-_seen = seen_event
-_completed = is_completed
-
-
 async def test_sigterm_hands_back_and_another_worker_resumes_at_once(
-    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, workers: Workers
 ) -> None:
     dsn = effects
     spawned = await absurd_client.spawn("steps", {"steps": 4, "step_seconds": 1.0}, queue=absurd_queue)
     task_id = spawned["task_id"]
     # A long lease: the task can only move to worker B this soon because A hands it back.
-    a = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=60, drain_timeout=0.3)
-    await wait_until(lambda: _seen(dsn, absurd_queue, task_id, "s0", "start"))
-    b = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=60)
-    await wait_until(lambda: _seen(dsn, absurd_queue, task_id, "s2", "start"))  # s0, s1 committed
-    a.proc.send_signal(signal.SIGTERM)
+    a = workers.worker(dsn, absurd_queue, claim_timeout=60, drain_timeout=0.3)
+    await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
+    b = workers.worker(dsn, absurd_queue, claim_timeout=60)
+    await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s2", "start"))  # s0, s1 committed
+    a.send_signal(signal.SIGTERM)
     assert await a.wait_exit() == 0
-    await wait_until(lambda: _completed(absurd_client, task_id))
+    await wait_until(lambda: is_completed(absurd_client, task_id))
 
-    events = await _events(dsn, absurd_queue, task_id)
-    assert [_count(events, f"s{i}", "start") for i in range(4)] == [1, 1, 2, 1]
-    assert [_count(events, f"s{i}", "end") for i in range(4)] == [1, 1, 1, 1]
+    events = await effect_events(dsn, absurd_queue, task_id)
+    assert [count_events(events, f"s{i}", "start") for i in range(4)] == [1, 1, 2, 1]
+    assert [count_events(events, f"s{i}", "end") for i in range(4)] == [1, 1, 1, 1]
     assert {pid for step, _, pid in events if step in ("s0", "s1")} == {a.pid}
     assert {pid for step, _, pid in events if step == "s3"} == {b.pid}
     snapshot = await absurd_client.fetch_task_result(task_id)
@@ -89,15 +53,15 @@ async def test_sigterm_hands_back_and_another_worker_resumes_at_once(
 
 
 async def test_cli_worker_sigterm_lets_in_flight_tasks_finish_within_the_drain(
-    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, workers: Workers
 ) -> None:
     dsn = effects
     spawned = await absurd_client.spawn("steps", {"steps": 2, "step_seconds": 0.5}, queue=absurd_queue)
     cli = [sys.executable, "-m", "pydantic_ai_absurd.cli", "worker", "tests.helpers.apps.worker_app:absurd"]
     cli += ["--concurrency", "2", "--claim-timeout", "10", "--drain-timeout", str(WAIT), "--poll-interval", "0.1"]
-    a = _start(workers, dsn, absurd_queue, tmp_path, command=cli)
-    await wait_until(lambda: _seen(dsn, absurd_queue, spawned["task_id"], "s0", "start"))
-    a.proc.send_signal(signal.SIGTERM)
+    a = workers.worker(dsn, absurd_queue, command=cli)
+    await wait_until(lambda: seen_event(dsn, absurd_queue, spawned["task_id"], "s0", "start"))
+    a.send_signal(signal.SIGTERM)
     later = await absurd_client.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=absurd_queue)
     assert await a.wait_exit() == 0
     snapshot = await absurd_client.fetch_task_result(spawned["task_id"])
@@ -109,7 +73,7 @@ async def test_cli_worker_sigterm_lets_in_flight_tasks_finish_within_the_drain(
 
 
 async def test_cli_worker_queue_option_runs_the_tasks_of_that_queue(
-    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, workers: Workers
 ) -> None:
     from pydantic_ai_absurd.schema import create_queue_sync, drop_queue_sync
 
@@ -123,10 +87,10 @@ async def test_cli_worker_queue_option_runs_the_tasks_of_that_queue(
             # The worker's client is bound to absurd_queue; `--queue` makes it work (and execute on) `other`.
             cli = [sys.executable, "-m", "pydantic_ai_absurd.cli", "worker", "tests.helpers.apps.worker_app:absurd"]
             cli += ["--queue", other, "--poll-interval", "0.1", "--no-fast-takeover"]
-            w = _start(workers, dsn, absurd_queue, tmp_path, command=cli)
-            await wait_until(lambda: _completed(spawner, spawned["task_id"]))
+            w = workers.worker(dsn, absurd_queue, command=cli)
+            await wait_until(lambda: is_completed(spawner, spawned["task_id"]))
             assert (await task_state(dsn, other, spawned["task_id"]))["attempts"] == 1
-            w.proc.send_signal(signal.SIGTERM)
+            w.send_signal(signal.SIGTERM)
             assert await w.wait_exit() == 0
             assert f"on queue {other}" in w.output()
             assert "fast takeover" not in w.output()
@@ -148,31 +112,31 @@ async def _kill_worker_backends(dsn: str, worker_id: str) -> int:
 
 
 async def test_worker_survives_killed_connections(
-    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: list[WorkerProcess]
+    absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, workers: Workers
 ) -> None:
     dsn = effects
     spawned = await absurd_client.spawn("steps", {"steps": 3, "step_seconds": 0.5}, queue=absurd_queue)
     task_id = spawned["task_id"]
-    w = _start(workers, dsn, absurd_queue, tmp_path, claim_timeout=5, id=absurd_queue)
-    await wait_until(lambda: _seen(dsn, absurd_queue, task_id, "s1", "start"))
+    w = workers.worker(dsn, absurd_queue, claim_timeout=5, id=absurd_queue)
+    await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s1", "start"))
     assert await _kill_worker_backends(dsn, absurd_queue) >= 1  # mid-step: the task's, the claimer's, the heartbeat's
-    await wait_until(lambda: _completed(absurd_client, task_id))
-    events = await _events(dsn, absurd_queue, task_id)
-    assert _count(events, "s0", "start") == 1  # a committed step never runs again
-    assert [_count(events, f"s{i}", "end") >= 1 for i in range(3)] == [True, True, True]
+    await wait_until(lambda: is_completed(absurd_client, task_id))
+    events = await effect_events(dsn, absurd_queue, task_id)
+    assert count_events(events, "s0", "start") == 1  # a committed step never runs again
+    assert [count_events(events, f"s{i}", "end") >= 1 for i in range(3)] == [True, True, True]
 
     # Idle connections killed too: the worker reconnects and takes new work.
     assert await _kill_worker_backends(dsn, absurd_queue) >= 1
     second = await absurd_client.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=absurd_queue)
-    await wait_until(lambda: _completed(absurd_client, second["task_id"]))
+    await wait_until(lambda: is_completed(absurd_client, second["task_id"]))
     for tid in (task_id, second["task_id"]):
         assert all(r["state"] != "running" for r in await runs(dsn, absurd_queue, tid))
     assert (await task_state(dsn, absurd_queue, task_id))["attempts"] == 1  # handed back, not failed
-    w.proc.send_signal(signal.SIGTERM)
+    w.send_signal(signal.SIGTERM)
     assert await w.wait_exit() == 0
 
 
-async def test_worker_survives_a_postgres_restart(tmp_path: Path, workers: list[WorkerProcess]) -> None:
+async def test_worker_survives_a_postgres_restart(workers: Workers) -> None:
     from pydantic_ai_absurd.embedded import EmbeddedPostgres, default_embedded_dir
     from pydantic_ai_absurd.schema import setup
 
@@ -189,24 +153,24 @@ async def test_worker_survives_a_postgres_restart(tmp_path: Path, workers: list[
         spawned = await client.spawn("steps", {"steps": 3, "step_seconds": 0.5}, queue=queue)
         task_id = spawned["task_id"]
         await client.close()
-        w = _start(workers, dsn, queue, tmp_path, claim_timeout=5)
-        await wait_until(lambda: _seen(dsn, queue, task_id, "s1", "start"))
+        w = workers.worker(dsn, queue, claim_timeout=5)
+        await wait_until(lambda: seen_event(dsn, queue, task_id, "s1", "start"))
         await asyncio.to_thread(server.stop)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(server.start)
 
         client = AsyncAbsurd(dsn, queue_name=queue)
         try:
-            await wait_until(lambda: _completed(client, task_id), timeout=2 * WAIT)
+            await wait_until(lambda: is_completed(client, task_id), timeout=2 * WAIT)
             later = await client.spawn("steps", {"steps": 1, "step_seconds": 0}, queue=queue)
-            await wait_until(lambda: _completed(client, later["task_id"]))
+            await wait_until(lambda: is_completed(client, later["task_id"]))
         finally:
             await client.close()
-        events = await _events(dsn, queue, task_id)
-        assert _count(events, "s0", "start") == 1  # committed before the restart: never ran again
+        events = await effect_events(dsn, queue, task_id)
+        assert count_events(events, "s0", "start") == 1  # committed before the restart: never ran again
         for tid in (task_id, later["task_id"]):
             assert all(r["state"] != "running" for r in await runs(dsn, queue, tid))
-        w.proc.send_signal(signal.SIGTERM)
+        w.send_signal(signal.SIGTERM)
         assert await w.wait_exit() == 0
         assert "cannot claim from queue" in w.output() or "reconnected" in w.output() or "handed back" in w.output()
     finally:

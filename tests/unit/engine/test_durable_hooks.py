@@ -3,13 +3,12 @@ token counting and `durable=False` tools."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
-from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
+from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.capabilities import RetryOnModelErrors
 from pydantic_ai.exceptions import ModelUnavailableError
@@ -28,23 +27,9 @@ from pydantic_ai.usage import RequestUsage, UsageLimits
 
 from pydantic_ai_absurd import AbsurdAgent, AbsurdDurability, ReplayDivergenceError
 from pydantic_ai_absurd._absurd import read_runs
-from tests.helpers.agents import SimulatedCrash
+from tests.helpers.agents import SimulatedCrash, run_to_end
 from tests.helpers.events import collect
 from tests.helpers.sql import checkpoint_names
-
-
-async def run_to_end(absurd: AsyncAbsurd, task_id: str, *, deadline: float = 30.0) -> TaskResultSnapshot:
-    """Work the queue until the task is terminal, waiting for sleeping runs to become claimable again."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while True:
-        snapshot = await absurd.fetch_task_result(task_id)
-        assert snapshot is not None
-        if snapshot.state in {"completed", "failed", "cancelled"}:
-            return snapshot
-        assert loop.time() < end, f"task {task_id} still {snapshot.state} after {deadline} s"
-        await absurd.work_batch(claim_timeout=30, batch_size=4)
-        await asyncio.sleep(0.05)
 
 
 def flaky_model(calls: list[str], *, failures: int) -> FunctionModel:

@@ -24,8 +24,8 @@ from pydantic_ai.providers.openai import OpenAIProvider
 from pydantic_ai_absurd import AbsurdAgent, inspect_task
 from pydantic_ai_absurd._absurd import read_runs
 from pydantic_ai_absurd.inspection._render import render_timeline  # pyright: ignore[reportPrivateUsage]
+from tests.helpers.agents import run_to_end
 from tests.helpers.sql import checkpoint_names
-from tests.unit.engine.test_durable_hooks import run_to_end
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,18 +15,9 @@ from pydantic_ai_absurd import AbsurdAgent, Inbox, inspect_task
 from pydantic_ai_absurd.inspection._render import render_timeline
 from pydantic_ai_absurd.testing import run_queued
 from tests.helpers.agents import Script
+from tests.helpers.sql import wait_for_database_clock
 
 WAITED = timedelta(seconds=1.5)
-
-
-async def _wait_for_database_clock(dsn: str, moment: datetime) -> None:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        while True:
-            row = await (await conn.execute("select absurd.current_time()")).fetchone()
-            assert row is not None
-            if row[0] >= moment:
-                return
-            await asyncio.sleep(0.05)
 
 
 async def _spawn_approval_task(absurd: AsyncAbsurd, ask: Any, script: Script, **wait: Any) -> str:
@@ -66,7 +56,7 @@ async def test_waiting_time_is_ask_to_answer(absurd_client: AsyncAbsurd, absurd_
     ask = next(step for step in waiting.steps if step.kind == "wait_for_input")
     assert ask.committed_at is not None
 
-    await _wait_for_database_clock(absurd_dsn, ask.committed_at + WAITED)
+    await wait_for_database_clock(absurd_dsn, ask.committed_at + WAITED)
     (request,) = await inbox.pending(task_id=task_id)
     await inbox.approve(request.token)
     await run_queued(absurd_client)
@@ -85,7 +75,7 @@ async def test_an_unanswered_wait_counts_until_now(absurd_client: AsyncAbsurd, a
     first = await inspect_task(absurd_client, task_id)
     ask = next(step for step in first.steps if step.kind == "wait_for_input")
     assert ask.committed_at is not None
-    await _wait_for_database_clock(absurd_dsn, ask.committed_at + WAITED)
+    await wait_for_database_clock(absurd_dsn, ask.committed_at + WAITED)
 
     waiting = await inspect_task(absurd_client, task_id)
     assert waiting.state == "sleeping"
@@ -110,7 +100,7 @@ async def test_an_ask_that_answers_inline_counts_its_own_time(absurd_client: Asy
             row = await (await conn.execute("select absurd.current_time()")).fetchone()
         assert row is not None
         started.append(row[0])
-        await _wait_for_database_clock(absurd_dsn, row[0] + WAITED)  # someone takes a while to answer
+        await wait_for_database_clock(absurd_dsn, row[0] + WAITED)  # someone takes a while to answer
         return DeferredToolResults(approvals={"d1": True})
 
     task_id = await _spawn_approval_task(absurd_client, ask, script)
