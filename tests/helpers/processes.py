@@ -23,6 +23,12 @@ def app_command(name: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"tests.helpers.apps.{name}", *args]
 
 
+def state_lines(state: Path, name: str) -> list[str]:
+    """The words an app process appended to `state/name` (its record of what ran), empty before the first."""
+    path = state / name
+    return path.read_text().split() if path.exists() else []
+
+
 class Process:
     """A subprocess run from the repository, its output (stdout and stderr) in `log`."""
 

@@ -6,21 +6,17 @@ that no committed step ran again: every execution of a step happened in the run 
 earlier (lost) run, never after.
 
 Cancellation of a running task (it ends `cancelled`, its in-flight model call is aborted) is covered by
-`tests/test_lease.py::test_cancel_aborts_the_in_flight_call_within_a_heartbeat`.
+`tests/system/test_lease.py::test_cancel_aborts_the_in_flight_call_within_a_heartbeat`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +26,8 @@ from absurd_sdk import AsyncAbsurd
 from psycopg import sql
 
 from tests.helpers.apps.matrix_worker import effect_of, read_lines
-from tests.helpers.paths import ROOT
+from tests.helpers.polling import wait_until
+from tests.helpers.processes import Process, Workers
 
 pytestmark = pytest.mark.crash
 
@@ -39,47 +36,11 @@ WAIT = 60.0
 EFFECTS = ["model@0", "tool@c-bump", "model@1"]
 
 
-class ChaosWorker:
-    def __init__(self, dsn: str, queue: str, state: Path, number: int, **settings: Any) -> None:
-        env = {**os.environ, "CHAOS_DSN": dsn, "CHAOS_QUEUE": queue, "CHAOS_STATE": str(state)}
-        env.update({f"CHAOS_{k.upper()}": str(v) for k, v in settings.items()})
-        self.log = state / f"worker{number}.log"
-        self._out = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.helpers.apps.matrix_worker", "chaos"],
-            env=env,
-            cwd=ROOT,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-
-    async def wait_exit(self) -> int:
-        deadline = time.monotonic() + WAIT
-        while (code := self.proc.poll()) is None:
-            assert time.monotonic() < deadline, f"worker {self.proc.pid} did not exit"
-            await asyncio.sleep(0.05)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._out.close()
-
-
-class Workers:
-    def __init__(self, dsn: str, queue: str, state: Path) -> None:
-        self.dsn, self.queue, self.state = dsn, queue, state
-        self.started: list[ChaosWorker] = []
-
-    def start(self, **settings: Any) -> ChaosWorker:
-        worker = ChaosWorker(self.dsn, self.queue, self.state, len(self.started), **settings)
-        self.started.append(worker)
-        return worker
-
-    def close(self) -> None:
-        for worker in self.started:
-            worker.close()
+def start_worker(workers: Workers, dsn: str, queue: str, state: Path, **settings: Any) -> Process:
+    """A `matrix_worker chaos` process (settings as `CHAOS_<NAME>` environment variables)."""
+    env = {"CHAOS_DSN": dsn, "CHAOS_QUEUE": queue, "CHAOS_STATE": str(state)}
+    env.update({f"CHAOS_{k.upper()}": str(v) for k, v in settings.items()})
+    return workers.app("matrix_worker", "chaos", env=env)
 
 
 @pytest.fixture
@@ -87,15 +48,6 @@ def state(tmp_path: Path) -> Path:
     path = tmp_path / "chaos"
     path.mkdir()
     return path
-
-
-@pytest.fixture
-def workers(absurd_dsn: str, absurd_queue: str, state: Path) -> Iterator[Workers]:
-    started = Workers(absurd_dsn, absurd_queue, state)
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 async def spawn_many(absurd: AsyncAbsurd, queue: str, count: int) -> dict[str, str]:
@@ -119,11 +71,12 @@ async def task_states(dsn: str, queue: str) -> Counter[str]:
 
 
 async def all_completed(dsn: str, queue: str, count: int, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while (states := await task_states(dsn, queue))["completed"] < count:
+    async def done() -> bool:
+        states = await task_states(dsn, queue)
         assert not states["failed"] and not states["cancelled"], states
-        assert time.monotonic() < deadline, f"not all {count} tasks completed within {timeout} s: {states}"
-        await asyncio.sleep(0.2)
+        return states["completed"] >= count
+
+    await wait_until(done, timeout, interval=0.2, message=f"not all {count} tasks completed within {timeout} s")
 
 
 async def check_effects(dsn: str, queue: str, state: Path, labels: dict[str, str]) -> dict[str, int]:
@@ -172,19 +125,18 @@ async def test_200_tasks_survive_a_chaos_loop_of_sigkilled_workers(
     concurrency, kills = 4, 6
     settings = {"concurrency": concurrency, "claim_timeout": 2, "step_seconds": 0.1}
     labels = await spawn_many(absurd_client, absurd_queue, 200)
-    alive = [(time.monotonic(), workers.start(**settings)) for _ in range(4)]
+    alive = [(time.monotonic(), start_worker(workers, absurd_dsn, absurd_queue, state, **settings)) for _ in range(4)]
     seed = random.randrange(1 << 32)
     chaos = random.Random(seed)
-    while not read_lines(state / "effects"):
-        await asyncio.sleep(0.05)
+    await wait_until(lambda: read_lines(state / "effects"), WAIT)
     for _ in range(kills):
         await asyncio.sleep(chaos.uniform(0.3, 0.8))
         # Kill a worker that had time to start up and claim tasks, so the kill lands mid-run.
         booted = [i for i, (started, _) in enumerate(alive) if time.monotonic() - started > 2.5] or [0]
         _, victim = alive.pop(chaos.choice(booted))
-        victim.proc.send_signal(signal.SIGKILL)
-        assert await victim.wait_exit() == -signal.SIGKILL
-        alive.append((time.monotonic(), workers.start(**settings)))
+        victim.send_signal(signal.SIGKILL)
+        assert await victim.wait_exit(WAIT) == -signal.SIGKILL
+        alive.append((time.monotonic(), start_worker(workers, absurd_dsn, absurd_queue, state, **settings)))
     await all_completed(absurd_dsn, absurd_queue, 200, timeout=120)
 
     extra = await check_effects(absurd_dsn, absurd_queue, state, labels)
@@ -198,12 +150,12 @@ async def test_200_tasks_survive_a_chaos_loop_of_sigkilled_workers(
         ),
     )
     # A kill that lands mid-run shows as a run failed by lease expiry, or (fast takeover) as a run a peer took over.
-    taken_over = sum(w.log.read_text().count("took over task_id=") for w in workers.started)
+    taken_over = sum(w.output().count("took over task_id=") for w in workers.started)
     assert lost[0][0] + taken_over >= 1, "no kill landed while a task was running"
     for _, worker in alive:
-        worker.proc.send_signal(signal.SIGTERM)
+        worker.send_signal(signal.SIGTERM)
     for _, worker in alive:
-        assert await worker.wait_exit() == 0
+        assert await worker.wait_exit(WAIT) == 0
     print({"seed": seed, "runs lost": lost[0][0], "in-flight steps started again": sum(extra.values())})
 
 
@@ -212,19 +164,20 @@ async def test_sigterm_hands_agent_runs_back_and_another_worker_resumes_at_once(
 ) -> None:
     labels = await spawn_many(absurd_client, absurd_queue, 4)
     # Long leases: the tasks can only move to worker B within the wait because A hands them back.
-    a = workers.start(concurrency=4, claim_timeout=60, drain_timeout=0.3, step_seconds=1.0)
-    while not read_lines(state / "effects"):
-        await asyncio.sleep(0.05)
-    b = workers.start(concurrency=4, claim_timeout=60, step_seconds=1.0)
+    a = start_worker(
+        workers, absurd_dsn, absurd_queue, state, concurrency=4, claim_timeout=60, drain_timeout=0.3, step_seconds=1.0
+    )
+    await wait_until(lambda: read_lines(state / "effects"), WAIT)
+    b = start_worker(workers, absurd_dsn, absurd_queue, state, concurrency=4, claim_timeout=60, step_seconds=1.0)
     await asyncio.sleep(1.0)
-    a.proc.send_signal(signal.SIGTERM)
-    assert await a.wait_exit() == 0
+    a.send_signal(signal.SIGTERM)
+    assert await a.wait_exit(WAIT) == 0
     await all_completed(absurd_dsn, absurd_queue, 4, timeout=40)  # well within A's 60 s leases
     extra = await check_effects(absurd_dsn, absurd_queue, state, labels)
     assert all(count <= 1 for count in extra.values()), extra
-    assert "handing back 4 in-flight task(s)" in a.log.read_text()
-    b.proc.send_signal(signal.SIGTERM)
-    assert await b.wait_exit() == 0
+    assert "handing back 4 in-flight task(s)" in a.output()
+    b.send_signal(signal.SIGTERM)
+    assert await b.wait_exit(WAIT) == 0
 
 
 async def test_a_stalled_worker_loses_its_expired_lease_to_another(
@@ -232,15 +185,14 @@ async def test_a_stalled_worker_loses_its_expired_lease_to_another(
 ) -> None:
     labels = await spawn_many(absurd_client, absurd_queue, 1)
     (task_id,) = labels
-    a = workers.start(concurrency=1, claim_timeout=2, step_seconds=0.5)
-    while not read_lines(state / "effects"):  # model@0 committed or about to; A is inside a step
-        await asyncio.sleep(0.02)
-    a.proc.send_signal(signal.SIGSTOP)  # a stalled worker (GC pause, frozen VM): its lease expires
+    a = start_worker(workers, absurd_dsn, absurd_queue, state, concurrency=1, claim_timeout=2, step_seconds=0.5)
+    await wait_until(lambda: read_lines(state / "effects"), WAIT)  # model@0 committed or about to; A is inside a step
+    a.send_signal(signal.SIGSTOP)  # a stalled worker (GC pause, frozen VM): its lease expires
     try:
-        b = workers.start(concurrency=1, claim_timeout=2, step_seconds=0.5)
+        b = start_worker(workers, absurd_dsn, absurd_queue, state, concurrency=1, claim_timeout=2, step_seconds=0.5)
         await all_completed(absurd_dsn, absurd_queue, 1)
     finally:
-        a.proc.send_signal(signal.SIGCONT)
+        a.send_signal(signal.SIGCONT)
     snapshot = await absurd_client.fetch_task_result(task_id)
     assert snapshot is not None and snapshot.state == "completed"
     await asyncio.sleep(2.0)  # A wakes up, finishes its step body, and must not overwrite anything
@@ -258,8 +210,8 @@ async def test_a_stalled_worker_loses_its_expired_lease_to_another(
     assert [(r[0], r[1]) for r in rows] == [(1, "failed"), (2, "completed")], rows
     assert rows[0][2] == "$ClaimTimeout"
     for worker in (a, b):
-        worker.proc.send_signal(signal.SIGTERM)
-        assert await worker.wait_exit() == 0
+        worker.send_signal(signal.SIGTERM)
+        assert await worker.wait_exit(WAIT) == 0
 
 
 async def test_all_tasks_complete_across_a_postgres_restart(state: Path, workers: Workers) -> None:
@@ -271,7 +223,6 @@ async def test_all_tasks_complete_across_a_postgres_restart(state: Path, workers
     )
     dsn, queue = server.dsn, "restart"
     try:
-        workers.dsn, workers.queue = dsn, queue
         client = AsyncAbsurd(dsn, queue_name=queue)
         try:
             labels = await spawn_many(client, queue, 20)
@@ -279,9 +230,11 @@ async def test_all_tasks_complete_across_a_postgres_restart(state: Path, workers
             await client.close()
         # Leases outlast the restart however slow it is on a loaded machine: each worker hands its runs back when
         # it reconnects, so every in-flight step starts again once (an expired lease would add a second start).
-        started = [workers.start(concurrency=4, claim_timeout=60, step_seconds=0.2) for _ in range(2)]
-        while len(read_lines(state / "effects")) < 10:
-            await asyncio.sleep(0.05)
+        started = [
+            start_worker(workers, dsn, queue, state, concurrency=4, claim_timeout=60, step_seconds=0.2)
+            for _ in range(2)
+        ]
+        await wait_until(lambda: len(read_lines(state / "effects")) >= 10, WAIT)
         await asyncio.to_thread(server.stop)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(server.start)
@@ -289,9 +242,9 @@ async def test_all_tasks_complete_across_a_postgres_restart(state: Path, workers
         extra = await check_effects(dsn, queue, state, labels)
         assert sum(extra.values()) <= 2 * 4, extra  # at most the in-flight step of each running task
         for worker in started:
-            worker.proc.send_signal(signal.SIGTERM)
+            worker.send_signal(signal.SIGTERM)
         for worker in started:
-            assert await worker.wait_exit() == 0
+            assert await worker.wait_exit(WAIT) == 0
     finally:
-        workers.close()
+        workers.close()  # before the server goes
         await asyncio.to_thread(server.destroy)

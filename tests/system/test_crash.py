@@ -2,44 +2,34 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
 
-from tests.helpers.paths import ROOT
 from tests.helpers.polling import TERMINAL, wait_until
+from tests.helpers.processes import Process, Workers, state_lines
 
 pytestmark = pytest.mark.crash
 
 
 def start_worker(
-    dsn: str, queue: str, state: Path, *, claim_timeout: int = 2, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.apps.crash_worker", dsn, queue, str(state), str(claim_timeout)],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def lines(state: Path, name: str) -> list[str]:
-    path = state / name
-    return path.read_text().split() if path.exists() else []
+    workers: Workers, dsn: str, queue: str, state: Path, *, claim_timeout: int = 2, env: dict[str, str] | None = None
+) -> Process:
+    """A `crash_worker` process: it dies (SIGKILL) at the points `state/kill-*` name, and stops on `state/stop`."""
+    return workers.app("crash_worker", dsn, queue, str(state), str(claim_timeout), env=env)
 
 
 async def run_scenario(
-    absurd: AsyncAbsurd, dsn: str, queue: str, state: Path, kill_points: list[str]
+    workers: Workers, absurd: AsyncAbsurd, dsn: str, queue: str, state: Path, kill_points: list[str]
 ) -> tuple[TaskResultSnapshot, list[int]]:
     for point in kill_points:
         (state / f"kill-{point}").touch()
     spawned = await absurd.spawn("crashy", {}, queue=queue)
     exit_codes: list[int] = []
-    worker = start_worker(dsn, queue, state)
+    worker = start_worker(workers, dsn, queue, state)
     try:
         # Each killed worker is replaced by a fresh one, as an orchestrator would.
         async def finished() -> TaskResultSnapshot | None:
@@ -49,7 +39,7 @@ async def run_scenario(
                 return snapshot
             if worker.poll() is not None:
                 exit_codes.append(worker.returncode)
-                worker = start_worker(dsn, queue, state)
+                worker = start_worker(workers, dsn, queue, state)
             return None
 
         snapshot = await wait_until(finished, 60, interval=0.1)
@@ -60,13 +50,6 @@ async def run_scenario(
         except subprocess.TimeoutExpired:  # pragma: no cover - only when a worker hangs
             worker.kill()
     return snapshot, exit_codes
-
-
-@pytest.fixture
-def reference(tmp_path: Path) -> Path:
-    path = tmp_path / "reference"
-    path.mkdir()
-    return path
 
 
 @pytest.mark.parametrize(
@@ -80,15 +63,20 @@ def reference(tmp_path: Path) -> Path:
     ],
 )
 async def test_sigkilled_worker_is_resumed_by_another(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, tmp_path: Path, kill_points: list[str]
+    absurd_client: AsyncAbsurd,
+    absurd_dsn: str,
+    absurd_queue: str,
+    tmp_path: Path,
+    workers: Workers,
+    kill_points: list[str],
 ) -> None:
     uninterrupted_state = tmp_path / "uninterrupted"
     uninterrupted_state.mkdir()
-    uninterrupted, codes = await run_scenario(absurd_client, absurd_dsn, absurd_queue, uninterrupted_state, [])
+    uninterrupted, codes = await run_scenario(workers, absurd_client, absurd_dsn, absurd_queue, uninterrupted_state, [])
     assert codes == []
     crashed_state = tmp_path / "crashed"
     crashed_state.mkdir()
-    resumed, codes = await run_scenario(absurd_client, absurd_dsn, absurd_queue, crashed_state, kill_points)
+    resumed, codes = await run_scenario(workers, absurd_client, absurd_dsn, absurd_queue, crashed_state, kill_points)
     assert codes == [-9] * len(kill_points)
 
     assert resumed.state == "completed", resumed.failure
@@ -100,11 +88,11 @@ async def test_sigkilled_worker_is_resumed_by_another(
     assert result["usage"] == reference_result["usage"]
     # Each charge committed once; only a charge killed after its side effect but before its checkpoint
     # (the one in-flight step) may run twice.
-    charges = lines(crashed_state, "charge")
+    charges = state_lines(crashed_state, "charge")
     doubled = {p.removeprefix("after-tool-") for p in kill_points if p.startswith("after-tool-")}
     for amount in ("1", "2", "3"):
         assert charges.count(amount) == (2 if amount in doubled else 1), charges
     # Each completed model step was sent once: three requests in all (two in the first run, one in the second),
     # plus the one killed mid-call, which never returned.
-    models = lines(crashed_state, "model")
+    models = state_lines(crashed_state, "model")
     assert len(models) == 3, models

@@ -11,7 +11,6 @@ another worker reclaim the task.
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,8 @@ import pytest
 from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
 
 from tests.helpers.apps.matrix_worker import effect_of, read_lines
-from tests.helpers.paths import ROOT
 from tests.helpers.polling import TERMINAL, wait_until
+from tests.helpers.processes import Workers
 
 pytestmark = pytest.mark.crash
 
@@ -51,15 +50,12 @@ async def wait_all(absurd: AsyncAbsurd, task_ids: list[str], timeout: float) -> 
 
 
 @pytest.fixture
-def fork_server(absurd_dsn: str, absurd_queue: str, tmp_path: Path) -> Iterator[Path]:
+def fork_server(absurd_dsn: str, absurd_queue: str, tmp_path: Path, workers: Workers) -> Iterator[Path]:
     state = tmp_path / "matrix"
     state.mkdir()
     (state / "queue").write_text(absurd_queue)
-    log = (tmp_path / "matrix.log").open("wb")
-    command = [sys.executable, "-m", "tests.helpers.apps.matrix_worker", "matrix", absurd_dsn, absurd_queue, str(state)]
-    server = subprocess.Popen(
-        [*command, str(WORKERS), str(CLAIM_TIMEOUT)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-    )
+    args = ["matrix", absurd_dsn, absurd_queue, str(state), str(WORKERS), str(CLAIM_TIMEOUT)]
+    server = workers.app("matrix_worker", *args)
     try:
         yield state
     finally:
@@ -67,10 +63,8 @@ def fork_server(absurd_dsn: str, absurd_queue: str, tmp_path: Path) -> Iterator[
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:  # pragma: no cover - only when a worker hangs
-            server.kill()
-            server.wait()
-        log.close()
-    assert "Traceback" not in (tmp_path / "matrix.log").read_text()
+            server.close()
+    assert "Traceback" not in server.output()
 
 
 async def spawn(absurd: AsyncAbsurd, state: Path, label: str, when: str, at: str) -> str:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +11,12 @@ from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd.events import StepInterruptedEvent
 from tests.helpers.events import answer_words, collect, shown_text
-from tests.helpers.paths import ROOT
 from tests.helpers.polling import wait_until
+from tests.helpers.processes import Process, Workers
 
 pytestmark = pytest.mark.crash
 
 WORDS = 40
-
-
-def start(module: str, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env={**os.environ})
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
@@ -33,22 +26,22 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
 
 
 async def test_sigkill_mid_answer_leaves_marked_partial_events_and_the_complete_answer(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, tmp_path: Path
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, tmp_path: Path, workers: Workers
 ) -> None:
     (tmp_path / "kill-at-15").touch()
     spawned = await absurd_client.spawn("answer", {"prompt": "hi"}, queue=absurd_queue)
     task_id = str(spawned["task_id"])
     outputs = [tmp_path / "reader-0.jsonl", tmp_path / "reader-3.jsonl"]
     readers = [
-        start("tests.helpers.apps.events_reader", absurd_dsn, absurd_queue, task_id, str(outputs[0]), "0"),
-        start("tests.helpers.apps.events_reader", absurd_dsn, absurd_queue, task_id, str(outputs[1]), "3"),
+        workers.app("events_reader", absurd_dsn, absurd_queue, task_id, str(outputs[0]), "0"),
+        workers.app("events_reader", absurd_dsn, absurd_queue, task_id, str(outputs[1]), "3"),
     ]
-    worker = start("tests.helpers.apps.events_worker", absurd_dsn, absurd_queue, str(tmp_path), "2")
-    replacement: subprocess.Popen[bytes] | None = None
+    worker = workers.app("events_worker", absurd_dsn, absurd_queue, str(tmp_path), "2")
+    replacement: Process | None = None
     try:
         await wait_until(lambda: worker.poll() is not None, 60)
         assert worker.returncode == -9
-        replacement = start("tests.helpers.apps.events_worker", absurd_dsn, absurd_queue, str(tmp_path), "2")
+        replacement = workers.app("events_worker", absurd_dsn, absurd_queue, str(tmp_path), "2")
         for reader in readers:
             await wait_until(lambda reader=reader: reader.poll() is not None, 60)
             assert reader.returncode == 0

@@ -2,44 +2,31 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd import Inbox
-from tests.helpers.paths import ROOT
 from tests.helpers.polling import wait_until
+from tests.helpers.processes import Workers, state_lines
 
 pytestmark = pytest.mark.crash
 
 
-def start_worker(dsn: str, queue: str, state: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.helpers.apps.inbox_worker", dsn, queue, str(state)], cwd=ROOT, env=os.environ
-    )
-
-
-def lines(state: Path, name: str) -> list[str]:
-    path = state / name
-    return path.read_text().split() if path.exists() else []
-
-
 async def test_workers_killed_after_asking_and_after_the_answer(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, tmp_path: Path
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, tmp_path: Path, workers: Workers
 ) -> None:
     (tmp_path / "kill-after-ask").touch()
     (tmp_path / "kill-tool").touch()
     inbox = Inbox(absurd_client)
     task_id = str((await absurd_client.spawn("ops", {}, queue=absurd_queue))["task_id"])
-    workers = [start_worker(absurd_dsn, absurd_queue, tmp_path)]
+    started = [workers.app("inbox_worker", absurd_dsn, absurd_queue, str(tmp_path))]
 
     async def keep_one_alive() -> None:
-        if workers[-1].poll() is not None:
-            workers.append(start_worker(absurd_dsn, absurd_queue, tmp_path))
+        if started[-1].poll() is not None:
+            started.append(workers.app("inbox_worker", absurd_dsn, absurd_queue, str(tmp_path)))
 
     async def waiting() -> list[object]:
         await keep_one_alive()
@@ -58,17 +45,17 @@ async def test_workers_killed_after_asking_and_after_the_answer(
         [request] = await wait_until(waiting, timeout=60)
         # The first worker died after recording the request, before its step committed: the retried step
         # found the row and did not notify again.
-        assert workers[0].wait(timeout=30) == -9
+        assert started[0].wait(timeout=30) == -9
         await wait_until(sleeping, timeout=60)
         # No worker alive while the answer arrives: the answer waits in Postgres for the next one.
-        workers[-1].kill()
-        assert workers[-1].wait(timeout=30) == -9
+        started[-1].kill()
+        assert started[-1].wait(timeout=30) == -9
         await inbox.approve(request.token, answered_by="ops-oncall")
         # The worker resuming the run dies as the approved call starts; the next one finishes the run.
         await wait_until(finished, timeout=60)
     finally:
         (tmp_path / "stop").touch()
-        for worker in workers:
+        for worker in started:
             try:
                 worker.wait(timeout=15)
             except subprocess.TimeoutExpired:  # pragma: no cover - only when a worker hangs
@@ -77,10 +64,10 @@ async def test_workers_killed_after_asking_and_after_the_answer(
     assert snapshot is not None and snapshot.state == "completed", snapshot
     assert snapshot.result == "deleted /srv/old"
     assert not (tmp_path / "kill-after-ask").exists() and not (tmp_path / "kill-tool").exists()
-    assert len([w for w in workers if w.returncode == -9]) == 3
-    assert lines(tmp_path, "deleted") == ["/srv/old"]
-    assert lines(tmp_path, "model") == ["0", "1"]  # each model request sent once, across three workers
-    assert lines(tmp_path, "notified") == [request.token]
+    assert len([w for w in started if w.returncode == -9]) == 3
+    assert state_lines(tmp_path, "deleted") == ["/srv/old"]
+    assert state_lines(tmp_path, "model") == ["0", "1"]  # each model request sent once, across three workers
+    assert state_lines(tmp_path, "notified") == [request.token]
     assert await inbox.pending() == []
 
 
