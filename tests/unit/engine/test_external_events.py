@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -150,16 +151,14 @@ async def test_a_timeout_is_journaled_and_denies_the_call(
     assert "support__external_event:approve_refund.timed_out" in names
 
 
-@pytest.mark.parametrize("sender", ["absurd.emit_event", "absurdctl emit-event"])
-async def test_a_plain_json_payload_resumes_the_run(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, sender: str
-) -> None:
-    """The documented shape: the JSON form of `DeferredToolResults`, without this package's envelope."""
-    import asyncio
-    import subprocess
-    import sys
-    from pathlib import Path
+PLAIN_PAYLOAD = {"approvals": {"r1": True}}
+"""The documented shape: the JSON form of `DeferredToolResults`, without this package's envelope."""
 
+
+async def check_a_plain_payload_resumes_the_run(
+    absurd_client: AsyncAbsurd, send: Callable[[str], Awaitable[None]]
+) -> None:
+    """`send(token)` answers the run's approval with `PLAIN_PAYLOAD`; the run resumes and the refund happens."""
     tokens: list[str] = []
     agent, refunds = refund_agent(tokens, [])
 
@@ -169,29 +168,14 @@ async def test_a_plain_json_payload_resumes_the_run(
 
     spawned = await absurd_client.spawn("support", {})
     await absurd_client.work_batch(claim_timeout=30)
-    payload = {"approvals": {"r1": True}}
-    if sender == "absurd.emit_event":
-        await absurd_client.emit_event(tokens[0], payload)
-    else:
-        absurdctl = Path(sys.executable).with_name("absurdctl")
-        completed = await asyncio.to_thread(
-            subprocess.run,
-            [
-                str(absurdctl),
-                "emit-event",
-                tokens[0],
-                "-d",
-                absurd_dsn,
-                "-q",
-                absurd_queue,
-                "--payload",
-                '{"approvals": {"r1": true}}',
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert completed.returncode == 0, completed.stderr
+    await send(tokens[0])
     snapshot = await run_until_done(absurd_client, spawned["task_id"])
     assert snapshot.result == "refunded 5", snapshot.failure
     assert refunds == [5]
+
+
+async def test_a_plain_json_payload_resumes_the_run(absurd_client: AsyncAbsurd) -> None:
+    async def send(token: str) -> None:
+        await absurd_client.emit_event(token, PLAIN_PAYLOAD)
+
+    await check_a_plain_payload_resumes_the_run(absurd_client, send)
