@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
-from pydantic_ai_absurd._absurd import database_now, read_checkpoints, read_runs, read_task, task_options
+from pydantic_ai_absurd._absurd import (
+    database_now,
+    list_queue_names,
+    read_checkpoints,
+    read_runs,
+    read_task,
+    task_options,
+)
 from pydantic_ai_absurd._db import open_connection
 
 from .polling import wait_until
@@ -72,3 +80,14 @@ async def wait_for_database_clock(dsn: str, moment: datetime) -> None:
             return await database_now(conn) >= moment
 
         await wait_until(reached)
+
+
+async def queue_names(dsn: str) -> set[str]:
+    """The names of the queues in the database of `dsn`."""
+    async with open_connection(dsn) as conn:
+        return set(await list_queue_names(conn))
+
+
+def queue_names_sync(dsn: str) -> set[str]:
+    """`queue_names` for synchronous tests."""
+    return asyncio.run(queue_names(dsn))

@@ -1,4 +1,5 @@
-"""The CLI as a real process: one-line errors without traceback, `dev` until a signal, a parser that imports little."""
+"""The CLI as a real process: one-line errors without traceback (also for a worker module that runs a program at
+import), `dev` until a signal, a parser that imports little."""
 
 from __future__ import annotations
 
@@ -86,3 +87,27 @@ def test_the_cli_parser_does_not_import_pydantic_ai() -> None:
     )
     completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert completed.stdout.strip() == "[]", completed.stdout
+
+
+def test_module_calling_asyncio_run_at_import_is_one_line_exit_2(tmp_path: Path, absurd_dsn: str) -> None:
+    (tmp_path / "eager.py").write_text(
+        "import asyncio\n"
+        "from absurd_sdk import AsyncAbsurd\n\n"
+        "absurd = AsyncAbsurd(queue_name='agents')\n\n\n"
+        "async def main():\n"
+        "    pass\n\n\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run(
+        [*CLI, "worker", "eager:absurd", "--dsn", absurd_dsn],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("pydantic-ai-absurd: error: ")
+    assert "asyncio.run(...)" in lines[0]
+    assert 'if __name__ == "__main__":' in lines[0]

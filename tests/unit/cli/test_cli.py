@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from pydantic_ai_absurd.cli import build_parser, main
 from pydantic_ai_absurd.schema import ABSURD_SCHEMA_VERSION, redact_dsn
-from tests.helpers.infra import fresh_database
-
-
-@pytest.fixture
-def empty_db(absurd_dsn: str) -> Iterator[str]:
-    with fresh_database(absurd_dsn) as dsn:
-        yield dsn
 
 
 def test_init_prints_one_line_per_action(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Iterator
 
 import pytest
 from absurd_sdk import AsyncAbsurd
@@ -15,7 +14,6 @@ from pydantic_ai_absurd import Inbox
 from pydantic_ai_absurd.cli import build_parser, main
 from pydantic_ai_absurd.testing import run_queued
 from tests.helpers.apps.cli_hostile_app import build
-from tests.helpers.infra import fresh_database
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 TASK = "01900000-0000-7000-8000-000000000000"
@@ -33,12 +31,6 @@ COMMANDS = {
     "answer": ["T", "--results", "{}"],
 }
 """Every subcommand that uses a database (not `dev`, which runs its own), with its required arguments."""
-
-
-@pytest.fixture
-def empty_db(absurd_dsn: str) -> Iterator[str]:
-    with fresh_database(absurd_dsn) as dsn:
-        yield dsn
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,8 +12,6 @@ import pytest
 from pydantic_ai_absurd.cli._worker import resolve_client
 from tests.helpers.paths import ROOT
 
-CLI = [sys.executable, "-c", "import sys; from pydantic_ai_absurd.cli import main; sys.exit(main())"]
-
 
 def _tutorial_task_module() -> str:
     text = (ROOT / "docs" / "tutorial.md").read_text()
@@ -22,30 +19,6 @@ def _tutorial_task_module() -> str:
     match = re.search(r"^```python\n(.*?)^```", section, re.MULTILINE | re.DOTALL)
     assert match is not None
     return match.group(1)
-
-
-def test_module_calling_asyncio_run_at_import_is_one_line_exit_2(tmp_path: Path, absurd_dsn: str) -> None:
-    (tmp_path / "eager.py").write_text(
-        "import asyncio\n"
-        "from absurd_sdk import AsyncAbsurd\n\n"
-        "absurd = AsyncAbsurd(queue_name='agents')\n\n\n"
-        "async def main():\n"
-        "    pass\n\n\n"
-        "asyncio.run(main())\n"
-    )
-    result = subprocess.run(
-        [*CLI, "worker", "eager:absurd", "--dsn", absurd_dsn],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("pydantic-ai-absurd: error: ")
-    assert "asyncio.run(...)" in lines[0]
-    assert 'if __name__ == "__main__":' in lines[0]
 
 
 def test_the_tutorial_module_loads_in_the_worker(

@@ -1,10 +1,9 @@
+"""Installing, migrating and checking the Absurd schema; queues; DSN resolution and its one-line errors."""
+
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 
 import absurdctl  # pyright: ignore[reportMissingTypeStubs]
 import psycopg
@@ -31,18 +30,8 @@ from pydantic_ai_absurd.schema import (
     resolve_dsn,
     setup_sync,
 )
-from tests.helpers.infra import dsn_for_database, fake_schema_version, fresh_database
-
-
-@pytest.fixture
-def empty_db(absurd_dsn: str) -> Iterator[str]:
-    with fresh_database(absurd_dsn) as dsn:
-        yield dsn
-
-
-def _queues(dsn: str) -> set[str]:
-    with psycopg.connect(dsn) as conn:
-        return {r[0] for r in conn.execute("select queue_name from absurd.queues").fetchall()}
+from tests.helpers.infra import dsn_for_database, fake_schema_version
+from tests.helpers.sql import queue_names_sync
 
 
 def _one_line(exc: BaseException) -> str:
@@ -63,7 +52,7 @@ def test_install_then_idempotent_rerun(empty_db: str) -> None:
     assert info.queues_created == ("alpha", "beta")
     assert info.describe()[0].startswith(f"Installed Absurd schema {ABSURD_SCHEMA_VERSION}")
     assert check_schema_sync(empty_db) == ABSURD_SCHEMA_VERSION
-    assert _queues(empty_db) == {"alpha", "beta"}
+    assert queue_names_sync(empty_db) == {"alpha", "beta"}
 
     again = setup_sync(empty_db, queues=["alpha", "gamma"])
     assert again.action == "up_to_date"
@@ -74,7 +63,7 @@ def test_install_then_idempotent_rerun(empty_db: str) -> None:
         "Created queue 'gamma'",
         "Queue 'alpha' already exists",
     ]
-    assert _queues(empty_db) == {"alpha", "beta", "gamma"}
+    assert queue_names_sync(empty_db) == {"alpha", "beta", "gamma"}
 
 
 async def test_async_setup_and_check(empty_db: str) -> None:
@@ -87,25 +76,6 @@ async def test_async_setup_and_check(empty_db: str) -> None:
         with pytest.raises(QueueNotFoundError, match="'nope' does not exist"):
             await ensure_queue_exists(conn, "nope")
         assert not conn.closed
-
-
-async def test_concurrent_setup_from_tasks_and_processes(empty_db: str) -> None:
-    code = (
-        "import sys; from pydantic_ai_absurd.schema import setup_sync; "
-        "print(setup_sync(sys.argv[1], queues=['shared', sys.argv[2]]).action)"
-    )
-    procs = [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-c", code, empty_db, f"p{i}", stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for i in range(4)
-    ]
-    infos = await asyncio.gather(*(setup(empty_db, queues=["shared", f"t{i}"]) for i in range(4)))
-    outputs = [await p.communicate() for p in procs]
-    assert all(p.returncode == 0 for p in procs), outputs
-    actions = [info.action for info in infos] + [out.decode().strip() for out, _ in outputs]
-    assert sorted(actions) == ["installed"] + ["up_to_date"] * 7
-    assert _queues(empty_db) == {"shared"} | {f"t{i}" for i in range(4)} | {f"p{i}" for i in range(4)}
 
 
 def test_migrates_from_older_version(empty_db: str) -> None:
