@@ -1,4 +1,4 @@
-"""Worker processes for the crash-matrix and chaos tests (`tests/test_crash_matrix.py`, `tests/test_chaos.py`).
+"""Worker processes for the crash-matrix and chaos tests (`tests/system/test_crash_matrix.py`, `tests/system/test_chaos.py`).
 
 Two modes:
 

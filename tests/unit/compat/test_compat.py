@@ -1,6 +1,6 @@
 """Guards for the private upstream details the engine relies on (docs: Compatibility): each fails loudly when upstream changes it.
 
-The worker's private `absurd_sdk` names are pinned in `tests/test_worker_sdk_private.py`.
+The worker's private `absurd_sdk` names are pinned in `tests/unit/compat/test_worker_sdk_private.py`.
 """
 
 from __future__ import annotations

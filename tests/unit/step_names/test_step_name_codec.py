@@ -38,7 +38,7 @@ RECORDED_NAMES = sorted(
         for checkpoint in json.loads(path.read_text())["checkpoints"]
     }
 )
-# Names pinned elsewhere (tests/test_step_name_rules.py, the docs) and the kinds the end-to-end matrix cannot reach.
+# Names pinned elsewhere (tests/unit/step_names/test_step_name_rules.py, the docs) and the kinds the end-to-end matrix cannot reach.
 OTHER_PINNED = [
     "agent__model.request",
     "agent__model.compact_messages",

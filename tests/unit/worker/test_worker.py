@@ -269,7 +269,7 @@ def test_cli_reports_a_bad_target(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["worker", "no_such_module_xyz:absurd"]) == 2
     assert "Cannot import module 'no_such_module_xyz'" in capsys.readouterr().err
-    assert main(["worker", "tests.worker_support:WAIT"]) == 2
+    assert main(["worker", "tests.helpers.polling:WAIT"]) == 2
     assert "is a float, not an absurd_sdk.AsyncAbsurd" in capsys.readouterr().err
     assert main(["worker", "missing-colon"]) == 2
     assert "is not MODULE:ATTRIBUTE" in capsys.readouterr().err
