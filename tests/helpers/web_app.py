@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -10,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import httpx
 
 from .paths import EXAMPLES, ROOT
+from .polling import wait_until
 
 EXAMPLE = EXAMPLES / "web_app.py"
 
@@ -68,14 +67,14 @@ class WebApp:
             [sys.executable, str(EXAMPLE), "--serve"], env=self.env(), cwd=ROOT
         )
         self.start_worker()
-        deadline = time.monotonic() + 60
         async with httpx.AsyncClient(base_url=self.base) as client:
-            while time.monotonic() < deadline:
+
+            async def up() -> bool:
                 with contextlib.suppress(httpx.TransportError):
-                    if (await client.get("/")).status_code == 200:
-                        return
-                await asyncio.sleep(0.05)
-        raise AssertionError("the web app did not start")
+                    return (await client.get("/")).status_code == 200
+                return False
+
+            await wait_until(up, 60, message="the web app did not start")
 
     def stop(self) -> None:
         for process in [*self.workers, self.server]:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from urllib.parse import quote
@@ -14,6 +13,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from tests.helpers.polling import wait_until_sync
 from tests.helpers.web_app import EXAMPLE, Message, free_port, parse, shown_text, web_app
 
 pytestmark = [pytest.mark.crash, pytest.mark.slow]
@@ -146,17 +146,18 @@ def test_sigterm_stops_the_server_and_the_worker_too(absurd_dsn: str) -> None:
     example = subprocess.Popen([sys.executable, str(EXAMPLE)], env=env, stdout=subprocess.DEVNULL)
     children: list[int] = []
     try:
-        deadline = time.monotonic() + 120
-        while len(children) < 2 or not up(f"http://127.0.0.1:{env['PORT']}"):
-            assert time.monotonic() < deadline and example.poll() is None, "the example did not start"
-            children = child_pids(example.pid)
-            time.sleep(0.1)
+
+        def started() -> bool:
+            assert example.poll() is None, "the example exited"
+            children[:] = child_pids(example.pid)
+            return len(children) >= 2 and up(f"http://127.0.0.1:{env['PORT']}")
+
+        wait_until_sync(started, 120, interval=0.1, message="the example did not start")
         example.send_signal(signal.SIGTERM)
         example.wait(timeout=60)
-        deadline = time.monotonic() + 60
-        while any(alive(child) for child in children):
-            assert time.monotonic() < deadline, f"still running after SIGTERM: {children}"
-            time.sleep(0.1)
+        wait_until_sync(
+            lambda: not any(alive(child) for child in children), 60, interval=0.1, message=f"still running: {children}"
+        )
     finally:
         for child in children:
             if alive(child):

@@ -5,7 +5,6 @@ Skipped only where no Chromium is installed, and never under `CI=true` (CI insta
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import json
@@ -13,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.polling import wait_until
 from tests.helpers.web_app import EXAMPLE, free_port, web_app
 
 pytestmark = [pytest.mark.crash, pytest.mark.slow]
@@ -58,15 +57,11 @@ class Page:
         return result["result"].get("value")
 
     async def wait_for(self, expression: str, timeout: float = 60) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = await self.js(expression)
-            if value:
-                return value
-            await asyncio.sleep(0.05)
-        raise AssertionError(
-            f"not true within {timeout}s: {expression}; page: {await self.js('document.body.innerText')}"
-        )
+        try:
+            return await wait_until(lambda: self.js(expression), timeout)
+        except AssertionError:
+            page = await self.js("document.body.innerText")
+            raise AssertionError(f"not true within {timeout}s: {expression}; page: {page}") from None
 
 
 @contextlib.asynccontextmanager
@@ -91,16 +86,15 @@ async def browser(url: str, tmp_path: Path) -> AsyncIterator[Page]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        target: dict[str, Any] | None = None
-        deadline = time.monotonic() + 60
         async with httpx.AsyncClient() as client:
-            while target is None and time.monotonic() < deadline:
+
+            async def page_target() -> dict[str, Any] | None:
                 with contextlib.suppress(httpx.TransportError, ValueError):
                     targets = (await client.get(f"http://127.0.0.1:{port}/json")).json()
-                    target = next((t for t in targets if t.get("type") == "page"), None)
-                if target is None:
-                    await asyncio.sleep(0.1)
-        assert target is not None, "Chromium did not open its DevTools port"
+                    return next((t for t in targets if t.get("type") == "page"), None)
+                return None
+
+            target = await wait_until(page_target, 60, interval=0.1, message="Chromium did not open its DevTools port")
         async with websockets.connect(target["webSocketDebuggerUrl"], max_size=None) as socket:
             page = Page(socket)
             await page.call("Page.enable")
@@ -202,10 +196,11 @@ async def test_the_page_shows_hostile_text_literally_and_a_conflict_as_such(absu
                 "/chat", json={"message": "Where is my order A-1?", "conversation_id": conversation_id}
             )
             task_id = other.json()["task_id"]
-            deadline = time.monotonic() + 60
-            while (await client.get(f"/tasks/{task_id}")).json()["state"] != "completed":
-                assert time.monotonic() < deadline, "the other turn did not complete"
-                await asyncio.sleep(0.05)
+
+            async def completed() -> bool:
+                return (await client.get(f"/tasks/{task_id}")).json()["state"] == "completed"
+
+            await wait_until(completed, 60, message="the other turn did not complete")
         # The approved turn cannot save the conversation: the page says so, and Send works again.
         await page.js("document.getElementById('approve').click()")
         await page.wait_for("document.getElementById('state').textContent.startsWith('conversation conflict')")

@@ -14,7 +14,7 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, fail_event_token, resolve_event_token
-from tests.helpers.agents import Script, run_until_done
+from tests.helpers.agents import Script, run_to_end, run_until_done
 from tests.helpers.sql import checkpoint_names
 
 
@@ -119,7 +119,6 @@ async def test_tokens_from_elsewhere_are_refused(absurd_client: AsyncAbsurd) -> 
 async def test_a_timeout_is_journaled_and_denies_the_call(
     absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
 ) -> None:
-    import asyncio
 
     tokens: list[str] = []
     agent, refunds = refund_agent(tokens, [], timeout=timedelta(seconds=1))
@@ -134,15 +133,8 @@ async def test_a_timeout_is_journaled_and_denies_the_call(
         return output
 
     spawned = await absurd_client.spawn("support", {})
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:  # the run sleeps until its wait times out (1 s), then becomes claimable again
-        await absurd_client.work_batch(claim_timeout=30)
-        snapshot = await absurd_client.fetch_task_result(spawned["task_id"])
-        assert snapshot is not None
-        if snapshot.state in {"completed", "failed", "cancelled"}:
-            break
-        assert asyncio.get_running_loop().time() < deadline, snapshot.state
-        await asyncio.sleep(0.1)
+    # The run sleeps until its wait times out (1 s), then becomes claimable again.
+    snapshot = await run_to_end(absurd_client, spawned["task_id"])
     assert snapshot.state == "completed", snapshot.failure
     assert "Timed out" in str(snapshot.result)
     assert refunds == []
