@@ -24,7 +24,6 @@ from pydantic_ai.models.test import TestModel
 
 from pydantic_ai_absurd import AbsurdAgent
 from pydantic_ai_absurd.testing import run_queued
-from tests.helpers.paths import DOCS
 
 
 def test_sync_fixtures(absurd_dsn: str, absurd_queue: str) -> None:
