@@ -25,7 +25,8 @@ import pytest
 from absurd_sdk import AsyncAbsurd
 from psycopg import sql
 
-from tests.helpers.apps.matrix_worker import effect_of, read_lines
+from tests.helpers.apps._common import read_lines
+from tests.helpers.apps.matrix_worker import effect_of
 from tests.helpers.polling import wait_until
 from tests.helpers.processes import Process, Workers
 

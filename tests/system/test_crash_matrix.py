@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
 
-from tests.helpers.apps.matrix_worker import effect_of, read_lines
+from tests.helpers.apps._common import read_lines
+from tests.helpers.apps.matrix_worker import effect_of
 from tests.helpers.polling import TERMINAL, wait_until
 from tests.helpers.processes import Workers
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent
+from tests.helpers.apps._common import append, die_if_armed, work_until_stopped
 
 
 def main() -> None:
@@ -27,16 +27,10 @@ def main() -> None:
     claim_timeout = int(sys.argv[4]) if len(sys.argv) > 4 else 3
 
     def record(name: str, value: str = "x") -> None:
-        with (state / name).open("a") as file:
-            file.write(value + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        append(state / name, value)
 
     def maybe_die(point: str) -> None:
-        trigger = state / f"kill-{point}"
-        if trigger.exists():
-            trigger.unlink()
-            os.kill(os.getpid(), signal.SIGKILL)
+        die_if_armed(state / f"kill-{point}")
 
     async def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         turn = sum(1 for m in messages if m.kind == "response")
@@ -86,15 +80,7 @@ def main() -> None:
             "run_ids": [first.run_id, second.run_id],
         }
 
-    async def work() -> None:
-        try:
-            while not (state / "stop").exists():
-                await absurd.work_batch(worker_id=f"crash-{os.getpid()}", claim_timeout=claim_timeout)
-                await asyncio.sleep(0.05)
-        finally:
-            await absurd.close()
-
-    asyncio.run(work())
+    asyncio.run(work_until_stopped(absurd, state, "crash", claim_timeout=claim_timeout))
 
 
 if __name__ == "__main__":

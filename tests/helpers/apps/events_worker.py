@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydantic_ai.messages import ModelMessage
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent
+from tests.helpers.apps._common import die_if_armed, work_until_stopped
 
 
 def main() -> None:
@@ -53,8 +53,7 @@ def main() -> None:
             if trigger.exists():
                 while await deltas_in_log() < i - 1:  # the first word is the part start, not a delta
                     await asyncio.sleep(0.02)
-                trigger.unlink()
-                os.kill(os.getpid(), signal.SIGKILL)
+                die_if_armed(trigger)
             yield f"w{i} "
 
     inner = Agent(FunctionModel(stream_function=stream, model_name="scripted"), name="support")
@@ -73,15 +72,7 @@ def main() -> None:
         result = await agent.run(params.get("prompt", "hi"))
         return {"output": result.output}
 
-    async def work() -> None:
-        try:
-            while not (state / "stop").exists():
-                await absurd.work_batch(worker_id=f"events-{os.getpid()}", claim_timeout=claim_timeout)
-                await asyncio.sleep(0.05)
-        finally:
-            await absurd.close()
-
-    asyncio.run(work())
+    asyncio.run(work_until_stopped(absurd, state, "events", claim_timeout=claim_timeout))
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ Counters are appended to files in <state dir>; a file `kill-<point>` makes the p
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,22 +18,17 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, Inbox
+from tests.helpers.apps._common import append, die_if_armed, work_until_stopped
 
 
 def main() -> None:
     dsn, queue, state = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 
     def record(name: str, value: str = "x") -> None:
-        with (state / name).open("a") as file:
-            file.write(value + "\n")
-            file.flush()
-            os.fsync(file.fileno())
+        append(state / name, value)
 
     def maybe_die(point: str) -> None:
-        trigger = state / f"kill-{point}"
-        if trigger.exists():
-            trigger.unlink()
-            os.kill(os.getpid(), signal.SIGKILL)
+        die_if_armed(state / f"kill-{point}")
 
     def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         turn = sum(1 for m in messages if m.kind == "response")
@@ -70,15 +63,7 @@ def main() -> None:
     async def ops(params: dict[str, Any], ctx: Any) -> str:
         return (await agent.run("clean up")).output
 
-    async def work() -> None:
-        try:
-            while not (state / "stop").exists():
-                await absurd.work_batch(worker_id=f"inbox-{os.getpid()}", claim_timeout=2)
-                await asyncio.sleep(0.05)
-        finally:
-            await absurd.close()
-
-    asyncio.run(work())
+    asyncio.run(work_until_stopped(absurd, state, "inbox", claim_timeout=2))
 
 
 if __name__ == "__main__":

@@ -42,24 +42,12 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent
+from tests.helpers.apps._common import append, read_lines
 
 # Seconds each parallel tool sleeps before its side effect: staggered so that at any commit only the
 # committing call has run its side effect and not yet committed.
 CHARGE_DELAYS = {1: 0.0, 2: 0.15, 3: 0.3}
 SEND_DELAY = 0.2
-
-
-def append(path: Path, line: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, (line + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def current_run_id() -> str:

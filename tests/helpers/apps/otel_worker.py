@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic_ai import Agent
 
 from pydantic_ai_absurd.worker import run_worker
+from tests.helpers.apps._common import die_if_armed
 from tests.helpers.inspection import billing_agent, register_billing
 
 
@@ -64,10 +64,7 @@ def main() -> None:
     Agent.instrument_all()
 
     def maybe_die() -> None:
-        trigger = state / "kill-charge"
-        if trigger.exists():
-            trigger.unlink()
-            os.kill(os.getpid(), signal.SIGKILL)
+        die_if_armed(state / "kill-charge")
 
     absurd = AsyncAbsurd(dsn, queue_name=queue)  # no hooks: the worker applies otel_hooks() by default
     register_billing(absurd, billing_agent(before_charge=maybe_die, charges=state / "charges"))
