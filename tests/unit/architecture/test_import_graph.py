@@ -13,7 +13,6 @@ from pathlib import Path
 from tests.helpers.paths import SRC
 
 PACKAGE = "pydantic_ai_absurd"
-ROOT = SRC
 
 CORE = {
     "_durability",
@@ -58,7 +57,7 @@ HELPERS = {"_dsn", "_db", "_pg_binaries"}
 
 
 def _module_file(parts: tuple[str, ...]) -> Path | None:
-    base = ROOT.joinpath(*parts)
+    base = SRC.joinpath(*parts)
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
@@ -97,9 +96,9 @@ def _edges(parts: tuple[str, ...]) -> list[tuple[str, ...]]:
 def _core_modules() -> list[tuple[str, ...]]:
     modules: list[tuple[str, ...]] = []
     for name in sorted(CORE):
-        if (ROOT / name).is_dir():
+        if (SRC / name).is_dir():
             modules += [
-                (name, *path.relative_to(ROOT / name).with_suffix("").parts) for path in (ROOT / name).rglob("*.py")
+                (name, *path.relative_to(SRC / name).with_suffix("").parts) for path in (SRC / name).rglob("*.py")
             ]
         elif _module_file((name,)) is not None:
             modules.append((name,))
@@ -125,7 +124,7 @@ def upward_edges() -> list[str]:
 
 
 def test_every_top_level_module_is_core_or_layer() -> None:
-    names = {path.stem for path in ROOT.glob("*.py")} | {path.parent.name for path in ROOT.glob("*/__init__.py")}
+    names = {path.stem for path in SRC.glob("*.py")} | {path.parent.name for path in SRC.glob("*/__init__.py")}
     assert names - CORE - LAYERS - HELPERS - {"__init__"} == set()
 
 
