@@ -1,7 +1,7 @@
 """The only place where this package touches private names of `pydantic_ai`.
 
 Both are hooks of `BaseDurabilityCapability` (pydantic-ai-slim 2.68 to 2.78), overridden here, checked by
-`check_private_names()` when a capability is created and pinned by `tests/test_compat.py`:
+`check_private_names()` when a capability is created and pinned by `tests/unit/compat/test_compat.py`:
 
 - `_stamp_response(response, messages)`: the graph stamps `run_id` / `conversation_id` on a model
   response only after the durable unit returns, so without this override the stored response would
@@ -13,21 +13,21 @@ Both are hooks of `BaseDurabilityCapability` (pydantic-ai-slim 2.68 to 2.78), ov
   judged by the base guard as before.
 
 And one module-level name, read by `active_run_usage()` for the OpenTelemetry layer (`telemetry.py`),
-pinned by `tests/test_otel.py`:
+pinned by `tests/unit/telemetry/test_otel.py`:
 
 - `pydantic_ai._usage_attribution._active`: the `RunUsage` the current agent run span reports as its
   aggregated usage. A resumed attempt takes the usage of its replayed model requests off it, so the agent
   run spans of all attempts together count each request once. Missing, the correction is skipped.
 
 And the wire shape of a tool call's journaled result (`durable_exec._toolset.CallToolResult`, whose variants are
-private), read by `is_journaled_failure()` for `durable_transaction`, pinned by `tests/unit/test_transactions.py`:
+private), read by `is_journaled_failure()` for `durable_transaction`, pinned by `tests/unit/transactions/test_transactions.py`:
 
 - a tool that raised `ModelRetry`, `ToolFailed`, `ApprovalRequired`, `CallDeferred`, a validation error or a
   cancelled sub-run is journaled as an object whose `kind` names it. Its `durable_transaction()` block's rows
   are rolled back then: the tool did not succeed.
 
 And one method of `AgentRunResult`, used by the conversations layer, pinned by
-`tests/test_conversation_turns.py`:
+`tests/unit/conversations/test_conversation_turns.py`:
 
 - `AgentRunResult._conversation_saved(revision)`: what `ConversationStore.save(result)` calls so the
   result's `conversation` continues from the saved revision. A durable turn whose save step is replayed

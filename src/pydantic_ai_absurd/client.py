@@ -7,7 +7,7 @@
 - `fetch_result()` / `wait_for_result()`: a task's state and its result validated into a type, or
   `TaskFailedError` / `TaskCancelledError` / `TaskNotFoundError` / `TaskResultTimeoutError`.
 
-Idempotency (Absurd semantics, checked in `tests/test_spawn.py`): the first `spawn` with a key creates
+Idempotency (Absurd semantics, checked in `tests/unit/client/test_spawn.py`): the first `spawn` with a key creates
 the task; every later `spawn` with the same key on the same queue returns that task (its id, its
 latest run and attempt) and creates nothing, whatever the parameters, for as long as the task is
 stored (until Absurd's cleanup removes it, `cleanup_ttl` 30 days by default, after it finished).

@@ -1,6 +1,6 @@
 """Real worker processes SIGKILLed on each side of a `durable_transaction()` commit: each refund row exists once.
 
-The worker (`tests/system/txn_worker.py`) refunds three orders in parallel tool calls, each inserting one row in
+The worker (`tests/helpers/apps/txn_worker.py`) refunds three orders in parallel tool calls, each inserting one row in
 a `durable_transaction()` block. It kills itself at a commit hook (fault injection, not timing): just before a
 tool step's rows and checkpoint commit, or just after. A fresh worker replaces each dead one and resumes the task
 once the dead one's claim (2 s) has expired. Rows are counted in Postgres; executions in a file.
@@ -22,11 +22,10 @@ import psycopg
 import pytest
 from absurd_sdk import AsyncAbsurd
 
-from ..unit.txn_support import refunds_table
+from tests.helpers.paths import ROOT
+from tests.helpers.transactions import refunds_table
 
 pytestmark = pytest.mark.crash
-
-ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @pytest.fixture
@@ -36,7 +35,7 @@ async def table(absurd_dsn: str) -> AsyncIterator[str]:
 
 
 def start_worker(dsn: str, queue: str, table: str, state: Path) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "tests.system.txn_worker", dsn, queue, table, str(state), "2"]
+    command = [sys.executable, "-m", "tests.helpers.apps.txn_worker", dsn, queue, table, str(state), "2"]
     return subprocess.Popen(command, cwd=ROOT, env=dict(os.environ))
 
 

@@ -1,7 +1,7 @@
 """A task context that reaches no database: the SDK's storage calls, routed to public-named hooks.
 
 `OfflineTaskContext` overrides four private methods of `AsyncTaskContext` (absurd-sdk 0.5.1), checked by
-`check_offline_context_names()` and pinned by `tests/test_verify_sandbox.py`:
+`check_offline_context_names()` and pinned by `tests/unit/verify/test_verify_sandbox.py`:
 
 - `_get_checkpoint_name`: each checkpoint name the SDK's counter hands out is reported to
   `checkpoint_name_given`;

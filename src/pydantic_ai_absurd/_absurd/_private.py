@@ -5,7 +5,7 @@ way to execute a claimed task on another connection. To give each in-flight task
 connection, the worker builds one short-lived `AsyncAbsurd` per task on a pooled connection (public
 constructor) and lets it execute the claimed task with the registrations of the user's client.
 
-Private names used (absurd-sdk 0.5.1), all pinned by `tests/test_worker_sdk_private.py` and checked by
+Private names used (absurd-sdk 0.5.1), all pinned by `tests/unit/compat/test_worker_sdk_private.py` and checked by
 `check_private_names()` when a worker starts and when a durable agent is first bound:
 
 - `AsyncAbsurd._registry`: dict of task name -> registration, shared (not copied) with each
@@ -17,29 +17,29 @@ Private names used (absurd-sdk 0.5.1), all pinned by `tests/test_worker_sdk_priv
 - `AsyncAbsurd._conn_string` / `AsyncAbsurd._conn`: where the client connects, to open a pool on
   the same database when no DSN is given;
 - `AsyncTaskContext._claim_timeout`: the claim timeout a run was claimed with; the engine's lease keeper
-  heartbeats at a third of it (pinned by `tests/test_compat.py`);
+  heartbeats at a third of it (pinned by `tests/unit/compat/test_compat.py`);
 - `AsyncTaskContext._task`: the claimed task (run id, attempt) a context runs, for the attributes of the
   OpenTelemetry spans (`pydantic_ai_absurd.telemetry`);
 - `AsyncTaskContext._queue_name` and `_task` (its `task_name`): the queue and task name of the running task, which
   the inbox records with each request (`task_identity`);
 - `AsyncTaskContext._step_name_counter`: the encounter counter of step names; a step that ended without a
   checkpoint gives its name back (`release_step_name`), so a retried model request is stored under the name a
-  replay looks for (pinned by `tests/test_durable_hooks.py`);
+  replay looks for (pinned by `tests/unit/engine/test_durable_hooks.py`);
 - `AsyncTaskContext._conn`, `_queue_name` and `_task` (its `run_id`): a wait longer than the suspend threshold
   puts the run to sleep with `absurd.schedule_run` (`suspend_run_until`), and a replay divergence lowers the
   task's `max_attempts` (`give_up_retries`), both on the task's own connection;
 - `AsyncTaskContext._get_checkpoint_name` and `_checkpoint_cache`: `begin_step` without the extra query
-  (pinned by `tests/test_compat.py`). The SDK preloads every checkpoint of the task when it creates the
+  (pinned by `tests/unit/compat/test_compat.py`). The SDK preloads every checkpoint of the task when it creates the
   context, and updates the cache on each write of this execution; a name missing from it has no
   checkpoint, yet `begin_step` asks Postgres again, doubling the statements of every new step. Any other
   writer would be an older run of the task, and Absurd refuses its writes once a newer run exists.
   `remember_checkpoint` writes the cache too: a tool step whose checkpoint `durable_transaction()` committed
   in the tool's own transaction (`_transactional.py`) is entered there as `complete_step` would enter it
-  (pinned by `tests/unit/test_transactions.py`).
+  (pinned by `tests/unit/transactions/test_transactions.py`).
 - `AsyncTaskContext._get_checkpoint_name`, `_lookup_checkpoint`, `_persist_checkpoint` and `_schedule_run_after`,
   overridden by `OfflineTaskContext` (`_offline.py`): every checkpoint read, write and reschedule of the SDK's own
   context methods goes through them, so deploy verification's context reaches no database (checked by
-  `check_offline_context_names()`, pinned by `tests/test_verify_sandbox.py`).
+  `check_offline_context_names()`, pinned by `tests/unit/verify/test_verify_sandbox.py`).
 """
 
 from __future__ import annotations

@@ -96,7 +96,7 @@ async def fail_task_permanently(
     run's attempt, and call `absurd.fail_run`, which then sees the attempts exhausted: the task
     ends in state `failed` with `reason` as failure reason and `absurd.retry_task` can still retry it.
     Writes to Absurd's `t_<queue>` table (columns `task_id`, `max_attempts`) and reads `r_<queue>`
-    (`run_id`, `task_id`, `attempt`); `tests/test_retry.py` pins that.
+    (`run_id`, `task_id`, `attempt`); `tests/unit/worker/test_retry.py` pins that.
     """
     runs = sql.Identifier(f"r_{queue_name}")
     tasks = sql.Identifier(f"t_{queue_name}")

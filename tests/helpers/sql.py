@@ -1,0 +1,93 @@
+"""What the tests read from Absurd's tables, through the library's own queries (`pydantic_ai_absurd._absurd`)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+from pydantic_ai_absurd._absurd import (
+    database_now,
+    list_queue_names,
+    read_checkpoints,
+    read_runs,
+    read_task,
+    task_options,
+)
+from pydantic_ai_absurd._db import open_connection
+
+from .polling import wait_until
+
+
+async def task_state(dsn: str, queue: str, task_id: str) -> dict[str, Any]:
+    """The task's `state`, `attempts`, `max_attempts` and `retry_strategy`."""
+    async with open_connection(dsn) as conn:
+        task = await read_task(conn, queue, task_id)
+        options = await task_options(conn, queue, task_id)
+    assert task is not None and options is not None, f"no task {task_id} in queue {queue}"
+    return {
+        "state": task["state"],
+        "attempts": task["attempts"],
+        "max_attempts": task["max_attempts"],
+        "retry_strategy": options["retry_strategy"],
+    }
+
+
+async def runs(dsn: str, queue: str, task_id: str) -> list[dict[str, Any]]:
+    """The task's runs, oldest first, each with the database's clock at reading time as `now`."""
+    async with open_connection(dsn) as conn:
+        rows = await read_runs(conn, queue, task_id)
+        now = await database_now(conn)
+    return [{**row, "now": now} for row in rows]
+
+
+async def latest_run(dsn: str, queue: str, task_id: str) -> dict[str, Any]:
+    """The `state` and `claimed_by` of the task's latest run."""
+    rows = await runs(dsn, queue, task_id)
+    assert rows, f"no run of task {task_id} in queue {queue}"
+    return {"state": rows[-1]["state"], "claimed_by": rows[-1]["claimed_by"]}
+
+
+async def _checkpoint_rows(dsn: str, queue: str, task_id: str) -> list[tuple[str, Any, str | None, Any]]:
+    async with open_connection(dsn) as conn:
+        task = await read_task(conn, queue, task_id)
+        assert task is not None, f"no task {task_id} in queue {queue}"
+        rows = await read_checkpoints(conn, queue, task_id, task["last_attempt_run"])
+    return sorted(rows, key=lambda row: (row[3], row[0]))
+
+
+async def checkpoint_names(dsn: str, queue: str, task_id: str) -> list[str]:
+    """The checkpoint names stored for `task_id`, in the order they were written."""
+    return [row[0] for row in await _checkpoint_rows(dsn, queue, task_id)]
+
+
+async def checkpoints(dsn: str, queue: str, task_id: str) -> dict[str, Any]:
+    """The stored checkpoint states of `task_id`, by name."""
+    return {row[0]: row[1] for row in await _checkpoint_rows(dsn, queue, task_id)}
+
+
+async def database_clock(dsn: str) -> datetime:
+    """Absurd's clock (`absurd.current_time()`), which the tests may move (`absurd.fake_now`)."""
+    async with open_connection(dsn) as conn:
+        return await database_now(conn)
+
+
+async def wait_for_database_clock(dsn: str, moment: datetime) -> None:
+    """Wait until Absurd's clock reaches `moment`."""
+    async with open_connection(dsn) as conn:
+
+        async def reached() -> bool:
+            return await database_now(conn) >= moment
+
+        await wait_until(reached)
+
+
+async def queue_names(dsn: str) -> set[str]:
+    """The names of the queues in the database of `dsn`."""
+    async with open_connection(dsn) as conn:
+        return set(await list_queue_names(conn))
+
+
+def queue_names_sync(dsn: str) -> set[str]:
+    """`queue_names` for synchronous tests."""
+    return asyncio.run(queue_names(dsn))
