@@ -48,22 +48,22 @@ async def latest_run(dsn: str, queue: str, task_id: str) -> dict[str, Any]:
     return {"state": rows[-1]["state"], "claimed_by": rows[-1]["claimed_by"]}
 
 
-async def _checkpoint_rows(dsn: str, queue: str, task_id: str) -> list[tuple[str, Any, str | None, Any]]:
+async def _checkpoint_rows(dsn: str, queue: str, task_id: str) -> list[CheckpointRow]:
     async with open_connection(dsn) as conn:
         task = await read_task(conn, queue, task_id)
         assert task is not None, f"no task {task_id} in queue {queue}"
         rows = await read_checkpoints(conn, queue, task_id, task["last_attempt_run"])
-    return sorted(rows, key=lambda row: (row[3], row[0]))
+    return sorted(rows, key=lambda row: (row.updated_at, row.checkpoint_name))
 
 
 async def checkpoint_names(dsn: str, queue: str, task_id: str) -> list[str]:
     """The checkpoint names stored for `task_id`, in the order they were written."""
-    return [row[0] for row in await _checkpoint_rows(dsn, queue, task_id)]
+    return [row.checkpoint_name for row in await _checkpoint_rows(dsn, queue, task_id)]
 
 
 async def checkpoints(dsn: str, queue: str, task_id: str) -> dict[str, Any]:
     """The stored checkpoint states of `task_id`, by name."""
-    return {row[0]: row[1] for row in await _checkpoint_rows(dsn, queue, task_id)}
+    return {row.checkpoint_name: row.state for row in await _checkpoint_rows(dsn, queue, task_id)}
 
 
 async def database_clock(dsn: str) -> datetime:
