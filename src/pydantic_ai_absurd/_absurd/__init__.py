@@ -1,11 +1,14 @@
 """Everything that reaches into Absurd, in one place.
 
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
+- `_borrowed`: a stand-in for a task's connection that borrows a pooled connection per statement.
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
 - `_sql`: raw SQL on Absurd's functions and tables, and its SQLSTATEs.
+- `_sql_claims`: raw SQL extending the claims of many runs in one statement (bulk heartbeats).
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
+from ._borrowed import Borrow, BorrowedConnection
 from ._offline import OfflineTaskContext
 from ._private import (
     begin_step,
@@ -67,6 +70,7 @@ from ._sql import (
     task_states,
     worker_lock_held,
 )
+from ._sql_claims import extend_claims
 from ._sql_schema import (
     CURRENT_TIME,
     absurd_schema_exists_sync,
@@ -82,7 +86,10 @@ from ._sql_schema import (
 )
 
 __all__ = [
+    "Borrow",
+    "BorrowedConnection",
     "OfflineTaskContext",
+    "extend_claims",
     "CURRENT_TIME",
     "absurd_schema_exists_sync",
     "create_queue_on",
