@@ -126,14 +126,14 @@ class Worker:
         removers = self._install_signal_handlers()
         background: asyncio.Task[None] | None = None
         logger.info(
-            "worker %s starting on queue %s (%s): concurrency=%d pool_size=%d claim_timeout=%ds drain_timeout=%.1fs",
+            "worker %s starting on queue %s (%s): concurrency=%d claim_timeout=%ds drain_timeout=%.1fs pool_size=%d",
             self.worker_id,
             self.queue,
             redact_dsn(self._dsn),
             self.config.concurrency,
-            self.config.pool_size,
             self.config.claim_timeout,
             self.config.drain_timeout,
+            self.config.pool_size,
         )
         try:
             if await self._check_queue():
