@@ -21,7 +21,7 @@ from .._db import connection_pool
 
 __all__ = ["IDLE_CHECK_AFTER", "WorkerPool"]
 
-IDLE_CHECK_AFTER = 2.0
+IDLE_CHECK_AFTER = 30.0
 """Seconds a pooled connection may sit unused before it is checked (one empty query) when lent again."""
 
 
