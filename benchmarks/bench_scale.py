@@ -85,8 +85,12 @@ async def _watch(dsn: str, app: str, n: int, peak: list[int]) -> None:
     """Sample the connections of `app` every 50 ms until `n` tasks completed."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, application_name="bench monitor") as conn:
         while True:
-            peak[0] = max(peak[0], await _count(conn, "select count(*) from pg_stat_activity where application_name = %s", (app,)))
-            done = await _count(conn, f"select count(*) from absurd.t_{QUEUE} where state in ('completed', 'failed')", ())
+            peak[0] = max(
+                peak[0], await _count(conn, "select count(*) from pg_stat_activity where application_name = %s", (app,))
+            )
+            done = await _count(
+                conn, f"select count(*) from absurd.t_{QUEUE} where state in ('completed', 'failed')", ()
+            )
             if done >= n:
                 return
             await asyncio.sleep(0.05)
@@ -157,7 +161,9 @@ async def child_sdk(cfg: dict[str, Any]) -> dict[str, Any]:
     absurd = _durable_client(dsn, cfg, timings)
     await _spawn_all(dsn, "w", cfg["n"])
     start, cpu = time.perf_counter(), time.process_time()
-    job = asyncio.ensure_future(absurd.start_worker(concurrency=cfg["concurrency"], claim_timeout=30, poll_interval=0.05))
+    job = asyncio.ensure_future(
+        absurd.start_worker(concurrency=cfg["concurrency"], claim_timeout=30, poll_interval=0.05)
+    )
     await _watch(cfg["dsn"], SDK_APP, cfg["n"], peak)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     job.cancel()
@@ -330,18 +336,32 @@ def render(results: dict[str, Any]) -> str:
         "| 200 runs of W(3), 2 s model calls, one process | wall | CPU | max connections |",
         "|---|---|---|---|",
     ]
-    for key, label in (("plain", "plain `agent.run()`"), ("ours", "our worker, concurrency=200, pool_size=10"),
-                       ("sdk", "Absurd `start_worker(concurrency=200)`")):
+    for key, label in (
+        ("plain", "plain `agent.run()`"),
+        ("ours", "our worker, concurrency=200, pool_size=10"),
+        ("sdk", "Absurd `start_worker(concurrency=200)`"),
+    ):
         r = results[key]
-        lines.append(f"| {label} | {r['wall']:.1f} s | {r['cpu']:.1f} s | {r['connections'] if key != 'plain' else '-'} |")
+        lines.append(
+            f"| {label} | {r['wall']:.1f} s | {r['cpu']:.1f} s | {r['connections'] if key != 'plain' else '-'} |"
+        )
     idle = results["idle"]
-    lines += ["", f"Idle-waiting worker, 200 runs in flight: {idle['per_second']:.1f} statements/s "
-              f"({', '.join(f'{k}: {v}' for k, v in sorted(idle['by_statement'].items()))} in {idle['window']:.0f} s)."]
-    lines += ["", f"W(3) at 0 ms, one in flight: our worker {results['tps_ours']['tasks_per_second']:.1f} tasks/s, "
-              f"`start_worker` {results['tps_sdk']['tasks_per_second']:.1f} tasks/s.", ""]
+    lines += [
+        "",
+        f"Idle-waiting worker, 200 runs in flight: {idle['per_second']:.1f} statements/s "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(idle['by_statement'].items()))} in {idle['window']:.0f} s).",
+    ]
+    lines += [
+        "",
+        f"W(3) at 0 ms, one in flight: our worker {results['tps_ours']['tasks_per_second']:.1f} tasks/s, "
+        f"`start_worker` {results['tps_sdk']['tasks_per_second']:.1f} tasks/s.",
+        "",
+    ]
     lines += ["| per-step overhead, 0 ms model | plain run | durable run | per step |", "|---|---|---|---|"]
     for turns, r in results["steps"].items():
-        lines.append(f"| W({turns}) | {r['plain'] * 1000:.1f} ms | {r['ours'] * 1000:.1f} ms | {r['per_step'] * 1000:.2f} ms |")
+        lines.append(
+            f"| W({turns}) | {r['plain'] * 1000:.1f} ms | {r['ours'] * 1000:.1f} ms | {r['per_step'] * 1000:.2f} ms |"
+        )
     return "\n".join(lines)
 
 

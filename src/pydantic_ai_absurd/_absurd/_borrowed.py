@@ -19,6 +19,9 @@ other runs.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import AsyncRowFactory
 
-__all__ = ["BorrowedConnection", "BorrowedCursor", "Borrow"]
+__all__ = ["Borrow", "BorrowedConnection", "BorrowedCursor", "unsupported_connection_uses"]
 
 Borrow = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
 """Lends a pooled autocommit connection for the block (the worker's `WorkerPool.connection`)."""
@@ -137,3 +140,28 @@ class BorrowedConnection:
             await cur.execute(query, params)
             rows = await cur.fetchall() if cur.description is not None else []
             return rows, cur.rowcount
+
+
+_SUPPORTED = frozenset({"cursor", "execute"})
+_CONNECTION_USE = re.compile(r"\b(?:self\._conn|conn)\.(\w+)")
+
+
+@functools.cache
+def unsupported_connection_uses() -> tuple[str, ...]:
+    """What the installed SDK does with a task's connection beyond what `BorrowedConnection` offers (start-up check).
+
+    Reads the source of the SDK code that runs a claimed task: `AsyncTaskContext`, its creation, and the run's
+    completion and failure. Empty on absurd-sdk 0.5.1.
+    """
+    import absurd_sdk
+
+    names = ("_create_async_task_context", "_complete_task_run_async", "_fail_task_run_async")
+    code = [absurd_sdk.AsyncTaskContext, *(getattr(absurd_sdk, name, None) for name in names)]
+    try:
+        sources = [inspect.getsource(obj) for obj in code if obj is not None]
+    except (OSError, TypeError):  # pragma: no cover - an SDK installed without sources
+        return ()
+    if len(sources) < len(code):
+        return tuple(f"absurd_sdk.{name}" for name in names if getattr(absurd_sdk, name, None) is None)
+    used = {match for source in sources for match in _CONNECTION_USE.findall(source)}
+    return tuple(sorted(f"AsyncTaskContext._conn.{name}" for name in used - _SUPPORTED))
