@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 
 from pydantic_ai_absurd._absurd import BorrowedConnection, missing_private_names
@@ -54,10 +55,8 @@ async def test_a_connection_that_breaks_marks_the_run_lost(absurd_dsn: str) -> N
             yield conn
 
     conn = BorrowedConnection(borrow, absurd_dsn)
-    try:
+    with pytest.raises(psycopg.OperationalError):
         await conn.execute("select pg_terminate_backend(pg_backend_pid())")
-    except psycopg.OperationalError:
-        pass
     assert conn.broken
     fine = BorrowedConnection(borrow, absurd_dsn)
     cur = await fine.execute("select 1")
