@@ -39,12 +39,12 @@ import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_support import admin, scratch_dsn
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 QUEUE = "scale"
 APP = "pydantic-ai-absurd worker bench"
 SDK_APP = "absurd-sdk start_worker bench"
+DBOS_APP = "dbos bench"
 
 
 def w_agent(turns: int, model_seconds: float, name: str, wait: asyncio.Event | None = None) -> Any:
@@ -94,6 +94,44 @@ async def _watch(dsn: str, app: str, n: int, peak: list[int]) -> None:
             if done >= n:
                 return
             await asyncio.sleep(0.05)
+
+
+async def _sample(dsn: str, peak: list[int]) -> None:
+    """Sample every 50 ms, until cancelled, the connections to the scratch database but the monitor's own."""
+    query = "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()"
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True, application_name="bench monitor") as conn:
+        while True:
+            peak[0] = max(peak[0], await _count(conn, query, ()))
+            await asyncio.sleep(0.05)
+
+
+async def child_dbos(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Pydantic AI's DBOS integration: one workflow per run, all started at once in one process."""
+    from dbos import DBOS
+    from pydantic_ai.durable_exec.dbos import DBOSAgent
+
+    info = psycopg.conninfo.conninfo_to_dict(cfg["dsn"])
+    url = (
+        f"postgresql://{info.get('user', 'postgres')}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}"
+        f"/{info['dbname']}?application_name={DBOS_APP.replace(' ', '%20')}"
+    )
+    agent = DBOSAgent(w_agent(cfg["turns"], cfg["model"], "w"), name="w")
+    DBOS(config={"name": "bench", "system_database_url": url, "run_admin_server": False})  # type: ignore[typeddict-unknown-key]
+
+    @DBOS.workflow()
+    async def run_one() -> str:
+        return (await agent.run("go")).output
+
+    DBOS.launch()
+    peak = [0]
+    sampler = asyncio.ensure_future(_sample(cfg["dsn"], peak))
+    start, cpu = time.perf_counter(), time.process_time()
+    handles = [await DBOS.start_workflow_async(run_one) for _ in range(cfg["n"])]
+    await asyncio.gather(*(handle.get_result() for handle in handles))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    sampler.cancel()
+    DBOS.destroy()
+    return {"wall": wall, "cpu": cpu, "connections": peak[0]}
 
 
 async def child_plain(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -261,18 +299,22 @@ CHILDREN = {
     "sdk": child_sdk,
     "idle": child_idle,
     "plain_steps": child_plain_steps,
+    "dbos": child_dbos,
 }
 
 
 # -- parent ---------------------------------------------------------------------------------------------------------
 
 
-def run_child(scenario: str, cfg: dict[str, Any], src: str | None) -> dict[str, Any]:
+def run_child(scenario: str, cfg: dict[str, Any], src: str | None, python: str | None = None) -> dict[str, Any]:
     env = dict(os.environ)
     if src:
         env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", scenario, json.dumps(cfg)], env=env, capture_output=True, text=True
+        [python or sys.executable, __file__, "--child", scenario, json.dumps(cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{scenario} failed:\n{proc.stderr[-3000:]}")
@@ -280,6 +322,8 @@ def run_child(scenario: str, cfg: dict[str, Any], src: str | None) -> dict[str, 
 
 
 async def fresh_database(admin_dsn: str) -> tuple[str, str]:
+    from bench_support import admin, scratch_dsn
+
     from pydantic_ai_absurd import setup
 
     dbname = f"bench_{secrets.token_hex(4)}"
@@ -289,10 +333,14 @@ async def fresh_database(admin_dsn: str) -> tuple[str, str]:
     return dbname, dsn
 
 
-async def in_fresh_database(admin_dsn: str, scenario: str, cfg: dict[str, Any], src: str | None) -> dict[str, Any]:
+async def in_fresh_database(
+    admin_dsn: str, scenario: str, cfg: dict[str, Any], src: str | None, python: str | None = None
+) -> dict[str, Any]:
+    from bench_support import admin
+
     dbname, dsn = await fresh_database(admin_dsn)
     try:
-        return await asyncio.to_thread(run_child, scenario, {**cfg, "dsn": dsn}, src)
+        return await asyncio.to_thread(run_child, scenario, {**cfg, "dsn": dsn}, src, python)
     finally:
         await admin(admin_dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
 
@@ -305,6 +353,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
     results["plain"] = await in_fresh_database(args.dsn, "plain", w3, None)
     results["ours"] = await in_fresh_database(args.dsn, "ours", w3, args.src)
     results["sdk"] = await in_fresh_database(args.dsn, "sdk", w3, args.src)
+    if args.dbos_python:
+        results["dbos"] = await in_fresh_database(args.dsn, "dbos", w3, None, args.dbos_python)
     print("goal 1 done", flush=True)
     results["idle"] = await in_fresh_database(args.dsn, "idle", {"n": n, "window": 5.0 if quick else 10.0}, args.src)
     print("idle done", flush=True)
@@ -375,7 +425,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--src", help="source tree of pydantic_ai_absurd to benchmark (default: the installed one)")
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--dbos-python", help="a Python with `dbos` and pydantic-ai-slim[dbos] (a throwaway venv)")
+    parser.add_argument("--only", help="run one scenario of goal 1 (plain, ours, sdk, dbos) and print it")
     args = parser.parse_args(sys.argv[1:])
+    if args.only:
+        w3 = {"n": 200, "turns": 3, "model": 2.0, "concurrency": 200, "pool_size": 10}
+        python = args.dbos_python if args.only == "dbos" else None
+        print(json.dumps(asyncio.run(in_fresh_database(args.dsn, args.only, w3, args.src, python))))
+        return
     results = asyncio.run(run_all(args))
     print(render(results))
     if args.json:
