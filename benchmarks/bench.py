@@ -7,6 +7,9 @@ The DSN names a server and a database to connect to for administration; the benc
 scratch database on that server (random name), installs Absurd's schema there, and drops it at the end.
 Results are printed as a table and written to docs/benchmarks.md (unless --no-docs).
 
+`--scale-only [--dbos-python PY] [--src DIR]` runs the scale benchmarks of `bench_scale.py` (many concurrent runs
+per worker, connections, statements of an idle worker, tasks/s, per-step overhead) instead.
+
 Internal: `bench.py --worker DSN QUEUE STATE_DIR` runs one worker process (used by items 5 and 7).
 """
 
@@ -994,6 +997,12 @@ async def main_takeover(args: argparse.Namespace) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         worker_main(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
+        return
+    if "--scale-only" in sys.argv:  # issue 19's scale benchmarks live in bench_scale.py
+        import bench_scale
+
+        sys.argv.remove("--scale-only")
+        bench_scale.main()
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", default=os.environ.get("BENCH_DSN", DEFAULT_DSN), help="server to benchmark on")

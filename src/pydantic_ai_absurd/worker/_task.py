@@ -128,28 +128,35 @@ def wrap_execution(
             running.outcome = "lost"
             raise
         except Exception as err:
-            if conn.broken or conn.closed:
-                raise ConnectionLost() from err
-            running.error = err
-            try:
-                async with conn.borrow() as own:
-                    running.outcome, running.reason = await record_task_failure(own, queue, task, err, policy)
-            except psycopg.Error as db_err:
-                ended = end_state_of(db_err)
-                if ended == "cancelled":
-                    running.outcome = "cancelled"
-                    raise CancelledTask() from err
-                if ended == "failed":
-                    running.outcome = "lost"
-                    raise FailedTask() from err
-                if conn.broken or conn.closed:
-                    raise ConnectionLost() from err
-                raise
+            await _record_failure(running, conn, queue, err, policy)
             raise FailedTask() from err  # the run is failed already; the SDK ignores FailedTask
         running.outcome = "completed"
         return result
 
     return {**user_hooks, "wrap_task_execution": wrap}
+
+
+async def _record_failure(
+    running: Running, conn: BorrowedConnection, queue: str, err: Exception, policy: RetryPolicy
+) -> None:
+    """Fail the run after `err` per the retry policy; raise Absurd's end state if the run has ended meanwhile."""
+    if conn.broken:
+        raise ConnectionLost() from err
+    running.error = err
+    try:
+        async with conn.borrow() as own:
+            running.outcome, running.reason = await record_task_failure(own, queue, running.task, err, policy)
+    except psycopg.Error as db_err:
+        ended = end_state_of(db_err)
+        if ended == "cancelled":
+            running.outcome = "cancelled"
+            raise CancelledTask() from err
+        if ended == "failed":
+            running.outcome = "lost"
+            raise FailedTask() from err
+        if conn.broken:
+            raise ConnectionLost() from err
+        raise
 
 
 def log_outcome(running: Running, health: WorkerHealth) -> None:
