@@ -37,6 +37,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from pydantic_ai.usage import UsageLimits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -45,6 +46,7 @@ QUEUE = "scale"
 APP = "pydantic-ai-absurd worker bench"
 SDK_APP = "absurd-sdk start_worker bench"
 DBOS_APP = "dbos bench"
+NO_LIMITS = UsageLimits(request_limit=None)
 
 
 def w_agent(turns: int, model_seconds: float, name: str, wait: asyncio.Event | None = None) -> Any:
@@ -111,16 +113,18 @@ async def child_dbos(cfg: dict[str, Any]) -> dict[str, Any]:
     from pydantic_ai.durable_exec.dbos import DBOSAgent
 
     info = psycopg.conninfo.conninfo_to_dict(cfg["dsn"])
+    host = str(info.get("host", "127.0.0.1"))
+    where = f"?host={host}&" if host.startswith("/") else "?"
     url = (
-        f"postgresql://{info.get('user', 'postgres')}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}"
-        f"/{info['dbname']}?application_name={DBOS_APP.replace(' ', '%20')}"
+        f"postgresql://{info.get('user', 'postgres')}@{'' if host.startswith('/') else host}:{info.get('port', 5432)}"
+        f"/{info['dbname']}{where}application_name={DBOS_APP.replace(' ', '%20')}"
     )
     agent = DBOSAgent(w_agent(cfg["turns"], cfg["model"], "w"), name="w")
     DBOS(config={"name": "bench", "system_database_url": url, "run_admin_server": False})  # type: ignore[typeddict-unknown-key]
 
     @DBOS.workflow()
     async def run_one() -> str:
-        return (await agent.run("go")).output
+        return (await agent.run("go", usage_limits=NO_LIMITS)).output
 
     DBOS.launch()
     peak = [0]
@@ -137,7 +141,7 @@ async def child_dbos(cfg: dict[str, Any]) -> dict[str, Any]:
 async def child_plain(cfg: dict[str, Any]) -> dict[str, Any]:
     agent = w_agent(cfg["turns"], cfg["model"], "plain")
     start, cpu = time.perf_counter(), time.process_time()
-    await asyncio.gather(*(agent.run("go") for _ in range(cfg["n"])))
+    await asyncio.gather(*(agent.run("go", usage_limits=NO_LIMITS) for _ in range(cfg["n"])))
     return {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu, "connections": 0}
 
 
@@ -161,7 +165,7 @@ def _durable_client(dsn: str, cfg: dict[str, Any], timings: list[float]) -> Any:
     @absurd.register_task(name="w")
     async def w(params: Any, ctx: AsyncTaskContext) -> dict[str, Any]:
         start = time.perf_counter()
-        result = await agent.run("go")
+        result = await agent.run("go", usage_limits=NO_LIMITS)
         timings.append(time.perf_counter() - start)
         return {"output": result.output}
 
@@ -227,7 +231,7 @@ async def child_idle(cfg: dict[str, Any]) -> dict[str, Any]:
     @absurd.register_task(name="idle")
     async def idle(params: Any, ctx: AsyncTaskContext) -> None:
         started.append(1)
-        await agent.run("go")
+        await agent.run("go", usage_limits=NO_LIMITS)
 
     await _spawn_all(dsn, "idle", n)
     counts: Counter[str] = Counter()
@@ -288,7 +292,7 @@ async def child_plain_steps(cfg: dict[str, Any]) -> dict[str, Any]:
     times: list[float] = []
     for _ in range(cfg["n"]):
         start = time.perf_counter()
-        await agent.run("go")
+        await agent.run("go", usage_limits=NO_LIMITS)
         times.append(time.perf_counter() - start)
     return {"run_median": _median(times[5:] or times)}
 
