@@ -48,6 +48,7 @@ from pydantic_ai_absurd import AbsurdAgent, run_worker, setup
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_conversations import bench_conversations, render_conversations, with_conversations_section
 from bench_events import bench_events, render_events, with_events_section
+from bench_scale import scale_section, with_scale_section
 from bench_support import admin, drain, scratch_dsn, summary
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -972,6 +973,8 @@ async def main_async(args: argparse.Namespace) -> None:
     wall = time.perf_counter() - started
     page = with_events_section(render(results, info, cfg, wall), render_events(results["events"]))
     page = with_conversations_section(page, render_conversations(results["conversations"]))
+    docs = ROOT / "docs" / "benchmarks.md"
+    page = with_scale_section(page, scale_section(docs.read_text()) if docs.exists() else None)  # bench_scale.py's
     table_start = page.index("## Results")
     print(page[table_start : page.index("## What the numbers mean")])
     print(f"wall time: {wall:.1f} s")

@@ -283,7 +283,9 @@ def _profile(profile: Any) -> dict[str, Any]:
 
     profile.disable()
     out = io.StringIO()
-    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(25)
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(r"pydantic_ai_absurd|absurd_sdk|psycopg_pool", 30)
     return {"profile": out.getvalue()}
 
 
@@ -417,6 +419,33 @@ def render(results: dict[str, Any]) -> str:
             f"| W({turns}) | {r['plain'] * 1000:.1f} ms | {r['ours'] * 1000:.1f} ms | {r['per_step'] * 1000:.2f} ms |"
         )
     return "\n".join(lines)
+
+
+START = "<!-- scale:start -->"
+END = "<!-- scale:end -->"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+
+def with_scale_section(page: str, section: str | None) -> str:
+    """`page` with its scale section replaced by `section` (appended when it has none; kept when None)."""
+    if section is None:
+        return page
+    if START in page and END in page:
+        head, rest = page.split(START, 1)
+        return head + section + rest.split(END, 1)[1]
+    return page.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def scale_section(page: str) -> str | None:
+    """The scale section of `page` (markers included), if it has one: a full `bench.py` run keeps it."""
+    if START in page and END in page:
+        return START + page.split(START, 1)[1].split(END, 1)[0] + END
+    return None
+
+
+def section_text(results: dict[str, Any], note: str) -> str:
+    """The scale section of docs/benchmarks.md."""
+    return f"{START}\n## Scale\n\n{note}\n\n{render(results)}\n{END}"
 
 
 def main() -> None:
