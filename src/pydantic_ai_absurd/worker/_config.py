@@ -41,7 +41,7 @@ class WorkerConfig:
         concurrency: Tasks run at once. A run holds no connection: each of its statements (a checkpoint
             write, a heartbeat, a wait) borrows one from the worker's pool for that statement alone.
         pool_size: Largest number of connections of the worker's pool, shared by all its runs, its claims
-            and its heartbeats (the liveness lock of fast takeover holds one more connection). See the
+            and its heartbeats (fast takeover holds its liveness lock on two more connections). See the
             sizing rule in the production docs.
         claim_timeout: Seconds of a claim (lease); extended every third of it while the task runs.
         drain_timeout: Seconds in-flight tasks get to finish after the first SIGTERM/SIGINT.
