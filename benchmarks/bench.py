@@ -7,6 +7,9 @@ The DSN names a server and a database to connect to for administration; the benc
 scratch database on that server (random name), installs Absurd's schema there, and drops it at the end.
 Results are printed as a table and written to docs/benchmarks.md (unless --no-docs).
 
+`--scale-only [--dbos-python PY] [--src DIR]` runs the scale benchmarks of `bench_scale.py` (many concurrent runs
+per worker, connections, statements of an idle worker, tasks/s, per-step overhead) instead.
+
 Internal: `bench.py --worker DSN QUEUE STATE_DIR` runs one worker process (used by items 5 and 7).
 """
 
@@ -45,6 +48,7 @@ from pydantic_ai_absurd import AbsurdAgent, run_worker, setup
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_conversations import bench_conversations, render_conversations, with_conversations_section
 from bench_events import bench_events, render_events, with_events_section
+from bench_scale import scale_section, with_scale_section
 from bench_support import admin, drain, scratch_dsn, summary
 from bench_transactions import bench_transactions, render_transactions, with_transactions_section
 
@@ -973,6 +977,8 @@ async def main_async(args: argparse.Namespace) -> None:
     page = with_events_section(render(results, info, cfg, wall), render_events(results["events"]))
     page = with_conversations_section(page, render_conversations(results["conversations"]))
     page = with_transactions_section(page, render_transactions(results["transactions"]))
+    docs = ROOT / "docs" / "benchmarks.md"
+    page = with_scale_section(page, scale_section(docs.read_text()) if docs.exists() else None)  # bench_scale.py's
     table_start = page.index("## Results")
     print(page[table_start : page.index("## What the numbers mean")])
     print(f"wall time: {wall:.1f} s")
@@ -998,6 +1004,12 @@ async def main_takeover(args: argparse.Namespace) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
         worker_main(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
+        return
+    if "--scale-only" in sys.argv:  # issue 19's scale benchmarks live in bench_scale.py
+        import bench_scale
+
+        sys.argv.remove("--scale-only")
+        bench_scale.main()
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", default=os.environ.get("BENCH_DSN", DEFAULT_DSN), help="server to benchmark on")

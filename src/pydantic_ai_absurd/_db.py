@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, LiteralString, TypeVar
 from weakref import WeakKeyDictionary
@@ -75,10 +75,13 @@ def connection_pool(
     application_name: str | None = None,
     connect_timeout: int | None = None,
     timeout: float = 30.0,
-    check: bool = False,
+    check: bool | Callable[[psycopg.AsyncConnection[Any]], Awaitable[None]] = False,
     name: str | None = None,
 ) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
-    """An unopened pool of autocommit connections to `dsn` (the caller opens and closes it)."""
+    """An unopened pool of autocommit connections to `dsn` (the caller opens and closes it).
+
+    `check`: True checks every connection (an empty query) before lending it; a callable decides itself.
+    """
     kwargs: dict[str, Any] = {"autocommit": True}
     if connect_timeout is not None:
         kwargs["connect_timeout"] = connect_timeout
@@ -90,7 +93,7 @@ def connection_pool(
         min_size=min_size,
         max_size=max_size,
         open=False,
-        check=AsyncConnectionPool.check_connection if check else None,
+        check=(AsyncConnectionPool.check_connection if check else None) if isinstance(check, bool) else check,
         timeout=timeout,
         name=name,
     )

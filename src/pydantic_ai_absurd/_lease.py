@@ -6,13 +6,13 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from absurd_sdk import AsyncTaskContext, CancelledTask, FailedTask
 
 from ._absurd import claim_timeout_of
 
-__all__ = ["MIN_HEARTBEAT_INTERVAL", "LeaseKeeper"]
+__all__ = ["MIN_HEARTBEAT_INTERVAL", "HeartbeatGroup", "LeaseKeeper"]
 
 _T = TypeVar("_T")
 
@@ -20,6 +20,23 @@ logger = logging.getLogger("pydantic_ai_absurd.lease")
 
 MIN_HEARTBEAT_INTERVAL = 0.2
 """Seconds; heartbeats are never sent more often than this, whatever the claim timeout."""
+
+
+class HeartbeatGroup(Protocol):
+    """Heartbeats the claims of many runs in one statement (the production worker's bulk heartbeats).
+
+    A keeper with a group joins it while it holds work instead of heartbeating on its own; the group
+    extends the claims of all its keepers every heartbeat interval and calls `LeaseKeeper.report_end`
+    on each whose run Absurd reports cancelled or failed.
+    """
+
+    def join(self, keeper: LeaseKeeper) -> None:
+        """Keep `keeper`'s claim alive from now on."""
+        ...
+
+    def leave(self, keeper: LeaseKeeper) -> None:
+        """Stop keeping `keeper`'s claim alive."""
+        ...
 
 
 class LeaseKeeper:
@@ -49,6 +66,13 @@ class LeaseKeeper:
         self._heartbeat: asyncio.Task[None] | None = None
         self.ended: BaseException | None = None
         """The Absurd end state a heartbeat or write reported first, if any."""
+        self.group: HeartbeatGroup | None = None
+        """Heartbeats this keeper's claim with others' in one statement; None: the keeper heartbeats itself."""
+
+    @property
+    def task_ctx(self) -> AsyncTaskContext:
+        """The task context whose claim this keeper keeps."""
+        return self._task_ctx
 
     @property
     def interval(self) -> float:
@@ -107,14 +131,28 @@ class LeaseKeeper:
             if current is not None:
                 self._held_tasks.discard(current)
 
+    def report_end(self, ended: BaseException) -> None:
+        """A heartbeat reported `ended`: remember it and cancel the running bodies (else the holding tasks)."""
+        self.end(ended)
+        for target in list(self._bodies) or list(self._held_tasks):
+            target.cancel()
+
     def _acquire(self) -> None:
         self._holds += 1
-        if self._heartbeat is None:
+        if self._holds > 1:
+            return
+        if self.group is not None:
+            self.group.join(self)
+        elif self._heartbeat is None:
             self._heartbeat = asyncio.ensure_future(self._beat())
 
     def _release(self) -> None:
         self._holds -= 1
-        if self._holds == 0 and self._heartbeat is not None:
+        if self._holds > 0:
+            return
+        if self.group is not None:
+            self.group.leave(self)
+        if self._heartbeat is not None:
             self._heartbeat.cancel()
             self._heartbeat = None
 
@@ -124,10 +162,7 @@ class LeaseKeeper:
             try:
                 await self._task_ctx.heartbeat()
             except (CancelledTask, FailedTask) as ended:
-                self.end(ended)
-                targets = list(self._bodies) or list(self._held_tasks)
-                for target in targets:
-                    target.cancel()
+                self.report_end(ended)
                 return
             except Exception:
                 # The next checkpoint write reports a lost connection; a missed heartbeat alone is not fatal.

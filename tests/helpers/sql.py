@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic_ai_absurd._absurd import (
+    CheckpointRow,
     database_now,
     list_queue_names,
     read_checkpoints,

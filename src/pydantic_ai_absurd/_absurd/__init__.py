@@ -1,14 +1,17 @@
 """Everything that reaches into Absurd, in one place.
 
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
+- `_borrowed`: a stand-in for a task's connection that borrows a pooled connection per statement.
 - `_hooks`: chaining the client's `before_spawn` hook after the user's (sync or async).
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
 - `_sql`: raw SQL on Absurd's runs (claims, scheduling, failing, events), worker locks, and its SQLSTATEs.
+- `_sql_claims`: raw SQL extending the claims of many runs in one statement (bulk heartbeats).
 - `_sql_tasks`: raw SQL that reads Absurd's tasks, runs and checkpoints, and copies tasks.
 - `_transactional`: a tool step's checkpoint written in the tool's own open transaction (`durable_transaction`).
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
+from ._borrowed import Borrow, BorrowedConnection
 from ._hooks import chain_before_spawn
 from ._offline import OfflineTaskContext
 from ._private import (
@@ -54,6 +57,7 @@ from ._sql import (
     schedule_run_now,
     worker_lock_held,
 )
+from ._sql_claims import extend_claims
 from ._sql_schema import (
     CURRENT_TIME,
     absurd_schema_exists_sync,
@@ -90,7 +94,10 @@ from ._transactional import raise_end_state, remember_checkpoint, write_checkpoi
 __all__ = [
     "chain_before_spawn",
     "CheckpointRow",
+    "Borrow",
+    "BorrowedConnection",
     "OfflineTaskContext",
+    "extend_claims",
     "CURRENT_TIME",
     "absurd_schema_exists_sync",
     "create_queue_on",

@@ -66,6 +66,7 @@ from psycopg import AsyncConnection
 from psycopg.conninfo import make_conninfo
 
 from ..errors import IncompatibleSdkError
+from ._borrowed import unsupported_connection_uses
 from ._sql import end_state_of, exhaust_attempts, schedule_run_at
 
 
@@ -201,6 +202,7 @@ def missing_private_names() -> tuple[str, ...]:
     probe = AsyncAbsurd("postgresql://", queue_name="probe")  # connects lazily: nothing is opened here
     missing += [f"AsyncAbsurd.{name}" for name in _CLIENT_ATTRIBUTES if not hasattr(probe, name)]
     missing += [f"AsyncAbsurd.{name}" for name in _CLIENT_METHODS if not callable(getattr(AsyncAbsurd, name, None))]
+    missing += unsupported_connection_uses()
     return tuple(missing)
 
 

@@ -103,7 +103,8 @@ def add_parsers(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("target", metavar="MODULE:ATTRIBUTE", help="e.g. myapp.tasks:absurd")
-    parser.add_argument("--concurrency", type=int, help="tasks run at once (default 10)")
+    parser.add_argument("--concurrency", type=int, help="tasks run at once (default 100)")
+    parser.add_argument("--pool-size", type=int, help="connections of the worker's pool (default 10)")
     parser.add_argument("--claim-timeout", type=int, help="lease in seconds (default 10)")
     parser.add_argument("--drain-timeout", type=float, help="seconds to drain after SIGTERM (default 25)")
     parser.add_argument("--poll-interval", type=float, help="seconds between polls (default 0.5)")
@@ -124,6 +125,7 @@ def add_parsers(subparsers: Any) -> None:
 
 _CONFIG_OPTIONS = (
     "concurrency",
+    "pool_size",
     "claim_timeout",
     "drain_timeout",
     "poll_interval",
@@ -143,6 +145,7 @@ class _VisibleFormatter(logging.Formatter):
 
 def _check_ranges(args: argparse.Namespace) -> None:
     at_least("--concurrency", args.concurrency, 1)
+    at_least("--pool-size", args.pool_size, 2)
     at_least("--claim-timeout", args.claim_timeout, 1)
     at_least("--drain-timeout", args.drain_timeout, 0)
     at_least("--poll-interval", args.poll_interval, 0, inclusive=False)

@@ -1,7 +1,8 @@
 """A production worker for the tasks registered on an `absurd_sdk.AsyncAbsurd` client.
 
 `run_worker(absurd)` (or `pydantic-ai-absurd worker MODULE:ATTRIBUTE`) claims tasks with slot refill,
-runs each on its own pooled connection, keeps their leases, applies a `RetryPolicy`, drains on
+runs hundreds at once on a small pool (a run borrows a connection only for each write), keeps their leases in
+bulk, applies a `RetryPolicy`, drains on
 SIGTERM and hands unfinished runs back to other workers.
 """
 
@@ -11,6 +12,7 @@ from ._config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DRAIN_TIMEOUT,
     DEFAULT_POLL_INTERVAL,
+    DEFAULT_POOL_SIZE,
     WorkerConfig,
     WorkerHealth,
 )
@@ -31,6 +33,7 @@ __all__ = [
     "DEFAULT_CONCURRENCY",
     "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_POOL_SIZE",
     "NonRetryableError",
     "RetryPolicy",
     "TaskResultNotSerializableError",

@@ -9,8 +9,11 @@ from dataclasses import dataclass, field
 
 from ._retry import RetryPolicy
 
-DEFAULT_CONCURRENCY = 10
-"""Tasks run at once per worker process. Agent tasks mostly wait on the network, so more than one per CPU."""
+DEFAULT_CONCURRENCY = 100
+"""Tasks run at once per worker process. Agent runs mostly wait on models, and a waiting run holds no connection."""
+
+DEFAULT_POOL_SIZE = 10
+"""Connections of a worker's pool: every statement of the worker and of its runs borrows one for itself."""
 
 DEFAULT_CLAIM_TIMEOUT = 10
 """Seconds a claim lasts without a heartbeat: how soon a task of a dead worker is picked up elsewhere.
@@ -35,7 +38,11 @@ class WorkerConfig:
     """Settings of a `Worker` (all have production defaults).
 
     Attributes:
-        concurrency: Tasks run at once; each holds one pooled connection while it runs.
+        concurrency: Tasks run at once. A run holds no connection: each of its statements (a checkpoint
+            write, a heartbeat, a wait) borrows one from the worker's pool for that statement alone.
+        pool_size: Largest number of connections of the worker's pool, shared by all its runs, its claims
+            and its heartbeats (fast takeover holds its liveness lock on two more connections). See the
+            sizing rule in the production docs.
         claim_timeout: Seconds of a claim (lease); extended every third of it while the task runs.
         drain_timeout: Seconds in-flight tasks get to finish after the first SIGTERM/SIGINT.
         poll_interval: Seconds between claims while the queue is empty.
@@ -45,9 +52,9 @@ class WorkerConfig:
             `ABSURD_DATABASE_URL` resolution).
         queue: Queue to work (default: the client's queue).
         retry_policy: Backoff and non-retryable errors (see `RetryPolicy`).
-        heartbeat: Keep the claim of every in-flight task alive while it runs (the engine's lease keeper
-            heartbeats on the task's own connection every `claim_timeout / 3`, and notices a cancelled
-            task there). False: only the steps of durable agents and checkpoint writes extend it.
+        heartbeat: Keep the claim of every in-flight task alive while it runs (one statement every
+            `claim_timeout / 3` extends the claims of all the worker's runs, and notices a cancelled task
+            there). False: only the steps of durable agents and checkpoint writes extend it.
         fast_takeover: Hold a liveness lock and hand back the runs of dead workers of this package at
             every poll (see the production docs); false: rely on leases alone.
         health_file: Path touched (mtime and a timestamp) after every successful poll; removed on stop.
@@ -58,6 +65,7 @@ class WorkerConfig:
     """
 
     concurrency: int = DEFAULT_CONCURRENCY
+    pool_size: int = DEFAULT_POOL_SIZE
     claim_timeout: int = DEFAULT_CLAIM_TIMEOUT
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     poll_interval: float = DEFAULT_POLL_INTERVAL
@@ -76,6 +84,8 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if self.pool_size < 2:
+            raise ValueError("pool_size must be >= 2 (claims and runs share the pool)")
         if self.claim_timeout < 1:
             raise ValueError("claim_timeout must be >= 1 second")
         if self.drain_timeout < 0 or self.poll_interval <= 0:

@@ -4,14 +4,17 @@ Differences from `AsyncAbsurd.start_worker()`:
 
 - **Slot refill.** A free slot is refilled as soon as one task finishes; Absurd's loop waits for a
   whole batch, so one slow agent run blocks claiming.
-- **A connection per task.** Each in-flight task runs on its own connection from a
-  `psycopg_pool.AsyncConnectionPool` (Absurd shares one connection between all tasks, so their
-  checkpoint writes and heartbeats queue behind each other).
-- **Short leases, kept alive by one component.** Tasks are claimed for `claim_timeout` seconds (10 by
-  default) and each execution runs inside the engine's lease keeper (`keep_lease`), which heartbeats on
-  the task's own connection every `claim_timeout / 3` seconds. When a heartbeat reports the task
-  cancelled (or its run failed elsewhere), a running step raises `CancelledTask` / `FailedTask`, and a
-  handler outside any step is stopped.
+- **Connections follow writes, not runs.** A run holds no connection: each of its statements (checkpoint
+  write, heartbeat, wait, completion) borrows one from the worker's pool of `pool_size` connections and
+  gives it back at once (`_execute.py`, `_pool.py`), so `concurrency=100` runs waiting on models share 10
+  connections. Absurd's own worker shares one connection between all tasks, so their writes queue behind
+  each other.
+- **Short leases, kept alive in bulk.** Tasks are claimed for `claim_timeout` seconds (10 by default) and
+  each execution runs inside the engine's lease keeper (`keep_lease`); the keepers of all in-flight runs
+  join the worker's bulk heartbeats (`_heartbeats.py`): one statement every `claim_timeout / 3` seconds
+  extends every claim. When it reports a task cancelled (or its run failed elsewhere), that run's running
+  step raises `CancelledTask` / `FailedTask`, and a handler outside any step is stopped. Claims fetch up
+  to the free slots in one call.
 - **Fast takeover** (`_takeover.py`): a worker holds a liveness lock while it lives; at every poll,
   workers hand back the runs of dead workers of this package (SIGKILL, OOM) at once. A paused or slow
   worker keeps its tasks; lease expiry is the fallback for lost machines and poolers.
@@ -23,8 +26,9 @@ Differences from `AsyncAbsurd.start_worker()`:
 - **Start-up check.** The private `absurd_sdk` names the package relies on are checked first; a
   missing one refuses to start with a one-line `IncompatibleSdkError`.
 - **Reconnects.** Claiming retries with exponential backoff while Postgres is unreachable; the pool
-  checks connections before handing them out. A task whose connection dies is handed back as soon as
-  the database answers again, or else claimed again after its lease expires; no run stays `running`.
+  checks a connection that sat idle before lending it. A run whose statement loses its connection is
+  handed back as soon as the database answers again (its neighbours, on other connections, go on), or
+  else claimed again after its lease expires; no run stays `running`.
 - **Retries for LLM work** (`RetryPolicy`, see `_retry.py`): exponential backoff by default and an
   immediate, recorded failure for errors that can never succeed.
 - **Logs and health.** One log line (logger `pydantic_ai_absurd.worker`) per claim, completion,
@@ -48,22 +52,23 @@ from typing import Any, cast
 
 import psycopg
 from absurd_sdk import AsyncAbsurd, ClaimedTask
-from psycopg_pool import AsyncConnectionPool
 
 from .. import _absurd
-from .._absurd import client_conninfo, client_hooks, client_queue_name, execute_claimed_task, registered_queue
-from .._db import connection_pool
+from .._absurd import client_conninfo, client_hooks, client_queue_name
 from .._dsn import redact_dsn, resolve_dsn
 from .._worker_records import record_worker_tasks
 from ..errors import PydanticAIAbsurdError, one_line
 from ..schema._install import ensure_queue_on
 from ..telemetry import with_default_hooks
 from ._config import APPLICATION_NAME_PREFIX, WorkerConfig, WorkerHealth
-from ._handback import hand_back_run, take_over_orphans
+from ._drain import cancel_in_flight, drain
+from ._execute import Executor
+from ._handback import take_over_orphans
+from ._heartbeats import BulkHeartbeats
+from ._pool import WorkerPool
 from ._signals import install_signal_handlers, settled, wait_any
 from ._takeover import Liveness, claim_identity
-from ._task import ConnectionLost, Running, log_outcome, wrap_execution
-from ._threads import TaskThreads
+from ._task import Running
 
 logger = logging.getLogger("pydantic_ai_absurd.worker")
 
@@ -79,15 +84,17 @@ class Worker:
         self.claim_id = claim_identity(self.worker_id)
         """`claimed_by` of this worker's runs while it holds its liveness lock (else `worker_id`)."""
         self.health = WorkerHealth()
+        self.application_name = f"{APPLICATION_NAME_PREFIX}{self.worker_id}"[:56]
+        """`application_name` of the worker's pooled connections (find them in `pg_stat_activity`)."""
         self._dsn = self.config.dsn or client_conninfo(absurd) or resolve_dsn(None)
-        self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._pool: WorkerPool | None = None
+        self._executor: Executor | None = None
         self._liveness: Liveness | None = None
         self._in_flight: dict[asyncio.Task[None], Running] = {}
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._wake = asyncio.Event()
-        self._threads: concurrent.futures.ThreadPoolExecutor | None = None
 
     # -- control -----------------------------------------------------------------------------
 
@@ -114,44 +121,56 @@ class Worker:
         name this package relies on.
         """
         _absurd.check_private_names()
-        application_name = f"{APPLICATION_NAME_PREFIX}{self.worker_id}"[:56]
-        connect_timeout = max(1, round(self.config.connect_timeout))
-        pool = connection_pool(
-            self._dsn,
-            max_size=self.config.concurrency + 3,
-            application_name=application_name,
-            connect_timeout=connect_timeout,
-            timeout=self.config.connect_timeout,
-            check=True,
-            name=f"pydantic-ai-absurd-worker-{self.queue}",
-        )
-        self._pool = pool
-        self._threads = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max(40, 4 * self.config.concurrency), thread_name_prefix="pydantic-ai-absurd-worker"
-        )
-        await pool.open(wait=False)
+        executor = self._executor = self._build_executor()
+        await executor.pool.open()
         removers = self._install_signal_handlers()
         background: asyncio.Task[None] | None = None
         logger.info(
-            "worker %s starting on queue %s (%s): concurrency=%d claim_timeout=%ds drain_timeout=%.1fs",
+            "worker %s starting on queue %s (%s): concurrency=%d claim_timeout=%ds drain_timeout=%.1fs pool_size=%d",
             self.worker_id,
             self.queue,
             redact_dsn(self._dsn),
             self.config.concurrency,
             self.config.claim_timeout,
             self.config.drain_timeout,
+            self.config.pool_size,
         )
         try:
             if await self._check_queue():
                 if self.config.fast_takeover:
-                    background = await self._start_fast_takeover(connect_timeout, f"{application_name} lock")
+                    background = await self._start_fast_takeover(f"{self.application_name} lock")
                 await self._claim_loop()
-            await self._drain()
+            await drain(self._in_flight, self.config.drain_timeout, self._force)
         finally:
-            await self._shut_down(pool, background, removers)
+            await self._shut_down(executor, background, removers)
 
-    async def _start_fast_takeover(self, connect_timeout: int, application_name: str) -> asyncio.Task[None]:
+    def _build_executor(self) -> Executor:
+        config = self.config
+        pool = self._pool = WorkerPool(
+            self._dsn,
+            size=config.pool_size,
+            application_name=self.application_name,
+            connect_timeout=config.connect_timeout,
+            name=f"pydantic-ai-absurd-worker-{self.queue}",
+        )
+        threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(40, 4 * config.concurrency), thread_name_prefix="pydantic-ai-absurd-worker"
+        )
+        return Executor(
+            absurd=self.absurd,
+            pool=pool,
+            dsn=self._dsn,
+            queue=self.queue,
+            config=config,
+            health=self.health,
+            hooks=with_default_hooks(client_hooks(self.absurd)),  # OpenTelemetry trace context (telemetry.py)
+            heartbeats=BulkHeartbeats(pool.connection, self.queue, config.claim_timeout),
+            threads=threads,
+        )
+
+    async def _start_fast_takeover(self, application_name: str) -> asyncio.Task[None]:
         """Hold the liveness lock and start the loop that takes over dead workers' runs."""
+        connect_timeout = max(1, round(self.config.connect_timeout))
         self._liveness = Liveness(
             self._dsn, self.claim_id, connect_timeout=connect_timeout, application_name=application_name
         )
@@ -159,23 +178,20 @@ class Worker:
         return asyncio.ensure_future(self._takeover_loop())
 
     async def _shut_down(
-        self,
-        pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]],
-        background: asyncio.Task[None] | None,
-        removers: list[Callable[[], None]],
+        self, executor: Executor, background: asyncio.Task[None] | None, removers: list[Callable[[], None]]
     ) -> None:
         if self._in_flight:  # run() itself was cancelled: hand everything back before closing the pool
-            await self._cancel_in_flight()
+            await cancel_in_flight(self._in_flight, self._force)
         if background is not None:
             background.cancel()
             await settled(asyncio.wait({background}), "the takeover loop")
         for remove in removers:
             remove()
         self._remove_health_file()
-        await settled(pool.close(), "closing the connection pool")
+        await executor.heartbeats.close()
+        await settled(executor.pool.close(), "closing the connection pool")
         self._pool = None
-        if self._threads is not None:
-            self._threads.shutdown(wait=False)
+        executor.threads.shutdown(wait=False)
         if self._liveness is not None:
             await settled(self._liveness.close(), "releasing the liveness lock")
             self._liveness = None
@@ -216,13 +232,8 @@ class Worker:
                 await wait_any(self._slot_freed, self._stop)
                 continue
             self._wake.clear()
-            claimed_by = await self._claimed_by()
             try:
-                async with self._connection() as conn:
-                    claimer = AsyncAbsurd(conn, queue_name=self.queue)
-                    tasks = await claimer.claim_tasks(
-                        batch_size=free, claim_timeout=self.config.claim_timeout, worker_id=claimed_by
-                    )
+                tasks = await self._claim(free)
             except (psycopg.Error, OSError) as err:
                 self.health.ready = False
                 logger.warning(
@@ -242,6 +253,15 @@ class Worker:
                 self._start(task)
             if len(tasks) < free:
                 await self._sleep_unless_stopped(self.config.poll_interval, wake=True)
+
+    async def _claim(self, free: int) -> list[ClaimedTask]:
+        """Claim up to `free` runs in one call."""
+        claimed_by = await self._claimed_by()
+        async with self._connection() as conn:
+            claimer = AsyncAbsurd(conn, queue_name=self.queue)
+            return await claimer.claim_tasks(
+                batch_size=free, claim_timeout=self.config.claim_timeout, worker_id=claimed_by
+            )
 
     async def _takeover_loop(self) -> None:
         """Every poll interval: keep the liveness lock, and hand back the runs of dead workers."""
@@ -265,131 +285,25 @@ class Worker:
             self.config.on_poll(health)
 
     def _start(self, task: ClaimedTask) -> None:
+        assert self._executor is not None
         running = Running(task)
         self.health.claimed += 1
         logger.info("claimed %s run_id=%s", running.describe(), task["run_id"])
-        job = asyncio.ensure_future(self._execute(running))
+        job = asyncio.ensure_future(self._executor.execute(running))
         self._in_flight[job] = running
         self.health.in_flight = len(self._in_flight)
+        job.add_done_callback(self._finished)
 
-        def done(finished: asyncio.Future[None]) -> None:
-            self._in_flight.pop(cast("asyncio.Task[None]", finished), None)
-            self.health.in_flight = len(self._in_flight)
-            self._slot_freed.set()
-
-        job.add_done_callback(done)
-
-    # -- executing ---------------------------------------------------------------------------
-
-    async def _execute(self, running: Running) -> None:
-        assert self._pool is not None and self._threads is not None
-        task = running.task
-        conn: psycopg.AsyncConnection[Any] | None = None
-        try:
-            conn = await self._pool.getconn()
-            self._warn_if_unrunnable(running)
-            hooks = wrap_execution(
-                running,
-                conn,
-                self.queue,
-                with_default_hooks(client_hooks(self.absurd)),  # OpenTelemetry trace context (telemetry.py)
-                self.config.retry_policy,
-                heartbeat=self.config.heartbeat,
-                threads=TaskThreads(self._threads),
-            )
-            await execute_claimed_task(self.absurd, conn, task, self.config.claim_timeout, hooks, queue_name=self.queue)
-            log_outcome(running, self.health)
-        except asyncio.CancelledError:
-            if conn is not None:
-                await conn.close()  # a query may have been cut short; never reuse this connection
-            await self._hand_back(running, "worker shutting down")
-            if running.stop_reason is None:
-                raise
-        except ConnectionLost:
-            await self._hand_back(running, "its database connection was lost")
-        except (psycopg.Error, OSError) as err:
-            if conn is None or conn.broken or conn.closed:
-                logger.warning(
-                    "database connection lost while running %s: %s", running.describe(), one_line(err, with_type=True)
-                )
-                await self._hand_back(running, "its database connection was lost")
-            else:
-                logger.exception("error outside the handler of %s; its lease will expire", running.describe())
-        except Exception:
-            logger.exception("error outside the handler of %s; its lease will expire", running.describe())
-        finally:
-            if conn is not None:
-                await self._pool.putconn(conn)
-
-    def _warn_if_unrunnable(self, running: Running) -> None:
-        name = running.task["task_name"]
-        queue = registered_queue(self.absurd, name)
-        if queue is None:
-            logger.warning(
-                "no handler for %s on this worker; Absurd defers it by 15-30s (register the task on the worker)",
-                running.describe(),
-            )
-        elif queue not in (self.queue, client_queue_name(self.absurd)):
-            logger.error(
-                "%s is registered for queue %s but this worker works queue %s; Absurd fails the run as "
-                "misconfigured (register it without a queue, or for queue %s)",
-                running.describe(),
-                queue,
-                self.queue,
-                self.queue,
-            )
-
-    async def _hand_back(self, running: Running, why: str) -> None:
-        patience = max(self.config.claim_timeout, 5)
-        if await hand_back_run(
-            self._connection, self.queue, running.task["run_id"], running.describe(), why, patience=patience
-        ):
-            self.health.handed_back += 1
-
-    # -- shutdown ----------------------------------------------------------------------------
-
-    async def _drain(self) -> None:
-        """Wait for in-flight tasks until they finish, `drain_timeout` passes or a second stop request."""
-        deadline = time.monotonic() + self.config.drain_timeout
-        force = asyncio.ensure_future(self._force.wait())
-        try:
-            while True:
-                pending = {job for job in self._in_flight if not job.done()}
-                remaining = deadline - time.monotonic()
-                if not pending or force.done() or remaining <= 0:
-                    break
-                await asyncio.wait({*pending, force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            force.cancel()
-        await self._cancel_in_flight()
-
-    async def _cancel_in_flight(self) -> None:
-        """Cancel the in-flight tasks and wait until each has stopped and handed its run back.
-
-        A step body is cancelled and awaited before its task hands the run back, so no body of this
-        worker still runs when another worker starts the same step. A synchronous tool running in a
-        thread cannot be interrupted: its task waits for it (its lease kept alive meanwhile) until it
-        returns, or until a second stop request.
-        """
-        pending = [job for job in self._in_flight if not job.done()]
-        if not pending:
-            return
-        logger.warning("cancelling and handing back %d in-flight task(s)", len(pending))
-        for job in pending:
-            self._in_flight[job].stop_reason = "shutdown"
-            job.cancel()
-        force = asyncio.ensure_future(self._force.wait())
-        try:
-            while not force.done() and any(not job.done() for job in pending):
-                await asyncio.wait({*pending, force}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            force.cancel()
+    def _finished(self, job: asyncio.Future[None]) -> None:
+        self._in_flight.pop(cast("asyncio.Task[None]", job), None)
+        self.health.in_flight = len(self._in_flight)
+        self._slot_freed.set()
 
     # -- helpers -----------------------------------------------------------------------------
 
     def _connection(self) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         assert self._pool is not None
-        return self._pool.connection(timeout=self.config.connect_timeout)
+        return self._pool.connection()
 
     async def _sleep_unless_stopped(self, seconds: float, *, wake: bool = False) -> None:
         events = (self._stop, self._wake) if wake else (self._stop,)

@@ -32,7 +32,7 @@ async def run_worker(
     Args:
         absurd: The client the task handlers are registered on (its queue is worked unless `queue` is
             given; its connection is not used for tasks: the worker opens a pool on the same database).
-        concurrency: Tasks run at once, each on its own pooled connection (default 10).
+        concurrency: Tasks run at once (default 100); they share the worker's pool of `pool_size` connections.
         claim_timeout: Lease in seconds (default 10); the lease keeper heartbeats every third of it.
         drain_timeout: Seconds in-flight tasks get to finish after SIGTERM before they are handed back.
         poll_interval: Seconds between claims while the queue is empty (default 0.5).

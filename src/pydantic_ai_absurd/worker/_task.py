@@ -14,8 +14,9 @@ import psycopg
 from absurd_sdk import AbsurdHooks, AsyncTaskContext, CancelledTask, ClaimedTask, FailedTask, SuspendTask
 from pydantic_ai import Agent
 
-from .._absurd import end_state_of
+from .._absurd import BorrowedConnection, end_state_of
 from .._execution import execution_state, keep_lease
+from .._lease import HeartbeatGroup
 from .._text import visible
 from ..errors import one_line
 from ._config import WorkerHealth
@@ -88,19 +89,25 @@ async def _wait_for_threads(running: Running, threads: TaskThreads) -> None:
 
 def wrap_execution(
     running: Running,
-    conn: psycopg.AsyncConnection[Any],
+    conn: BorrowedConnection,
     queue: str,
     user_hooks: AbsurdHooks,
     policy: RetryPolicy,
     *,
     heartbeat: bool,
     threads: TaskThreads,
+    heartbeats: HeartbeatGroup | None = None,
 ) -> AbsurdHooks:
-    """The hooks of the per-task client: the user's, with `wrap_task_execution` wrapped by the worker's."""
+    """The hooks of the per-task client: the user's, with `wrap_task_execution` wrapped by the worker's.
+
+    With `heartbeats`, the execution's lease keeper joins that group instead of heartbeating on its own.
+    """
     user_wrap = user_hooks.get("wrap_task_execution")
     task = running.task
 
     async def wrap(ctx: Any, execute: Callable[[], Awaitable[Any]]) -> Any:
+        if heartbeats is not None:
+            execution_state(cast("AsyncTaskContext", ctx)).lease.group = heartbeats
         try:
             async with _lease(cast("AsyncTaskContext", ctx), heartbeat, running, threads):
                 with Agent.using_thread_executor(threads):
@@ -121,27 +128,35 @@ def wrap_execution(
             running.outcome = "lost"
             raise
         except Exception as err:
-            if conn.broken or conn.closed:
-                raise ConnectionLost() from err
-            running.error = err
-            try:
-                running.outcome, running.reason = await record_task_failure(conn, queue, task, err, policy)
-            except psycopg.Error as db_err:
-                ended = end_state_of(db_err)
-                if ended == "cancelled":
-                    running.outcome = "cancelled"
-                    raise CancelledTask() from err
-                if ended == "failed":
-                    running.outcome = "lost"
-                    raise FailedTask() from err
-                if conn.broken or conn.closed:
-                    raise ConnectionLost() from err
-                raise
+            await _record_failure(running, conn, queue, err, policy)
             raise FailedTask() from err  # the run is failed already; the SDK ignores FailedTask
         running.outcome = "completed"
         return result
 
     return {**user_hooks, "wrap_task_execution": wrap}
+
+
+async def _record_failure(
+    running: Running, conn: BorrowedConnection, queue: str, err: Exception, policy: RetryPolicy
+) -> None:
+    """Fail the run after `err` per the retry policy; raise Absurd's end state if the run has ended meanwhile."""
+    if conn.broken:
+        raise ConnectionLost() from err
+    running.error = err
+    try:
+        async with conn.borrow() as own:
+            running.outcome, running.reason = await record_task_failure(own, queue, running.task, err, policy)
+    except psycopg.Error as db_err:
+        ended = end_state_of(db_err)
+        if ended == "cancelled":
+            running.outcome = "cancelled"
+            raise CancelledTask() from err
+        if ended == "failed":
+            running.outcome = "lost"
+            raise FailedTask() from err
+        if conn.broken:
+            raise ConnectionLost() from err
+        raise
 
 
 def log_outcome(running: Running, health: WorkerHealth) -> None:

@@ -7,9 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from absurd_sdk import AsyncAbsurd, AsyncTaskContext, get_current_context
+from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 
 from pydantic_ai_absurd.worker import Worker, WorkerConfig, WorkerHealth
 from tests.helpers.polling import WAIT, wait_until
@@ -51,38 +50,6 @@ async def test_slot_refill_one_slow_task_does_not_block_claims(absurd_client: As
 
 async def _completed(absurd: AsyncAbsurd, task_id: str) -> bool:
     return await _state(absurd, task_id) == "completed"
-
-
-async def test_each_in_flight_task_has_its_own_connection(absurd_client: AsyncAbsurd) -> None:
-    barrier = asyncio.Barrier(3)
-
-    @absurd_client.register_task(name="pid")
-    async def pid(params: Any, ctx: AsyncTaskContext) -> int:
-        current = get_current_context()
-        assert current is ctx
-        await asyncio.wait_for(barrier.wait(), WAIT)  # all three are in flight at once
-        backend = await ctx.step("pid", lambda: _backend_pid(ctx))
-        return backend
-
-    spawned = [await absurd_client.spawn("pid", None) for _ in range(3)]
-    async with running_worker(absurd_client, concurrency=3):
-        for s in spawned:
-            await wait_until(lambda s=s: _completed(absurd_client, s["task_id"]))
-    pids: set[object] = set()
-    for s in spawned:
-        snapshot = await absurd_client.fetch_task_result(s["task_id"])
-        assert snapshot is not None
-        pids.add(snapshot.result)
-    assert len(pids) == 3
-
-
-async def _backend_pid(ctx: AsyncTaskContext) -> int:
-    # Test-only look at the connection the worker gave this task.
-    conn: psycopg.AsyncConnection[Any] = ctx._conn  # pyright: ignore[reportPrivateUsage]
-    cur = await conn.execute("select pg_backend_pid()")
-    row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 async def test_worker_heartbeat_keeps_a_short_lease_alive(absurd_client: AsyncAbsurd, absurd_dsn: str) -> None:

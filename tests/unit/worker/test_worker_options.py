@@ -94,9 +94,9 @@ async def test_run_worker_keyword_arguments_override_the_config(
     absurd_client: AsyncAbsurd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     base = WorkerConfig(concurrency=4, claim_timeout=30, poll_interval=2.0, queue="q1", drain_timeout=3.0)
-    got = await _captured_config(monkeypatch, absurd_client, config=base, concurrency=10)
-    assert got.concurrency == 10  # explicit, even though 10 is the default
-    assert DEFAULT_CONCURRENCY == 10
+    got = await _captured_config(monkeypatch, absurd_client, config=base, concurrency=100)
+    assert got.concurrency == 100  # explicit, even though 100 is the default
+    assert DEFAULT_CONCURRENCY == 100
     assert (got.claim_timeout, got.poll_interval, got.queue, got.drain_timeout) == (30, 2.0, "q1", 3.0)
     got = await _captured_config(
         monkeypatch, absurd_client, config=base, claim_timeout=10, poll_interval=0.5, queue="q2", drain_timeout=25.0

@@ -1,0 +1,112 @@
+"""Executing one claimed run on a worker: its connection stand-in, its hooks, its outcome or hand-back."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from dataclasses import dataclass
+from typing import Any, cast
+
+import psycopg
+from absurd_sdk import AbsurdHooks, AsyncAbsurd
+
+from .._absurd import BorrowedConnection, client_queue_name, execute_claimed_task, registered_queue
+from ..errors import one_line
+from ._config import WorkerConfig, WorkerHealth
+from ._handback import hand_back_run
+from ._heartbeats import BulkHeartbeats
+from ._pool import WorkerPool
+from ._task import ConnectionLost, Running, log_outcome, wrap_execution
+from ._threads import TaskThreads
+
+__all__ = ["Executor"]
+
+logger = logging.getLogger("pydantic_ai_absurd.worker")
+
+
+@dataclass
+class Executor:
+    """What every run of one worker shares: the client, the pool, the bulk heartbeats, the thread pool."""
+
+    absurd: AsyncAbsurd
+    pool: WorkerPool
+    dsn: str
+    queue: str
+    config: WorkerConfig
+    health: WorkerHealth
+    hooks: AbsurdHooks
+    """The user's hooks with the default ones (OpenTelemetry trace context), computed once per worker."""
+    heartbeats: BulkHeartbeats
+    threads: concurrent.futures.ThreadPoolExecutor
+
+    async def execute(self, running: Running) -> None:
+        """Run one claimed task to its end (or hand it back); never raises but for the worker's cancellation.
+
+        The run has no connection of its own: each statement of it borrows one from the pool
+        (`BorrowedConnection`), so a model call or a tool body holds none.
+        """
+        conn = BorrowedConnection(self.pool.connection, self.dsn)
+        try:
+            self._warn_if_unrunnable(running)
+            hooks = wrap_execution(
+                running,
+                conn,
+                self.queue,
+                self.hooks,
+                self.config.retry_policy,
+                heartbeat=self.config.heartbeat,
+                threads=TaskThreads(self.threads),
+                heartbeats=self.heartbeats,
+            )
+            await execute_claimed_task(
+                self.absurd,
+                cast("psycopg.AsyncConnection[Any]", conn),
+                running.task,
+                self.config.claim_timeout,
+                hooks,
+                queue_name=self.queue,
+            )
+            log_outcome(running, self.health)
+        except asyncio.CancelledError:
+            await self.hand_back(running, "worker shutting down")
+            if running.stop_reason is None:
+                raise
+        except ConnectionLost:
+            await self.hand_back(running, "its database connection was lost")
+        except (psycopg.Error, OSError) as err:
+            if conn.broken:
+                logger.warning(
+                    "database connection lost while running %s: %s", running.describe(), one_line(err, with_type=True)
+                )
+                await self.hand_back(running, "its database connection was lost")
+            else:
+                logger.exception("error outside the handler of %s; its lease will expire", running.describe())
+        except Exception:
+            logger.exception("error outside the handler of %s; its lease will expire", running.describe())
+
+    def _warn_if_unrunnable(self, running: Running) -> None:
+        name = running.task["task_name"]
+        queue = registered_queue(self.absurd, name)
+        if queue is None:
+            logger.warning(
+                "no handler for %s on this worker; Absurd defers it by 15-30s (register the task on the worker)",
+                running.describe(),
+            )
+        elif queue not in (self.queue, client_queue_name(self.absurd)):
+            logger.error(
+                "%s is registered for queue %s but this worker works queue %s; Absurd fails the run as "
+                "misconfigured (register it without a queue, or for queue %s)",
+                running.describe(),
+                queue,
+                self.queue,
+                self.queue,
+            )
+
+    async def hand_back(self, running: Running, why: str) -> None:
+        """Make the run claimable at once elsewhere (retrying while Postgres is away)."""
+        patience = max(self.config.claim_timeout, 5)
+        if await hand_back_run(
+            self.pool.connection, self.queue, running.task["run_id"], running.describe(), why, patience=patience
+        ):
+            self.health.handed_back += 1
