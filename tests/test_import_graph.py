@@ -51,7 +51,7 @@ LAYERS = {
     "_worker_records",
 }
 
-HELPERS = {"_dsn", "_db", "_pg_binaries"}
+HELPERS = {"_dsn", "_db", "_pg_binaries", "_pooler"}
 """Neither: small helpers for the core and the layers; they import no layer."""
 
 
