@@ -3,9 +3,11 @@
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
 - `_sql`: raw SQL on Absurd's functions and tables, and its SQLSTATEs.
+- `_liveness`: the liveness rows of workers behind a transaction pooler, and the takeover of stale ones.
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
+from ._liveness import beat_liveness_row, delete_liveness_row, hand_back_runs_of_stale_workers, insert_liveness_row
 from ._offline import OfflineTaskContext
 from ._private import (
     begin_step,
@@ -82,6 +84,10 @@ from ._sql_schema import (
 )
 
 __all__ = [
+    "beat_liveness_row",
+    "delete_liveness_row",
+    "hand_back_runs_of_stale_workers",
+    "insert_liveness_row",
     "OfflineTaskContext",
     "CURRENT_TIME",
     "absurd_schema_exists_sync",

@@ -60,8 +60,9 @@ from ..schema._install import ensure_queue_on
 from ..telemetry import with_default_hooks
 from ._config import APPLICATION_NAME_PREFIX, WorkerConfig, WorkerHealth
 from ._handback import hand_back_run, take_over_orphans
+from ._liveness_rows import RowLiveness
 from ._signals import install_signal_handlers, settled, wait_any
-from ._takeover import Liveness, claim_identity
+from ._takeover import Liveness, claim_identity, start_liveness
 from ._task import ConnectionLost, Running, log_outcome, wrap_execution
 from ._threads import TaskThreads
 
@@ -81,7 +82,7 @@ class Worker:
         self.health = WorkerHealth()
         self._dsn = self.config.dsn or client_conninfo(absurd) or resolve_dsn(None)
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
-        self._liveness: Liveness | None = None
+        self._liveness: Liveness | RowLiveness | None = None
         self._in_flight: dict[asyncio.Task[None], Running] = {}
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -152,10 +153,11 @@ class Worker:
 
     async def _start_fast_takeover(self, connect_timeout: int, application_name: str) -> asyncio.Task[None]:
         """Hold the liveness lock and start the loop that takes over dead workers' runs."""
-        self._liveness = Liveness(
-            self._dsn, self.claim_id, connect_timeout=connect_timeout, application_name=application_name
+        self._liveness = await start_liveness(
+            self._dsn, self.worker_id, self.queue, connect_timeout=connect_timeout, application_name=application_name
         )
-        self.health.fast_takeover = await self._liveness.start()
+        self.claim_id = self._liveness.identity  # a lock identity, or a row identity behind a pooler
+        self.health.fast_takeover = self._liveness.enabled
         return asyncio.ensure_future(self._takeover_loop())
 
     async def _shut_down(
@@ -204,7 +206,7 @@ class Worker:
         """The marked identity while the liveness lock is held (checked now), else the plain worker id."""
         liveness = self._liveness
         if liveness is not None and liveness.enabled and await liveness.check() > 0:
-            return self.claim_id
+            return liveness.identity
         return self.worker_id
 
     async def _claim_loop(self) -> None:
@@ -249,7 +251,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.config.poll_interval)
             await self._liveness.check()
-            if await take_over_orphans(self._connection, self.queue, self.claim_id, self.health):
+            if await take_over_orphans(self._connection, self.queue, self._liveness.identity, self.health):
                 self._wake.set()  # claim them now rather than at the next poll
 
     def _polled(self) -> None:
