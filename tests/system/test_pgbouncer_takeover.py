@@ -158,6 +158,48 @@ async def _has_row(dsn: str, queue: str, identity: str) -> bool:
     return identity in await _liveness_rows(dsn, queue)
 
 
+async def test_a_worker_presumed_dead_drops_its_runs_without_handing_them_back(
+    pooled_client: AsyncAbsurd, pgbouncer_dsn: str, absurd_queue: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = asyncio.Event()
+    bodies = {"started": 0, "cancelled": 0}
+
+    @pooled_client.register_task(name="held")
+    async def held(params: Any, ctx: AsyncTaskContext) -> str:
+        async def body() -> str:
+            bodies["started"] += 1
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                bodies["cancelled"] += 1
+                raise
+            return "done"
+
+        return await ctx.step("held", body)
+
+    spawned = await pooled_client.spawn("held", None)
+    with caplog.at_level(logging.INFO, logger="pydantic_ai_absurd.worker"):
+        async with running_worker(pooled_client, worker_id="presumed-dead", claim_timeout=LONG_LEASE) as worker:
+            await eventually(lambda: _is(bodies, "started", 1))
+            first = worker.claim_id
+            async with await connect_async(pgbouncer_dsn, autocommit=True) as peer:  # a peer's takeover, forced now
+                taken = await hand_back_runs_of_stale_workers(peer, absurd_queue, rows.ROW_CLAIM_PREFIX, "peer", 0.0)
+            assert [run.claimed_by for run in taken] == [first]
+            # The worker learns at its next beat: it drops the old execution and claims the run again, anew.
+            await eventually(lambda: _is(bodies, "cancelled", 1))
+            await eventually(lambda: _is(bodies, "started", 2))
+            assert worker.claim_id == first  # (the attribute keeps the identity of the start)
+            release.set()
+            await eventually(lambda: is_completed(pooled_client, spawned["task_id"]))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"dropping task_id={spawned['task_id']}") for m in messages)
+    assert not [m for m in messages if m.startswith("handed back")]
+
+
+async def _is(counts: dict[str, int], key: str, n: int) -> bool:
+    return counts[key] == n
+
+
 # -- worker processes killed with SIGKILL -------------------------------------------------------------------------
 
 

@@ -7,7 +7,13 @@
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
-from ._liveness import beat_liveness_row, delete_liveness_row, hand_back_runs_of_stale_workers, insert_liveness_row
+from ._liveness import (
+    beat_liveness_row,
+    delete_liveness_row,
+    hand_back_runs_of_stale_workers,
+    hold_liveness_row,
+    insert_liveness_row,
+)
 from ._offline import OfflineTaskContext
 from ._private import (
     begin_step,
@@ -87,6 +93,7 @@ __all__ = [
     "beat_liveness_row",
     "delete_liveness_row",
     "hand_back_runs_of_stale_workers",
+    "hold_liveness_row",
     "insert_liveness_row",
     "OfflineTaskContext",
     "CURRENT_TIME",

@@ -15,7 +15,13 @@ from psycopg import AsyncConnection, Connection, sql
 
 from ._sql import OrphanedRun
 
-__all__ = ["beat_liveness_row", "delete_liveness_row", "hand_back_runs_of_stale_workers", "insert_liveness_row"]
+__all__ = [
+    "beat_liveness_row",
+    "delete_liveness_row",
+    "hand_back_runs_of_stale_workers",
+    "hold_liveness_row",
+    "insert_liveness_row",
+]
 
 _TABLE: Final = "pydantic_ai_absurd.worker_liveness"
 
@@ -33,6 +39,12 @@ def beat_liveness_row(conn: Connection[Any], identity: str) -> bool:
     """One beat: `beat_at = now`. False when the row is gone (a peer presumed the worker dead)."""
     cur = conn.execute(f"update {_TABLE} set beat_at = clock_timestamp() where identity = %s", (identity,))
     return cur.rowcount == 1
+
+
+async def hold_liveness_row(conn: AsyncConnection[Any], identity: str) -> bool:
+    """In the caller's transaction, lock the row of `identity` against deletion (`for share`); false if gone."""
+    cur = await conn.execute(f"select 1 from {_TABLE} where identity = %s for share", (identity,))
+    return await cur.fetchone() is not None
 
 
 def delete_liveness_row(conn: Connection[Any], identity: str) -> None:

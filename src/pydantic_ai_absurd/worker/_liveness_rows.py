@@ -9,23 +9,25 @@ identity, in one transaction (`hand_back_runs_of_stale_workers`).
 
 What "alive" means here is weaker than a session lock: a worker that cannot beat for `STALE_AFTER` seconds
 (paused with SIGSTOP, cut off from the database) is presumed dead like one whose lease expired. Its next
-beat finds no row; it then logs it, claims in a fresh identity and lets its old runs go (their next
-heartbeat fails). A worker claims in its marked identity only while its last beat is recent (less than
+beat finds no row; it then logs it, claims in a fresh identity and stops the runs it claimed in the old
+one without handing them back (`on_lost`: the peer has them). A worker claims in its marked identity only while its last beat is recent (less than
 half of `STALE_AFTER` ago), else in its plain worker id (its runs then fall back to lease expiry).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import threading
 import time
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import psycopg
 
-from .._absurd import beat_liveness_row, delete_liveness_row, insert_liveness_row
+from .._absurd import beat_liveness_row, delete_liveness_row, hold_liveness_row, insert_liveness_row
 from .._db import connect
 from ..errors import DatabaseConnectionError, one_line
 
@@ -51,7 +53,15 @@ def row_claim_identity(worker_id: str) -> str:
 class RowLiveness:
     """The worker's liveness row, inserted at start, beaten by a daemon thread, deleted at a clean stop."""
 
-    def __init__(self, dsn: str, worker_id: str, queue: str, *, connect_timeout: int) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        worker_id: str,
+        queue: str,
+        *,
+        connect_timeout: int,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.worker_id = worker_id
         self.identity = row_claim_identity(worker_id)
         self.enabled = False
@@ -62,6 +72,8 @@ class RowLiveness:
         self._last_beat = 0.0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._on_lost = on_lost
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def held(self) -> int:
@@ -70,6 +82,7 @@ class RowLiveness:
 
     async def start(self) -> bool:
         """Insert the row and start the beating thread; false (with one log line) when the row cannot be written."""
+        self._loop = asyncio.get_running_loop()
         try:
             await asyncio.to_thread(self._beat, first=True)
         except (psycopg.Error, OSError, DatabaseConnectionError) as err:
@@ -84,6 +97,12 @@ class RowLiveness:
         self._thread = threading.Thread(target=self._run, name="pydantic-ai-absurd-liveness", daemon=True)
         self._thread.start()
         return True
+
+    @contextlib.asynccontextmanager
+    async def claim_guard(self, conn: psycopg.AsyncConnection[Any], identity: str) -> AsyncGenerator[bool]:
+        """A transaction holding the row of `identity` for a claim in it; yields whether the row exists."""
+        async with conn.transaction():
+            yield await hold_liveness_row(conn, identity)
 
     async def check(self) -> int:
         """Whether the worker may claim in its marked identity now (1) or not (0); the thread does the beats."""
@@ -111,6 +130,9 @@ class RowLiveness:
                 STALE_AFTER,
                 self.identity,
             )
+            if self._on_lost is not None and self._loop is not None:
+                with contextlib.suppress(RuntimeError):  # the event loop is closed: nothing runs any more
+                    self._loop.call_soon_threadsafe(self._on_lost, lost)
         self._last_beat = sent
 
     def _run(self) -> None:

@@ -62,7 +62,7 @@ from ._config import APPLICATION_NAME_PREFIX, WorkerConfig, WorkerHealth
 from ._handback import hand_back_run, take_over_orphans
 from ._liveness_rows import RowLiveness
 from ._signals import install_signal_handlers, settled, wait_any
-from ._takeover import Liveness, claim_identity, start_liveness
+from ._takeover import Liveness, claim_guard, claim_identity, start_liveness
 from ._task import ConnectionLost, Running, log_outcome, wrap_execution
 from ._threads import TaskThreads
 
@@ -154,7 +154,12 @@ class Worker:
     async def _start_fast_takeover(self, connect_timeout: int, application_name: str) -> asyncio.Task[None]:
         """Hold the liveness lock and start the loop that takes over dead workers' runs."""
         self._liveness = await start_liveness(
-            self._dsn, self.worker_id, self.queue, connect_timeout=connect_timeout, application_name=application_name
+            self._dsn,
+            self.worker_id,
+            self.queue,
+            connect_timeout=connect_timeout,
+            application_name=application_name,
+            on_lost=self._drop_runs_of,
         )
         self.claim_id = self._liveness.identity  # a lock identity, or a row identity behind a pooler
         self.health.fast_takeover = self._liveness.enabled
@@ -220,10 +225,14 @@ class Worker:
             self._wake.clear()
             claimed_by = await self._claimed_by()
             try:
-                async with self._connection() as conn:
+                async with self._connection() as conn, claim_guard(self._liveness, conn, claimed_by) as allowed:
                     claimer = AsyncAbsurd(conn, queue_name=self.queue)
-                    tasks = await claimer.claim_tasks(
-                        batch_size=free, claim_timeout=self.config.claim_timeout, worker_id=claimed_by
+                    tasks = (
+                        await claimer.claim_tasks(
+                            batch_size=free, claim_timeout=self.config.claim_timeout, worker_id=claimed_by
+                        )
+                        if allowed  # False: peers presumed this worker dead a moment ago (_takeover.claim_guard)
+                        else []
                     )
             except (psycopg.Error, OSError) as err:
                 self.health.ready = False
@@ -241,7 +250,7 @@ class Worker:
             delay = 0.5
             self._polled()
             for task in tasks:
-                self._start(task)
+                self._start(task, claimed_by)
             if len(tasks) < free:
                 await self._sleep_unless_stopped(self.config.poll_interval, wake=True)
 
@@ -266,8 +275,8 @@ class Worker:
         if self.config.on_poll is not None:
             self.config.on_poll(health)
 
-    def _start(self, task: ClaimedTask) -> None:
-        running = Running(task)
+    def _start(self, task: ClaimedTask, claimed_by: str | None = None) -> None:
+        running = Running(task, claimed_by=claimed_by)
         self.health.claimed += 1
         logger.info("claimed %s run_id=%s", running.describe(), task["run_id"])
         job = asyncio.ensure_future(self._execute(running))
@@ -304,6 +313,8 @@ class Worker:
         except asyncio.CancelledError:
             if conn is not None:
                 await conn.close()  # a query may have been cut short; never reuse this connection
+            if running.stop_reason == "presumed_dead":  # a peer handed it back already (_liveness_rows.py)
+                return
             await self._hand_back(running, "worker shutting down")
             if running.stop_reason is None:
                 raise
@@ -386,6 +397,16 @@ class Worker:
                 await asyncio.wait({*pending, force}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             force.cancel()
+
+    def _drop_runs_of(self, identity: str) -> None:
+        """Stop, without handing back, the runs claimed in `identity`: peers presumed this worker dead."""
+        for job, running in self._in_flight.items():
+            if running.claimed_by == identity and not job.done():
+                logger.warning(
+                    "dropping %s: this worker was presumed dead and a peer took the run over", running.describe()
+                )
+                running.stop_reason = "presumed_dead"
+                job.cancel()
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -24,8 +24,10 @@ fallback for lost machines and partitions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -34,9 +36,9 @@ from .._absurd import backend_pid, hold_worker_lock, worker_lock_held
 from .._db import connect_async
 from .._pooler import is_direct_session
 from ..errors import DatabaseConnectionError, one_line
-from ._liveness_rows import STALE_AFTER, RowLiveness
+from ._liveness_rows import ROW_CLAIM_PREFIX, STALE_AFTER, RowLiveness
 
-__all__ = ["CLAIM_PREFIX", "LOCK_CONNECTIONS", "Liveness", "claim_identity", "start_liveness"]
+__all__ = ["CLAIM_PREFIX", "LOCK_CONNECTIONS", "Liveness", "claim_guard", "claim_identity", "start_liveness"]
 
 logger = logging.getLogger("pydantic_ai_absurd.worker")
 
@@ -177,17 +179,24 @@ class Liveness:
 
 
 async def start_liveness(
-    dsn: str, worker_id: str, queue: str, *, connect_timeout: int, application_name: str
+    dsn: str,
+    worker_id: str,
+    queue: str,
+    *,
+    connect_timeout: int,
+    application_name: str,
+    on_lost: Callable[[str], None] | None = None,
 ) -> Liveness | RowLiveness:
     """The worker's proof of life: a session lock on direct connections, else a liveness row (behind a pooler).
 
-    Logs which one it uses when it is the row; check `enabled` for whether either works.
+    Logs which one it uses when it is the row; check `enabled` for whether either works. `on_lost` is
+    called in the event loop with an identity whose runs peers took over while this worker lived (rows only).
     """
     lock = Liveness(dsn, claim_identity(worker_id), connect_timeout=connect_timeout, application_name=application_name)
     started = await lock.start()
     if started is not None:
         return lock
-    row = RowLiveness(dsn, worker_id, queue, connect_timeout=connect_timeout)
+    row = RowLiveness(dsn, worker_id, queue, connect_timeout=connect_timeout, on_lost=on_lost)
     if await row.start():
         logger.info(
             "fast takeover by liveness row: the connection is not a direct session (PgBouncer in transaction "
@@ -196,3 +205,17 @@ async def start_liveness(
             STALE_AFTER,
         )
     return row
+
+
+def claim_guard(
+    liveness: Liveness | RowLiveness | None, conn: psycopg.AsyncConnection[Any], claimed_by: str
+) -> contextlib.AbstractAsyncContextManager[bool]:
+    """Wrap a claim in `claimed_by`: whether to claim, held until the claim is committed.
+
+    For a liveness-row identity, a transaction that holds the row (`for share`): no peer deletes it, and
+    so hands back the claimed runs, before the claim commits; false when the row is already gone (this
+    worker was presumed dead; its beat thread picks a fresh identity). Anything else: true, no transaction.
+    """
+    if isinstance(liveness, RowLiveness) and claimed_by.startswith(ROW_CLAIM_PREFIX):
+        return liveness.claim_guard(conn, claimed_by)
+    return contextlib.nullcontext(True)

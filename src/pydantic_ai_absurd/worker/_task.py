@@ -42,7 +42,9 @@ class Running:
     outcome: Outcome | None = None
     reason: str | None = None
     error: BaseException | None = None
-    stop_reason: Literal["shutdown"] | None = None
+    stop_reason: Literal["shutdown", "presumed_dead"] | None = None
+    claimed_by: str | None = None
+    """The identity this worker claimed the run in (fast takeover: a lock or a liveness-row identity)."""
 
     def describe(self) -> str:
         """`task_id=... task=... attempt=...`, as every log line about the task shows it."""
