@@ -18,6 +18,7 @@ from psycopg import sql
 from pydantic_ai_absurd._absurd import hand_back_runs_of_stale_workers  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai_absurd._db import connect_async  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai_absurd.worker import _liveness_rows as rows  # pyright: ignore[reportPrivateUsage]
+from pydantic_ai_absurd.worker import _takeover as takeover  # pyright: ignore[reportPrivateUsage]
 
 from ..worker_app import EFFECTS_TABLE
 from ..worker_support import (
@@ -68,8 +69,21 @@ async def _liveness_rows(dsn: str, queue: str) -> list[str]:
 
 
 async def test_a_worker_behind_pgbouncer_proves_liveness_with_a_row_and_runs_tasks(
-    pooled_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, caplog: pytest.LogCaptureFixture
+    pooled_client: AsyncAbsurd,
+    absurd_dsn: str,
+    absurd_queue: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    session_locks: list[str] = []
+    hold = takeover.hold_worker_lock
+
+    async def recording_hold(conn: psycopg.AsyncConnection[Any], identity: str) -> int:
+        session_locks.append(identity)
+        return await hold(conn, identity)
+
+    monkeypatch.setattr(takeover, "hold_worker_lock", recording_hold)
+
     @pooled_client.register_task(name="hello")
     async def hello(params: Any, ctx: AsyncTaskContext) -> str:
         async def body() -> str:
@@ -90,6 +104,7 @@ async def test_a_worker_behind_pgbouncer_proves_liveness_with_a_row_and_runs_tas
     messages = [r.getMessage() for r in caplog.records]
     assert sum("fast takeover by liveness row" in m for m in messages) == 1
     assert not [m for m in messages if "prepared statement" in m or "fast takeover disabled" in m]
+    assert session_locks == []  # a session lock through PgBouncer would stay on a server connection
 
 
 async def test_a_takeover_waiting_for_a_beat_leaves_the_live_worker_its_run(

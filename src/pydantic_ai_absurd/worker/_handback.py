@@ -69,8 +69,12 @@ async def take_over_orphans(connection: ConnectionFactory, queue: str, identity:
     try:
         async with connection() as conn:
             rows = await hand_back_orphaned_runs(conn, queue, CLAIM_PREFIX, identity, record)
-            # Workers behind a transaction pooler prove liveness with a row instead of a lock.
-            rows += await hand_back_runs_of_stale_workers(conn, queue, ROW_CLAIM_PREFIX, identity, STALE_AFTER, record)
+            # Workers behind a transaction pooler prove liveness with a row instead of a lock (migration 006;
+            # a database migrated before it has no such worker).
+            with contextlib.suppress(psycopg.errors.UndefinedTable):
+                rows += await hand_back_runs_of_stale_workers(
+                    conn, queue, ROW_CLAIM_PREFIX, identity, STALE_AFTER, record
+                )
     except (psycopg.Error, OSError) as err:
         logger.debug("takeover check failed: %s", one_line(err, with_type=True))
         return 0

@@ -14,7 +14,8 @@ Differences from `AsyncAbsurd.start_worker()`:
   handler outside any step is stopped.
 - **Fast takeover** (`_takeover.py`): a worker holds a liveness lock while it lives; at every poll,
   workers hand back the runs of dead workers of this package (SIGKILL, OOM) at once. A paused or slow
-  worker keeps its tasks; lease expiry is the fallback for lost machines and poolers.
+  worker keeps its tasks; lease expiry is the fallback for lost machines. Behind a transaction pooler
+  the proof of life is a liveness row instead (`_liveness_rows.py`).
 - **Graceful shutdown.** On SIGTERM/SIGINT the worker stops claiming, lets in-flight tasks finish for
   up to `drain_timeout` seconds, then cancels the rest and hands each run back with
   `absurd.schedule_run(queue, run_id, now)`: the run becomes claimable at once by another worker,

@@ -83,6 +83,8 @@ class Liveness:
         when a connection is not proven direct (a transaction-mode pooler?): use a liveness row.
         """
         try:
+            if not await self._proven_direct():
+                return None  # never take a session lock through a pooler: it would stay on a server connection
             for slot in range(LOCK_CONNECTIONS):
                 await self._lock(slot)
             pooled = await self._looks_pooled()
@@ -99,6 +101,13 @@ class Liveness:
             return None
         self.enabled = True
         return True
+
+    async def _proven_direct(self) -> bool:
+        conn = await connect_async(self._dsn, autocommit=True, connect_timeout=self._connect_timeout)
+        try:
+            return await is_direct_session(conn)
+        finally:
+            await conn.close()
 
     async def _looks_pooled(self) -> bool:
         for slot, conn in enumerate(self._conns):
