@@ -120,11 +120,12 @@ async def test_a_takeover_waiting_for_a_beat_leaves_the_live_worker_its_run(
     async with await psycopg.AsyncConnection.connect(absurd_dsn) as beat:
         # ...but the worker's beat is in flight: it holds the row while the peer's takeover runs.
         await beat.execute(f"update {LIVENESS} set beat_at = clock_timestamp() where identity = %s", (identity,))
-        async with await connect_async(pgbouncer_dsn, autocommit=True) as peer:
+        peer_name = f"interleaving peer {absurd_queue}"
+        async with await connect_async(pgbouncer_dsn, autocommit=True, application_name=peer_name) as peer:
             takeover = asyncio.ensure_future(
                 hand_back_runs_of_stale_workers(peer, absurd_queue, rows.ROW_CLAIM_PREFIX, "peer", rows.STALE_AFTER)
             )
-            await eventually(lambda: _waits_for_a_lock(absurd_dsn, LIVENESS))
+            await eventually(lambda: _waits_for_a_lock(absurd_dsn, peer_name))
             await beat.commit()
             assert await takeover == []
     assert await _run_row(absurd_dsn, absurd_queue, spawned["task_id"]) == ("running", identity)
@@ -138,11 +139,12 @@ async def test_a_takeover_waiting_for_a_beat_leaves_the_live_worker_its_run(
     assert await _liveness_rows(absurd_dsn, absurd_queue) == []
 
 
-async def _waits_for_a_lock(dsn: str, table: str) -> bool:
+async def _waits_for_a_lock(dsn: str, application_name: str) -> bool:
     found = await _fetch(
         dsn,
-        "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query like %s",
-        (f"%delete from {table}%",),
+        "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and application_name = %s"
+        " and query like %s",
+        (application_name, f"%delete from {LIVENESS}%"),
     )
     return bool(found and found[0][0])
 
