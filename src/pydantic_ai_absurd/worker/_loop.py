@@ -314,7 +314,7 @@ class Worker:
         except asyncio.CancelledError:
             if conn is not None:
                 await conn.close()  # a query may have been cut short; never reuse this connection
-            if running.stop_reason == "presumed_dead":  # a peer handed it back already (_liveness_rows.py)
+            if running.dropped:  # a peer handed it back already (_liveness_rows.py): it may run there now
                 return
             await self._hand_back(running, "worker shutting down")
             if running.stop_reason is None:
@@ -407,6 +407,7 @@ class Worker:
                     "dropping %s: this worker was presumed dead and a peer took the run over", running.describe()
                 )
                 running.stop_reason = "presumed_dead"
+                running.dropped = True
                 job.cancel()
 
     # -- helpers -----------------------------------------------------------------------------
