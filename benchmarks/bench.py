@@ -424,11 +424,14 @@ def _files(state: Path, pattern: str) -> list[Path]:
     return list(state.glob(pattern))
 
 
-async def bench_crash_recovery(dsn: str, cfg: dict[str, Any], state: Path) -> dict[str, Any]:
+async def bench_crash_recovery(
+    dsn: str, cfg: dict[str, Any], state: Path, *, worker_dsn: str | None = None
+) -> dict[str, Any]:
+    """Item 7; `worker_dsn`: where the workers connect (e.g. through PgBouncer), when not `dsn`."""
     absurd = AsyncAbsurd(dsn, queue_name=QUEUE)
     to_done: list[float] = []
     to_claim: list[float] = []
-    workers = Workers(dsn, state, poll_interval=0.5)  # run_worker defaults: claim_timeout=10, poll 0.5 s
+    workers = Workers(worker_dsn or dsn, state, poll_interval=0.5)  # run_worker defaults: claim_timeout=10, poll 0.5 s
     try:
         workers.start(2)
         for _ in range(cfg["crash_trials"]):
@@ -987,6 +990,19 @@ async def main_async(args: argparse.Namespace) -> None:
         print("wrote docs/benchmarks.md")
 
 
+@contextmanager
+def _workers_dsn(dsn: str, pgbouncer: bool) -> Iterator[str]:
+    """`dsn`, or with `--pgbouncer` the DSN of a PgBouncer (transaction pooling) started in front of it."""
+    if not pgbouncer:
+        yield dsn
+        return
+    sys.path.insert(0, str(ROOT))
+    from tests.system.pgbouncer_support import running_pgbouncer
+
+    with running_pgbouncer(dsn) as pooled:
+        yield pooled
+
+
 async def main_takeover(args: argparse.Namespace) -> None:
     """Run only item 7 (SIGKILL -> resumed / completed elsewhere) in a scratch database and print it."""
     dbname = f"bench_{secrets.token_hex(4)}"
@@ -994,8 +1010,8 @@ async def main_takeover(args: argparse.Namespace) -> None:
     await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
     try:
         await setup(dsn, queues=[QUEUE])
-        with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-            crash = await bench_crash_recovery(dsn, {"crash_trials": 5}, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="bench-") as tmp, _workers_dsn(dsn, args.pgbouncer) as worker_dsn:
+            crash = await bench_crash_recovery(dsn, {"crash_trials": 5}, Path(tmp), worker_dsn=worker_dsn)
     finally:
         await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     print(json.dumps(crash, indent=2))
@@ -1018,6 +1034,9 @@ def main() -> None:
     parser.add_argument("--inbox-only", action="store_true", help="run only the inbox section and print it")
     parser.add_argument("--inspect-only", action="store_true", help="run only the inspect section and print it")
     parser.add_argument("--takeover-only", action="store_true", help="run only item 7 (SIGKILL takeover), print it")
+    parser.add_argument(
+        "--pgbouncer", action="store_true", help="with --takeover-only: workers connect through PgBouncer (transaction)"
+    )
     args = parser.parse_args()
     if args.takeover_only:
         asyncio.run(main_takeover(args))

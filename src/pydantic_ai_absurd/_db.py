@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ._absurd import queue_exists
 from ._dsn import connection_error
+from ._pooler import is_direct_session, known_direct, remember_direct
 from .errors import QueueNotFoundError
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "create_queue_hint",
     "fetch_all_as",
     "fetch_one_as",
+    "fit_to_pooler",
     "open_connection",
     "queue_not_found",
     "require_queue",
@@ -46,9 +48,13 @@ T = TypeVar("T")
 
 
 def connect(dsn: str, *, autocommit: bool = False, connect_timeout: int = 10) -> psycopg.Connection[tuple[object, ...]]:
-    """Open a psycopg connection, turning connection failures into `DatabaseConnectionError`."""
+    """Open a psycopg connection, turning connection failures into `DatabaseConnectionError`.
+
+    Without prepared statements: the synchronous connections run one-off statements (schema, CLI), which
+    gain nothing from them, and they must work through a transaction-mode pooler.
+    """
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=connect_timeout)
+        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=connect_timeout, prepare_threshold=None)
     except psycopg.Error as exc:
         raise connection_error(exc, dsn) from exc
 
@@ -56,15 +62,44 @@ def connect(dsn: str, *, autocommit: bool = False, connect_timeout: int = 10) ->
 async def connect_async(
     dsn: str, *, autocommit: bool = False, connect_timeout: int = 10, application_name: str | None = None
 ) -> psycopg.AsyncConnection[tuple[object, ...]]:
-    """Async twin of `connect`; `application_name` labels the session in `pg_stat_activity`."""
+    """Async twin of `connect`; `application_name` labels the session in `pg_stat_activity`.
+
+    Keeps psycopg's prepared statements only where the connection is proven direct (see `fit_to_pooler`).
+    """
     try:
         if application_name is None:
-            return await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, connect_timeout=connect_timeout)
-        return await psycopg.AsyncConnection.connect(
-            dsn, autocommit=autocommit, connect_timeout=connect_timeout, application_name=application_name
-        )
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=autocommit, connect_timeout=connect_timeout)
+        else:
+            conn = await psycopg.AsyncConnection.connect(
+                dsn, autocommit=autocommit, connect_timeout=connect_timeout, application_name=application_name
+            )
     except psycopg.Error as exc:
         raise connection_error(exc, dsn) from exc
+    try:
+        await fit_to_pooler(conn, dsn)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def fit_to_pooler(conn: psycopg.AsyncConnection[Any], dsn: str) -> bool:
+    """Turn psycopg's prepared statements off on `conn` unless connections to `dsn` are proven direct.
+
+    Behind a transaction-mode pooler (PgBouncer before 1.21, or without `max_prepared_statements`) a
+    statement prepared on one server connection is missing on the next (`prepared statement "_pg3_0" does
+    not exist`). The first connection to a DSN in a process is probed (`_pooler.is_direct_session`, one
+    query); the others reuse the answer. Returns whether the connection is direct.
+    """
+    direct = known_direct(dsn)
+    if direct is None:
+        direct = await is_direct_session(conn)
+        if not conn.autocommit and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.rollback()
+        remember_direct(dsn, direct)
+    if not direct:
+        conn.prepare_threshold = None
+    return direct
 
 
 def connection_pool(
@@ -87,9 +122,14 @@ def connection_pool(
         kwargs["connect_timeout"] = connect_timeout
     if application_name is not None:
         kwargs["application_name"] = application_name
+
+    async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+        await fit_to_pooler(conn, dsn)
+
     return AsyncConnectionPool[psycopg.AsyncConnection[Any]](
         dsn,
         kwargs=kwargs,
+        configure=configure,
         min_size=min_size,
         max_size=max_size,
         open=False,

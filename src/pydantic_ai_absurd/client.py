@@ -25,7 +25,7 @@ from absurd_sdk import AsyncAbsurd, CancellationPolicy, RetryStrategy, TaskResul
 from absurd_sdk import TimeoutError as AbsurdTimeoutError
 
 from ._absurd import TERMINAL_TASK_STATES, client_connection, client_conninfo, client_queue_name, is_registered
-from ._db import connect_async, create_queue_hint, queue_not_found
+from ._db import connect_async, create_queue_hint, fit_to_pooler, queue_not_found
 from ._text import unstorable_text_at
 from ._worker_records import registered_names
 from .errors import (
@@ -192,6 +192,7 @@ async def spawn_task(
     params = _spawnable_params(absurd, task_name, params, headers, queue)
     target = queue or client_queue_name(absurd)
     try:
+        await _fit_client_to_pooler(absurd)
         if not is_registered(absurd, task_name):
             await _refuse_unknown(absurd, task_name, target)
         spawned = await absurd.spawn(
@@ -236,9 +237,22 @@ async def _refuse_unknown(absurd: AsyncAbsurd, task_name: str, queue: str) -> No
         )
 
 
+async def _fit_client_to_pooler(absurd: AsyncAbsurd) -> None:
+    """Turn psycopg's prepared statements off on the client's own connection when it is not proven direct.
+
+    A client built from a connection string opens its connection at its first call, with psycopg's
+    defaults: statements run 5 times get prepared, which breaks behind PgBouncer in transaction mode. The
+    connection exists from the second call on, long before any statement reaches 5 runs.
+    """
+    conn, conninfo = client_connection(absurd), client_conninfo(absurd)
+    if conn is not None and conninfo is not None and conn.prepare_threshold is not None:
+        await fit_to_pooler(conn, conninfo)
+
+
 async def _snapshot(absurd: AsyncAbsurd, task_id: str, queue: str | None) -> TaskResultSnapshot:
     target = queue or client_queue_name(absurd)
     try:
+        await _fit_client_to_pooler(absurd)
         snapshot = await absurd.fetch_task_result(task_id, queue_name=queue)
     except psycopg.errors.InvalidTextRepresentation as err:
         raise TaskNotFoundError(f"{task_id!r} is not a task id (a UUID).") from err

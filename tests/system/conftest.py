@@ -1,7 +1,9 @@
-"""Fixtures of the system tests: the processes a test starts, and the table `worker_app`'s steps write to."""
+"""Fixtures of the system tests: the processes a test starts, the table `worker_app`'s steps write to, and a real
+PgBouncer in transaction pooling mode in front of the test database."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.helpers.apps.worker_app import EFFECTS_TABLE
+from tests.helpers.pgbouncer import PGBOUNCER_MISSING, pgbouncer_binary, running_pgbouncer
 from tests.helpers.processes import Workers
 
 
@@ -28,3 +31,17 @@ def effects(absurd_dsn: str) -> str:
     with psycopg.connect(absurd_dsn, autocommit=True) as conn:
         conn.execute(EFFECTS_TABLE)
     return absurd_dsn
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_dsn(absurd_dsn: str) -> Iterator[str]:
+    """DSN of the test database through PgBouncer (`pool_mode = transaction`), for the whole session.
+
+    Skipped, with the reason, only where pgbouncer is not installed and `CI` is unset; under CI it fails.
+    """
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail(PGBOUNCER_MISSING, pytrace=False)
+        pytest.skip(PGBOUNCER_MISSING)
+    with running_pgbouncer(absurd_dsn) as dsn:
+        yield dsn

@@ -4,6 +4,7 @@
 - `_borrowed`: a stand-in for a task's connection that borrows a pooled connection per statement.
 - `_hooks`: chaining the client's `before_spawn` hook after the user's (sync or async).
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
+- `_liveness`: the liveness rows of workers behind a transaction pooler, and the takeover of stale ones.
 - `_sql`: raw SQL on Absurd's runs (claims, scheduling, failing, events), worker locks, and its SQLSTATEs.
 - `_sql_claims`: raw SQL extending the claims of many runs in one statement (bulk heartbeats).
 - `_sql_tasks`: raw SQL that reads Absurd's tasks, runs and checkpoints, and copies tasks.
@@ -13,6 +14,13 @@
 
 from ._borrowed import Borrow, BorrowedConnection
 from ._hooks import chain_before_spawn
+from ._liveness import (
+    beat_liveness_row,
+    delete_liveness_row,
+    hand_back_runs_of_stale_workers,
+    hold_liveness_row,
+    insert_liveness_row,
+)
 from ._offline import OfflineTaskContext
 from ._private import (
     begin_step,
@@ -96,6 +104,11 @@ __all__ = [
     "CheckpointRow",
     "Borrow",
     "BorrowedConnection",
+    "beat_liveness_row",
+    "delete_liveness_row",
+    "hand_back_runs_of_stale_workers",
+    "hold_liveness_row",
+    "insert_liveness_row",
     "OfflineTaskContext",
     "extend_claims",
     "CURRENT_TIME",

@@ -16,13 +16,14 @@ from ._model import (
     TaskEvent,
     WaitingForInputEvent,
 )
-from ._reader import FALLBACK_POLL_INTERVAL, channel_name, read_events, stream_events
+from ._reader import FALLBACK_POLL_INTERVAL, POOLED_POLL_INTERVAL, channel_name, read_events, stream_events
 from ._sse import event_stream_response, sse_events
 from ._writer import DELTA_FLUSH_INTERVAL, publish_events
 
 __all__ = [
     "DELTA_FLUSH_INTERVAL",
     "FALLBACK_POLL_INTERVAL",
+    "POOLED_POLL_INTERVAL",
     "AnyEvent",
     "ResumedEvent",
     "RunFinishedEvent",

@@ -1,7 +1,14 @@
-"""Reading a task's event log from any process: the backlog, then new events as `NOTIFY` announces them."""
+"""Reading a task's event log from any process: the backlog, then new events as `NOTIFY` announces them.
+
+`LISTEN` needs a session of its own on the server: behind a transaction-mode pooler (PgBouncer) the
+reader listens on `listen_dsn` (a direct connection string) when given, and otherwise reads the log every
+`POOLED_POLL_INTERVAL` seconds, saying so once per process in a log line.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,15 +18,24 @@ from absurd_sdk import AsyncAbsurd
 from psycopg import sql
 
 from .._absurd import TERMINAL_TASK_STATES, client_conninfo, client_queue_name, task_state
-from .._db import connect_async
+from .._db import connect_async, fit_to_pooler
+from .._dsn import redact_dsn
 from ..client import TaskNotFoundError
 from ..errors import EventLogError
 from ._model import TaskEvent, decode_event
 
-__all__ = ["FALLBACK_POLL_INTERVAL", "channel_name", "read_events", "stream_events"]
+__all__ = ["FALLBACK_POLL_INTERVAL", "POOLED_POLL_INTERVAL", "channel_name", "read_events", "stream_events"]
+
+logger = logging.getLogger("pydantic_ai_absurd.events")
 
 FALLBACK_POLL_INTERVAL = 5.0
 """Seconds a reader waits for a notification before it reads the log anyway (a lost `NOTIFY`)."""
+
+POOLED_POLL_INTERVAL = 0.5
+"""Seconds between reads of a reader that cannot `LISTEN` (a pooled connection and no `listen_dsn`)."""
+
+_said_polling: set[str] = set()
+"""Connection strings whose readers were already reported as polling (one log line per process)."""
 
 _PAGE = 1000
 
@@ -64,6 +80,7 @@ async def stream_events(
     after: int | str | None = None,
     queue_name: str | None = None,
     poll_interval: float = FALLBACK_POLL_INTERVAL,
+    listen_dsn: str | None = None,
 ) -> AsyncIterator[TaskEvent]:
     """Yield the events of `task_id`'s log after `after`, live, until the run has finished.
 
@@ -78,6 +95,9 @@ async def stream_events(
         after: The last `seq` the caller has seen (an int or its string); `None` or 0 for all.
         queue_name: The task's queue when it is not the client's.
         poll_interval: Seconds between reads when no notification arrives.
+        listen_dsn: A direct connection string (a session, not through a transaction pooler) to `LISTEN`
+            on, for a client whose connection goes through PgBouncer in transaction mode. Without it such a
+            reader reads the log every `POOLED_POLL_INTERVAL` seconds instead (with one log line).
 
     Raises:
         TaskNotFoundError: the queue has no such task (a wrong id, or one removed by Absurd's cleanup).
@@ -90,8 +110,9 @@ async def stream_events(
     if conninfo is None:
         raise EventLogError("stream_events needs an AsyncAbsurd client built with a connection string or connection.")
     conn = await connect_async(conninfo, autocommit=True)
+    listener: psycopg.AsyncConnection[Any] | None = None
     try:
-        await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel_name(task))))
+        listener = await _listener(conn, conninfo, listen_dsn, task)
         while True:
             # The state is read before the log: a finished task's last event committed with its state.
             state = await task_state(conn, queue, task)
@@ -107,10 +128,41 @@ async def stream_events(
                 raise TaskNotFoundError(f"No task {task} in queue {queue!r} (a wrong id or queue, or cleaned up).")
             if state in TERMINAL_TASK_STATES:
                 return  # finished without publishing (or `after` is past its end)
-            async for _ in conn.notifies(timeout=poll_interval, stop_after=1):
+            if listener is None:
+                await asyncio.sleep(min(poll_interval, POOLED_POLL_INTERVAL))
+                continue
+            async for _ in listener.notifies(timeout=poll_interval, stop_after=1):
                 pass
     finally:
+        if listener is not None and listener is not conn:
+            await listener.close()
         await conn.close()
+
+
+async def _listener(
+    conn: psycopg.AsyncConnection[Any], conninfo: str, listen_dsn: str | None, task: str
+) -> psycopg.AsyncConnection[Any] | None:
+    """The connection that `LISTEN`s for `task`'s events: `conn` when direct, else one to `listen_dsn`, else None."""
+    channel = sql.SQL("listen {}").format(sql.Identifier(channel_name(task)))
+    if listen_dsn is None and await fit_to_pooler(conn, conninfo):
+        await conn.execute(channel)
+        return conn
+    if listen_dsn is not None:
+        listener = await connect_async(listen_dsn, autocommit=True)
+        if await fit_to_pooler(listener, listen_dsn):
+            await listener.execute(channel)
+            return listener
+        await listener.close()
+    where = redact_dsn(listen_dsn or conninfo)
+    if where not in _said_polling:
+        _said_polling.add(where)
+        logger.warning(
+            "event readers poll the log every %.1fs: %s is not a direct session (PgBouncer in transaction mode?) "
+            "and LISTEN needs one; pass listen_dsn= a direct connection string for instant delivery",
+            POOLED_POLL_INTERVAL,
+            where,
+        )
+    return None
 
 
 def parse_after(after: int | str | None) -> int:

@@ -163,17 +163,19 @@ async def sse_events(
     last_event_id: str | int | None = None,
     queue_name: str | None = None,
     sdk_version: Literal[5, 6, 7] = 5,
+    listen_dsn: str | None = None,
 ) -> AsyncGenerator[str]:
     """The SSE text of `task_id`'s event log in `protocol`, after `last_event_id`, live until the run finished.
 
     Every SSE event carries its own id, `seq.index`: the `seq` of the log event that produced the chunk and
-    the chunk's index among that event's chunks (the protocol's opening chunks are `0.index`).
+    the chunk's index among that event's chunks (the protocol's opening chunks are `0.index`). `listen_dsn`
+    as in `stream_events` (a direct connection to `LISTEN` on when the client's goes through PgBouncer).
     """
     task = task_uuid(task_id)
     after = _position(last_event_id)
     ui = _ui_stream(protocol, task, sdk_version)
     out: asyncio.Queue[tuple[str, int, Any]] = asyncio.Queue(maxsize=256)
-    items = cast(AsyncGenerator[TaskEvent], stream_events(absurd, task, queue_name=queue_name))
+    items = cast(AsyncGenerator[TaskEvent], stream_events(absurd, task, queue_name=queue_name, listen_dsn=listen_dsn))
     producer = asyncio.ensure_future(_transform(ui, protocol, items, out))
     group, index = 0, -1
     try:
@@ -245,6 +247,7 @@ def event_stream_response(
     last_event_id: str | int | None = None,
     queue_name: str | None = None,
     sdk_version: Literal[5, 6, 7] = 5,
+    listen_dsn: str | None = None,
 ) -> Response:
     """A Starlette response streaming `task_id`'s run as Server-Sent Events in a Pydantic AI UI protocol.
 
@@ -262,6 +265,8 @@ def event_stream_response(
         last_event_id: The `Last-Event-ID` request header, if any.
         queue_name: The task's queue when it is not the client's.
         sdk_version: Vercel AI SDK version to target (Vercel AI protocol only).
+        listen_dsn: A direct connection string to `LISTEN` on when the client's connection goes through
+            PgBouncer in transaction mode (see `stream_events`).
 
     Raises:
         EventLogError: `last_event_id` is not an id of this stream, or the `web` extra is missing.
@@ -278,7 +283,13 @@ def event_stream_response(
     ui = _ui_stream(protocol, task, sdk_version)
     headers = {**dict(ui.response_headers or {}), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     body = sse_events(
-        absurd, task, protocol=protocol, last_event_id=last_event_id, queue_name=queue, sdk_version=sdk_version
+        absurd,
+        task,
+        protocol=protocol,
+        last_event_id=last_event_id,
+        queue_name=queue,
+        sdk_version=sdk_version,
+        listen_dsn=listen_dsn,
     )
 
     class _EventStreamResponse(StreamingResponse):

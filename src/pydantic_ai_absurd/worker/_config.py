@@ -106,7 +106,8 @@ class WorkerHealth:
         lost: Tasks stopped because their run was failed or handed back elsewhere.
         takeover_checks: Checks for runs of dead workers done since start.
         taken_over: Runs of dead workers this worker handed back (made claimable at once).
-        fast_takeover: This worker holds its liveness lock: its tasks are taken over at once if it dies.
+        fast_takeover: This worker holds its liveness lock (its liveness row behind a transaction pooler): its
+            tasks are taken over soon after it dies.
     """
 
     ready: bool = False

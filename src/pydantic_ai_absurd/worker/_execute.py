@@ -69,6 +69,8 @@ class Executor:
             )
             log_outcome(running, self.health)
         except asyncio.CancelledError:
+            if running.dropped:  # a peer handed it back already (_liveness_rows.py): it may run there now
+                return
             await self.hand_back(running, "worker shutting down")
             if running.stop_reason is None:
                 raise

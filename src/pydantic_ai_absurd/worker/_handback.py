@@ -11,10 +11,11 @@ from typing import Any
 
 import psycopg
 
-from .._absurd import OrphanedRun, hand_back_orphaned_runs, schedule_run_now
+from .._absurd import OrphanedRun, hand_back_orphaned_runs, hand_back_runs_of_stale_workers, schedule_run_now
 from .._worker_records import record_lost_executions
 from ..errors import one_line
 from ._config import WorkerHealth
+from ._liveness_rows import ROW_CLAIM_PREFIX, STALE_AFTER
 from ._takeover import CLAIM_PREFIX
 
 __all__ = ["hand_back_run", "take_over_orphans"]
@@ -68,6 +69,12 @@ async def take_over_orphans(connection: ConnectionFactory, queue: str, identity:
     try:
         async with connection() as conn:
             rows = await hand_back_orphaned_runs(conn, queue, CLAIM_PREFIX, identity, record)
+            # Workers behind a transaction pooler prove liveness with a row instead of a lock (migration 007;
+            # a database migrated before it has no such worker).
+            with contextlib.suppress(psycopg.errors.UndefinedTable):
+                rows += await hand_back_runs_of_stale_workers(
+                    conn, queue, ROW_CLAIM_PREFIX, identity, STALE_AFTER, record
+                )
     except (psycopg.Error, OSError) as err:
         logger.debug("takeover check failed: %s", one_line(err, with_type=True))
         return 0
@@ -76,7 +83,7 @@ async def take_over_orphans(connection: ConnectionFactory, queue: str, identity:
     for run in rows:
         health.taken_over += 1
         logger.info(
-            "took over task_id=%s run_id=%s: its worker %s is gone (no liveness lock); claimable again at once",
+            "took over task_id=%s run_id=%s: its worker %s is gone (no liveness lock or row); claimable again at once",
             run.task_id,
             run.run_id,
             run.claimed_by,

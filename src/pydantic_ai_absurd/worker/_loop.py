@@ -17,7 +17,8 @@ Differences from `AsyncAbsurd.start_worker()`:
   to the free slots in one call.
 - **Fast takeover** (`_takeover.py`): a worker holds a liveness lock while it lives; at every poll,
   workers hand back the runs of dead workers of this package (SIGKILL, OOM) at once. A paused or slow
-  worker keeps its tasks; lease expiry is the fallback for lost machines and poolers.
+  worker keeps its tasks; lease expiry is the fallback for lost machines. Behind a transaction pooler
+  the proof of life is a liveness row instead (`_liveness_rows.py`).
 - **Graceful shutdown.** On SIGTERM/SIGINT the worker stops claiming, lets in-flight tasks finish for
   up to `drain_timeout` seconds, then cancels the rest and hands each run back with
   `absurd.schedule_run(queue, run_id, now)`: the run becomes claimable at once by another worker,
@@ -65,9 +66,10 @@ from ._drain import cancel_in_flight, drain
 from ._execute import Executor
 from ._handback import take_over_orphans
 from ._heartbeats import BulkHeartbeats
+from ._liveness_rows import RowLiveness
 from ._pool import WorkerPool
 from ._signals import install_signal_handlers, settled, wait_any
-from ._takeover import Liveness, claim_identity
+from ._takeover import Liveness, claim_guard, claim_identity, start_liveness
 from ._task import Running
 
 logger = logging.getLogger("pydantic_ai_absurd.worker")
@@ -89,7 +91,7 @@ class Worker:
         self._dsn = self.config.dsn or client_conninfo(absurd) or resolve_dsn(None)
         self._pool: WorkerPool | None = None
         self._executor: Executor | None = None
-        self._liveness: Liveness | None = None
+        self._liveness: Liveness | RowLiveness | None = None
         self._in_flight: dict[asyncio.Task[None], Running] = {}
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
@@ -171,10 +173,16 @@ class Worker:
     async def _start_fast_takeover(self, application_name: str) -> asyncio.Task[None]:
         """Hold the liveness lock and start the loop that takes over dead workers' runs."""
         connect_timeout = max(1, round(self.config.connect_timeout))
-        self._liveness = Liveness(
-            self._dsn, self.claim_id, connect_timeout=connect_timeout, application_name=application_name
+        self._liveness = await start_liveness(
+            self._dsn,
+            self.worker_id,
+            self.queue,
+            connect_timeout=connect_timeout,
+            application_name=application_name,
+            on_lost=self._drop_runs_of,
         )
-        self.health.fast_takeover = await self._liveness.start()
+        self.claim_id = self._liveness.identity  # a lock identity, or a row identity behind a pooler
+        self.health.fast_takeover = self._liveness.enabled
         return asyncio.ensure_future(self._takeover_loop())
 
     async def _shut_down(
@@ -220,7 +228,7 @@ class Worker:
         """The marked identity while the liveness lock is held (checked now), else the plain worker id."""
         liveness = self._liveness
         if liveness is not None and liveness.enabled and await liveness.check() > 0:
-            return self.claim_id
+            return liveness.identity
         return self.worker_id
 
     async def _claim_loop(self) -> None:
@@ -233,7 +241,7 @@ class Worker:
                 continue
             self._wake.clear()
             try:
-                tasks = await self._claim(free)
+                tasks, claimed_by = await self._claim(free)
             except (psycopg.Error, OSError) as err:
                 self.health.ready = False
                 logger.warning(
@@ -250,18 +258,21 @@ class Worker:
             delay = 0.5
             self._polled()
             for task in tasks:
-                self._start(task)
+                self._start(task, claimed_by)
             if len(tasks) < free:
                 await self._sleep_unless_stopped(self.config.poll_interval, wake=True)
 
-    async def _claim(self, free: int) -> list[ClaimedTask]:
-        """Claim up to `free` runs in one call."""
+    async def _claim(self, free: int) -> tuple[list[ClaimedTask], str]:
+        """Claim up to `free` runs in one call; also returns the identity they were claimed in."""
         claimed_by = await self._claimed_by()
-        async with self._connection() as conn:
+        async with self._connection() as conn, claim_guard(self._liveness, conn, claimed_by) as allowed:
+            if not allowed:  # peers presumed this worker dead a moment ago (_takeover.claim_guard)
+                return [], claimed_by
             claimer = AsyncAbsurd(conn, queue_name=self.queue)
-            return await claimer.claim_tasks(
+            tasks = await claimer.claim_tasks(
                 batch_size=free, claim_timeout=self.config.claim_timeout, worker_id=claimed_by
             )
+            return tasks, claimed_by
 
     async def _takeover_loop(self) -> None:
         """Every poll interval: keep the liveness lock, and hand back the runs of dead workers."""
@@ -269,7 +280,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.config.poll_interval)
             await self._liveness.check()
-            if await take_over_orphans(self._connection, self.queue, self.claim_id, self.health):
+            if await take_over_orphans(self._connection, self.queue, self._liveness.identity, self.health):
                 self._wake.set()  # claim them now rather than at the next poll
 
     def _polled(self) -> None:
@@ -284,9 +295,9 @@ class Worker:
         if self.config.on_poll is not None:
             self.config.on_poll(health)
 
-    def _start(self, task: ClaimedTask) -> None:
+    def _start(self, task: ClaimedTask, claimed_by: str | None = None) -> None:
         assert self._executor is not None
-        running = Running(task)
+        running = Running(task, claimed_by=claimed_by)
         self.health.claimed += 1
         logger.info("claimed %s run_id=%s", running.describe(), task["run_id"])
         job = asyncio.ensure_future(self._executor.execute(running))
@@ -298,6 +309,17 @@ class Worker:
         self._in_flight.pop(cast("asyncio.Task[None]", job), None)
         self.health.in_flight = len(self._in_flight)
         self._slot_freed.set()
+
+    def _drop_runs_of(self, identity: str) -> None:
+        """Stop, without handing back, the runs claimed in `identity`: peers presumed this worker dead."""
+        for job, running in self._in_flight.items():
+            if running.claimed_by == identity and not job.done():
+                logger.warning(
+                    "dropping %s: this worker was presumed dead and a peer took the run over", running.describe()
+                )
+                running.stop_reason = "presumed_dead"
+                running.dropped = True
+                job.cancel()
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -14,25 +14,31 @@ now)`: claimable at once, no attempt used, resumed from their checkpoints.
 A live worker never loses a run this way: a paused (SIGSTOP) or slow process keeps its connections,
 so Postgres keeps its locks; losing one connection leaves the lock held on the other, and the lost
 one is reconnected and re-locked at the next check. Behind a pooler in transaction mode (PgBouncer)
-session locks do not belong to the client; the worker detects that at start-up (the backend changes
-between statements, or the lock is not visible) and claims with its plain `worker_id`, so its runs
-fall back to lease expiry. Lease expiry also stays the fallback for lost machines and partitions.
+session locks do not belong to the client: the worker holds its lock only on connections proven
+direct (`_pooler.is_direct_session`: both ends of the client's socket are the backend's), and otherwise
+proves liveness with a row beaten about every half second (`_liveness_rows.py`; peers take over after
+`STALE_AFTER` seconds without a beat). `start_liveness` picks one of the two. Lease expiry stays the
+fallback for lost machines and partitions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from .._absurd import backend_pid, hold_worker_lock, worker_lock_held
 from .._db import connect_async
+from .._pooler import is_direct_session
 from ..errors import DatabaseConnectionError, one_line
+from ._liveness_rows import ROW_CLAIM_PREFIX, STALE_AFTER, RowLiveness
 
-__all__ = ["CLAIM_PREFIX", "LOCK_CONNECTIONS", "Liveness", "claim_identity"]
+__all__ = ["CLAIM_PREFIX", "LOCK_CONNECTIONS", "Liveness", "claim_guard", "claim_identity", "start_liveness"]
 
 logger = logging.getLogger("pydantic_ai_absurd.worker")
 
@@ -70,12 +76,15 @@ class Liveness:
         """How many of the lock connections hold the lock now (as last checked)."""
         return sum(1 for pid in self._pids if pid is not None)
 
-    async def start(self) -> bool:
-        """Take the lock on every connection and check that it is really held; false means "use leases".
+    async def start(self) -> bool | None:
+        """Take the lock on every connection and check that it is really held.
 
-        Logs one line when it falls back to leases (a transaction-mode pooler, or the lock cannot be taken).
+        False (with one log line) when the lock cannot be taken: use leases. None (without a log line)
+        when a connection is not proven direct (a transaction-mode pooler?): use a liveness row.
         """
         try:
+            if not await self._proven_direct():
+                return None  # never take a session lock through a pooler: it would stay on a server connection
             for slot in range(LOCK_CONNECTIONS):
                 await self._lock(slot)
             pooled = await self._looks_pooled()
@@ -88,20 +97,23 @@ class Liveness:
             await self.close()
             return False
         if pooled:
-            logger.warning(
-                "fast takeover disabled: the connection looks pooled in transaction mode (PgBouncer?): session "
-                "locks do not work there; tasks of this worker are picked up by others only when their lease expires"
-            )
             await self.close()
-            return False
+            return None
         self.enabled = True
         return True
+
+    async def _proven_direct(self) -> bool:
+        conn = await connect_async(self._dsn, autocommit=True, connect_timeout=self._connect_timeout)
+        try:
+            return await is_direct_session(conn)
+        finally:
+            await conn.close()
 
     async def _looks_pooled(self) -> bool:
         for slot, conn in enumerate(self._conns):
             pid = self._pids[slot]
             assert conn is not None and pid is not None
-            if await backend_pid(conn) != pid or await backend_pid(conn) != pid:
+            if not await is_direct_session(conn) or await backend_pid(conn) != pid:
                 return True
             if not await worker_lock_held(conn, self.identity, pid):
                 return True
@@ -173,3 +185,46 @@ class Liveness:
         for conn in conns:
             if conn is not None:
                 await conn.close()
+
+
+async def start_liveness(
+    dsn: str,
+    worker_id: str,
+    queue: str,
+    *,
+    connect_timeout: int,
+    application_name: str,
+    on_lost: Callable[[str], None] | None = None,
+) -> Liveness | RowLiveness:
+    """The worker's proof of life: a session lock on direct connections, else a liveness row (behind a pooler).
+
+    Logs which one it uses when it is the row; check `enabled` for whether either works. `on_lost` is
+    called in the event loop with an identity whose runs peers took over while this worker lived (rows only).
+    """
+    lock = Liveness(dsn, claim_identity(worker_id), connect_timeout=connect_timeout, application_name=application_name)
+    started = await lock.start()
+    if started is not None:
+        return lock
+    row = RowLiveness(dsn, worker_id, queue, connect_timeout=connect_timeout, on_lost=on_lost)
+    if await row.start():
+        logger.info(
+            "fast takeover by liveness row: the connection is not a direct session (PgBouncer in transaction "
+            "mode?), so session locks cannot prove this worker alive; peers take over its tasks %.1fs after "
+            "its last beat",
+            STALE_AFTER,
+        )
+    return row
+
+
+def claim_guard(
+    liveness: Liveness | RowLiveness | None, conn: psycopg.AsyncConnection[Any], claimed_by: str
+) -> contextlib.AbstractAsyncContextManager[bool]:
+    """Wrap a claim in `claimed_by`: whether to claim, held until the claim is committed.
+
+    For a liveness-row identity, a transaction that holds the row (`for share`): no peer deletes it, and
+    so hands back the claimed runs, before the claim commits; false when the row is already gone (this
+    worker was presumed dead; its beat thread picks a fresh identity). Anything else: true, no transaction.
+    """
+    if isinstance(liveness, RowLiveness) and claimed_by.startswith(ROW_CLAIM_PREFIX):
+        return liveness.claim_guard(conn, claimed_by)
+    return contextlib.nullcontext(True)

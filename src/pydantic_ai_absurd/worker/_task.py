@@ -43,7 +43,11 @@ class Running:
     outcome: Outcome | None = None
     reason: str | None = None
     error: BaseException | None = None
-    stop_reason: Literal["shutdown"] | None = None
+    stop_reason: Literal["shutdown", "presumed_dead"] | None = None
+    claimed_by: str | None = None
+    """The identity this worker claimed the run in (fast takeover: a lock or a liveness-row identity)."""
+    dropped: bool = False
+    """Peers presumed this worker dead and took the run over: stopped, never handed back (`_liveness_rows.py`)."""
 
     def describe(self) -> str:
         """`task_id=... task=... attempt=...`, as every log line about the task shows it."""

@@ -53,7 +53,7 @@ LAYERS = {
     "transactions",
 }
 
-HELPERS = {"_dsn", "_db", "_pg_binaries"}
+HELPERS = {"_dsn", "_db", "_pg_binaries", "_pooler"}
 """Neither: small helpers for the core and the layers; they import no layer."""
 
 

@@ -11,6 +11,7 @@ import pytest
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 from psycopg import sql
 
+from pydantic_ai_absurd.worker import _liveness_rows as liveness_rows  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai_absurd.worker import _takeover as takeover  # pyright: ignore[reportPrivateUsage]
 from tests.helpers.polling import WAIT, wait_until
 from tests.helpers.sql import latest_run, runs, task_state
@@ -79,19 +80,17 @@ async def test_a_worker_marks_its_claims_and_holds_its_lock_on_two_connections(
     assert await lock_holders(absurd_dsn, worker.claim_id) == 0  # released on stop
 
 
-async def test_a_pooled_connection_falls_back_to_leases_with_one_log_line(
+async def test_a_connection_not_proven_direct_uses_a_liveness_row_with_one_log_line(
     absurd_client: AsyncAbsurd,
     absurd_dsn: str,
     absurd_queue: str,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    pids = iter(range(10_000_000, 20_000_000))
+    async def pooled(conn: psycopg.AsyncConnection[Any]) -> bool:
+        return False  # what a transaction-mode pooler looks like: the socket's ends are not the backend's
 
-    async def changing_backend(conn: psycopg.AsyncConnection[Any]) -> int:
-        return next(pids)  # what a transaction-mode pooler looks like: another backend per statement
-
-    monkeypatch.setattr(takeover, "backend_pid", changing_backend)
+    monkeypatch.setattr(takeover, "is_direct_session", pooled)
 
     @absurd_client.register_task(name="hello")
     async def hello(params: Any, ctx: AsyncTaskContext) -> str:
@@ -101,10 +100,11 @@ async def test_a_pooled_connection_falls_back_to_leases_with_one_log_line(
     with caplog.at_level(logging.INFO, logger="pydantic_ai_absurd.worker"):
         async with running_worker(absurd_client, worker_id="pooled") as worker:
             await wait_until(lambda: is_completed(absurd_client, spawned["task_id"]))
-            assert not worker.health.fast_takeover
-    lines = [r.getMessage() for r in caplog.records if "fast takeover disabled" in r.getMessage()]
+            assert worker.health.fast_takeover
+            assert worker.claim_id.startswith(liveness_rows.ROW_CLAIM_PREFIX)
+    lines = [r.getMessage() for r in caplog.records if "fast takeover" in r.getMessage()]
     assert len(lines) == 1
-    assert "PgBouncer" in lines[0]
+    assert "by liveness row" in lines[0] and "PgBouncer" in lines[0]
     rows = await runs(absurd_dsn, absurd_queue, spawned["task_id"])
     assert len(rows) == 1
     async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
@@ -114,4 +114,4 @@ async def test_a_pooled_connection_falls_back_to_leases_with_one_log_line(
         )
         row = await cur.fetchone()
     assert row is not None
-    assert row[0] in (None, "pooled")  # completed runs may clear it; never the marked identity
+    assert row[0] is None or str(row[0]).startswith(liveness_rows.ROW_CLAIM_PREFIX)  # never the lock identity
