@@ -39,6 +39,7 @@ LAYERS = {
     "worker",
     "inbox",
     "conversations",
+    "children",
     "events",
     "inspection",
     "verify",

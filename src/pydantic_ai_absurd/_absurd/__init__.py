@@ -3,6 +3,7 @@
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
 - `_sql`: raw SQL on Absurd's functions and tables, and its SQLSTATEs.
+- `_sql_family`: raw SQL for child tasks (spawn linked to a parent, a task's end, cancel).
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
@@ -67,6 +68,7 @@ from ._sql import (
     task_states,
     worker_lock_held,
 )
+from ._sql_family import TaskEnd, cancel_task_sql, spawn_linked_child, task_end
 from ._sql_schema import (
     CURRENT_TIME,
     absurd_schema_exists_sync,
@@ -82,6 +84,10 @@ from ._sql_schema import (
 )
 
 __all__ = [
+    "TaskEnd",
+    "cancel_task_sql",
+    "spawn_linked_child",
+    "task_end",
     "OfflineTaskContext",
     "CURRENT_TIME",
     "absurd_schema_exists_sync",
