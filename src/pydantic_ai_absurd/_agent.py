@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, overload
 
 from absurd_sdk import AsyncAbsurd
-from pydantic_ai.agent import AbstractAgent, AgentRun, EventStreamHandler, WrapperAgent
+from pydantic_ai.agent import AbstractAgent, Agent, AgentRun, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.conversation_store import ConversationStore
 from pydantic_ai.exceptions import UserError
@@ -185,6 +185,19 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             async with self.wrapped.iter(*args, capabilities=capabilities, **call.kwargs) as run:
                 yield run
             call.result = run.result
+
+    def _plain_agent(self) -> Agent[AgentDepsT, OutputDataT]:
+        if not isinstance(self.wrapped, Agent):
+            raise UserError("Tools are added to the wrapped agent: this AbsurdAgent wraps no `Agent`.")
+        return self.wrapped
+
+    def tool(self, *args: Any, **kwargs: Any) -> Any:
+        """`Agent.tool` of the wrapped agent: `@absurd_agent.tool` registers a tool taking `RunContext` on it."""
+        return self._plain_agent().tool(*args, **kwargs)
+
+    def tool_plain(self, *args: Any, **kwargs: Any) -> Any:
+        """`Agent.tool_plain` of the wrapped agent: `@absurd_agent.tool_plain` registers a tool on it."""
+        return self._plain_agent().tool_plain(*args, **kwargs)
 
     def register_task(self, name: str | None = None, *, queue: str | None = None) -> str:
         """Register an Absurd task on `absurd` that runs this agent, for `run_as_child`; returns the task name.

@@ -152,17 +152,18 @@ class ChildEnd:
         return [] if messages is None else ModelMessagesTypeAdapter.validate_python(messages)
 
 
-def failure_text(failure: Any) -> str | None:
+def failure_text(failure: object) -> str | None:
     """Absurd's `failure_reason` (`{"name", "message", ...}`) as one line."""
     if failure is None:
         return None
-    entries: dict[str, Any] | None = cast(dict[str, Any], failure) if isinstance(failure, dict) else None
-    if entries is not None:
+    if isinstance(failure, dict):
+        entries = cast(dict[str, Any], failure)
         name, message = entries.get("name"), entries.get("message")
         if message is not None:
             text = f"{name}: {message}" if name else str(message)
             return " ".join(text.split())
-    return " ".join(str(failure).split())
+    text = str(failure)  # pyright: ignore[reportUnknownArgumentType]
+    return " ".join(text.split())
 
 
 def _output_types(spec: Any) -> list[Any] | None:
