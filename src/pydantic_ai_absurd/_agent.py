@@ -193,11 +193,13 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
 
     def tool(self, *args: Any, **kwargs: Any) -> Any:
         """`Agent.tool` of the wrapped agent: `@absurd_agent.tool` registers a tool taking `RunContext` on it."""
-        return self._plain_agent().tool(*args, **kwargs)
+        decorator: Any = self._plain_agent().tool
+        return decorator(*args, **kwargs)
 
     def tool_plain(self, *args: Any, **kwargs: Any) -> Any:
         """`Agent.tool_plain` of the wrapped agent: `@absurd_agent.tool_plain` registers a tool on it."""
-        return self._plain_agent().tool_plain(*args, **kwargs)
+        decorator: Any = self._plain_agent().tool_plain
+        return decorator(*args, **kwargs)
 
     def register_task(self, name: str | None = None, *, queue: str | None = None) -> str:
         """Register an Absurd task on `absurd` that runs this agent, for `run_as_child`; returns the task name.
