@@ -19,9 +19,9 @@ from .._checkpoint import Checkpoint
 from .._digest import preview as _preview
 from .._step_names import (
     CapabilityStep,
+    ChildTaskStep,
     ConversationStep,
     EventHandlerStep,
-    ChildTaskStep,
     ExternalEventStep,
     GraphSleep,
     ModelStep,
