@@ -1,0 +1,100 @@
+"""Sub-agents as child tasks, with real worker processes: fan-out, crashes, failures, cancellation.
+
+Model calls and tool body runs are counted in Postgres (`child_calls`), never in a dead process's memory.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pydantic_ai_absurd import inspect_task
+
+from .children_support import (
+    Workers,
+    calls,
+    child_links,
+    eventually,
+    open_gate,
+    prepare_tables,
+    spawn_coordinator,
+    state_of,
+    workers_for,
+)
+
+pytestmark = pytest.mark.crash
+
+
+@pytest.fixture
+def workers(absurd_dsn: str, absurd_queue: str, tmp_path: Path) -> Iterator[Workers]:
+    prepare_tables(absurd_dsn)
+    with workers_for(absurd_dsn, absurd_queue, tmp_path) as started:
+        yield started
+
+
+async def _ended(dsn: str, queue: str, task_id: str) -> str | None:
+    state = await state_of(dsn, queue, task_id)
+    return state if state in ("completed", "failed", "cancelled") else None
+
+
+async def test_one_slot_runs_the_parent_then_its_children_then_the_parent_again(
+    absurd_dsn: str, absurd_queue: str, workers: Workers
+) -> None:
+    workers.start(concurrency=1)
+    parent = await spawn_coordinator(absurd_dsn, absurd_queue, ["alpha", "beta", "gamma"])
+    assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
+
+    model_calls = Counter(topic for _, topic, _ in await calls(absurd_dsn, absurd_queue, "researcher_model"))
+    assert model_calls == {"alpha": 2, "beta": 2, "gamma": 2}
+    assert len(await calls(absurd_dsn, absurd_queue, "coordinator_model")) == 2
+    # The tool body ran once to spawn all three, then again after each wake-up at most.
+    assert 2 <= len(await calls(absurd_dsn, absurd_queue, "research_body")) <= 4
+    children = await child_links(absurd_dsn, absurd_queue, parent)
+    assert [state for _, _, state in children] == ["completed"] * 3
+
+    timeline = await inspect_task(absurd_dsn, parent, queue=absurd_queue)
+    assert timeline.result is not None and "alpha" in timeline.result["output"]
+    assert [child.state for child in timeline.children] == ["completed"] * 3
+    assert all(child.output_preview and child.task_name == "researcher" for child in timeline.children)
+    spent_by_children = sum(child.usage.total_tokens for child in timeline.children)
+    assert spent_by_children > 0
+    assert timeline.total_usage.total_tokens == timeline.totals.tokens_spent.total_tokens + spent_by_children
+    child = await inspect_task(absurd_dsn, children[0][1], queue=absurd_queue)
+    assert child.parent is not None and child.parent.task_id == parent
+
+
+async def test_fan_out_runs_the_children_in_parallel_on_two_workers_of_another_queue(
+    absurd_dsn: str, absurd_queue: str, workers: Workers
+) -> None:
+    child_queue = f"{absurd_queue}_kids"
+    with psycopg.connect(absurd_dsn, autocommit=True) as conn:
+        conn.execute("select absurd.create_queue(%s)", (child_queue,))
+    try:
+        settings = {"child_queue": child_queue}
+        workers.start(concurrency=1, **settings)
+        topics = ["gate:a", "gate:b", "gate:c"]
+        for _ in range(2):  # two slots each: the third child can only run on the other worker
+            workers.start(concurrency=2, work_queue=child_queue, **settings)
+        parent = await spawn_coordinator(absurd_dsn, absurd_queue, topics)
+
+        async def all_started() -> list[tuple[str, str, int]]:
+            started = await calls(absurd_dsn, absurd_queue, "lookup_start")
+            return started if len(started) == 3 else []
+
+        started = await eventually(all_started)
+        assert len({pid for _, _, pid in started}) == 2  # all three at once, on both child workers
+        assert await state_of(absurd_dsn, absurd_queue, parent) == "sleeping"
+        for topic in topics:
+            await open_gate(absurd_dsn, absurd_queue, topic)
+        assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
+        links = await child_links(absurd_dsn, absurd_queue, parent)
+        assert [(queue, state) for queue, _, state in links] == [(child_queue, "completed")] * 3
+    finally:
+        with psycopg.connect(absurd_dsn, autocommit=True) as conn:
+            conn.execute("select absurd.drop_queue(%s)", (child_queue,))
