@@ -5,9 +5,10 @@ its model once, calls its `lookup` tool, asks again and returns a `Report`; `coo
 `coordinate`) fans out to one researcher per topic from its `research` tool. Every model call and every tool
 body run is a row of `child_calls`, so a test counts them across processes. A topic steers a researcher:
 
-- `gate:<name>`: `lookup` records `lookup_start`, then waits until the test opens the gate (`child_gates`);
+- `gate:<name>` (without `deep`): `lookup` records `lookup_start`, then waits until the test opens the gate (`child_gates`);
 - `fail`: the researcher's model raises (every attempt);
-- `deep`: `lookup` runs a `helper` agent as a child of the researcher (a grandchild of the coordinator).
+- `deep`: `lookup` runs a `helper` agent as a child of the researcher (a grandchild of the coordinator),
+  whose model waits for the gate `help <topic>` when the topic holds `gate:`.
 
 `params["catch"]`: the coordinator's tool returns the message of a failed child instead of raising.
 `params["crash_after_children"]`: the first run of the tool raises once all children ended (the parent retries).
@@ -83,6 +84,9 @@ async def researcher_model(messages: list[ModelMessage], info: AgentInfo) -> Mod
 
 async def helper_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     await record("helper_model", _prompt(messages))
+    if "gate:" in _prompt(messages):
+        while not await gate_open(_prompt(messages)):
+            await asyncio.sleep(0.05)
     return ModelResponse(parts=[TextPart(f"helped with {_prompt(messages)}")])
 
 
@@ -96,14 +100,14 @@ researcher.register_task(queue=CHILD_QUEUE)
 @researcher.tool
 async def lookup(ctx: RunContext[None], topic: str) -> str:
     await record("lookup_start", topic)
-    if topic.startswith("gate:"):
+    found = f"fact about {topic}"
+    if "deep" in topic:
+        found += f"; {(await helper.run_as_child(f'help {topic}')).output}"
+    elif "gate:" in topic:
         while not await gate_open(topic):
             await asyncio.sleep(0.05)
-    if "deep" in topic:
-        helped = await helper.run_as_child(f"help {topic}")
-        return f"fact about {topic}; {helped.output}"
     await record("lookup_end", topic)
-    return f"fact about {topic}"
+    return found
 
 
 async def coordinator_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:

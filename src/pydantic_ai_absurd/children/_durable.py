@@ -95,6 +95,8 @@ class _CallGroup:
                         self.waiters.remove(waiter)
                         if not waiter.future.done():
                             waiter.future.set_exception(error)
+                            # A call whose `gather` already raised never awaits it: no "never retrieved" noise.
+                            waiter.future.add_done_callback(lambda future: future.exception())
                     return
                 ready = [first]
             for waiter in ready:
