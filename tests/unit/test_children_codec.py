@@ -29,7 +29,7 @@ def test_a_child_step_is_named_after_its_call_site_and_reads_back() -> None:
     step = StepName(ChildTaskStep(TOOL_STEP, "researcher", "0123456789abcdef", 2))
     name = step.format()
     assert name == (
-        "coordinator__function_toolset__<agent>.call_tool:research%40call%231.child_task:researcher:0123456789abcdef:2"
+        "coordinator__function_toolset__<agent>.call_tool:research%40call_1.child_task:researcher:0123456789abcdef:2"
     )
     assert StepName.parse(name) == step
     assert step.run_prefix == "coordinator"
