@@ -44,15 +44,20 @@ as $$
 declare
     v_queue text := substr(tg_table_name, 3);
     v_link record;
+    v_parent_state text;
 begin
     if new.state = old.state or new.state not in ('completed', 'failed', 'cancelled') then
         return null;
     end if;
     for v_link in
-        select parent_queue, event_name from pydantic_ai_absurd.child_tasks
+        select parent_queue, parent_task_id, event_name from pydantic_ai_absurd.child_tasks
          where child_queue = v_queue and child_task_id = new.task_id
     loop
         begin
+            -- A parent that ended (being cancelled is how this child got cancelled) is not woken up again.
+            select state into v_parent_state
+              from absurd.get_task_result(v_link.parent_queue, v_link.parent_task_id);
+            continue when v_parent_state in ('completed', 'failed', 'cancelled');
             perform absurd.emit_event(v_link.parent_queue, v_link.event_name,
                                       jsonb_build_object('state', new.state));
         exception when others then
