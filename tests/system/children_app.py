@@ -10,6 +10,7 @@ body run is a row of `child_calls`, so a test counts them across processes. A to
 - `deep`: `lookup` runs a `helper` agent as a child of the researcher (a grandchild of the coordinator),
   whose model waits for the gate `help <topic>` when the topic holds `gate:`.
 
+`params["split"]`: the coordinator's model calls `research` twice in one response (two tool calls in parallel).
 `params["catch"]`: the coordinator's tool returns the message of a failed child instead of raising.
 `params["crash_after_children"]`: the first run of the tool raises once all children ended (the parent retries).
 """
@@ -24,7 +25,15 @@ import psycopg
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 from pydantic import BaseModel
 from pydantic_ai import Agent, RunContext
-from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, UserPromptPart
+from pydantic_ai.messages import (
+    ModelMessage,
+    ModelRequest,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+    ToolReturnPart,
+    UserPromptPart,
+)
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, ChildTaskFailedError
@@ -113,9 +122,18 @@ async def lookup(ctx: RunContext[None], topic: str) -> str:
 async def coordinator_model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
     await record("coordinator_model", "")
     if len(messages) == 1:
-        topics = _prompt(messages).split(",")
+        prompt = _prompt(messages)
+        topics = prompt.removeprefix("split:").split(",")
+        if prompt.startswith("split:"):  # two parallel tool calls, each with its own children
+            halves = [topics[: len(topics) // 2], topics[len(topics) // 2 :]]
+            return ModelResponse(
+                parts=[
+                    ToolCallPart("research", {"topics": half}, tool_call_id=f"half{n}") for n, half in enumerate(halves)
+                ]
+            )
         return ModelResponse(parts=[ToolCallPart("research", {"topics": topics}, tool_call_id="research1")])
-    return ModelResponse(parts=[TextPart(f"summary: {messages[-1].parts[0].content}")])
+    returns = [str(part.content) for part in messages[-1].parts if isinstance(part, ToolReturnPart)]
+    return ModelResponse(parts=[TextPart(f"summary: {' | '.join(returns)}")])
 
 
 coordinator = AbsurdAgent(Agent(FunctionModel(coordinator_model), name="coordinator"), absurd)
@@ -142,7 +160,8 @@ async def research(ctx: RunContext[dict[str, Any]], topics: list[str]) -> list[A
 
 @absurd.register_task(name="coordinate")
 async def coordinate(params: dict[str, Any], ctx: AsyncTaskContext) -> dict[str, Any]:
-    result = await coordinator.run(",".join(params["topics"]), deps=params)
+    prompt = ("split:" if params.get("split") else "") + ",".join(params["topics"])
+    result = await coordinator.run(prompt, deps=params)
     return {"output": result.output}
 
 

@@ -69,6 +69,20 @@ async def test_one_slot_runs_the_parent_then_its_children_then_the_parent_again(
     assert child.parent is not None and child.parent.task_id == parent
 
 
+async def test_two_parallel_tool_calls_spawn_all_their_children_before_the_parent_suspends(
+    absurd_dsn: str, absurd_queue: str, workers: Workers
+) -> None:
+    workers.start(concurrency=1)
+    parent = await spawn_coordinator(absurd_dsn, absurd_queue, ["w", "x", "y", "z"], split=True)
+    assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
+    assert len(await child_links(absurd_dsn, absurd_queue, parent)) == 4
+    model_calls = Counter(topic for _, topic, _ in await calls(absurd_dsn, absurd_queue, "researcher_model"))
+    assert model_calls == {"w": 2, "x": 2, "y": 2, "z": 2}
+    timeline = await inspect_task(absurd_dsn, parent, queue=absurd_queue)
+    assert timeline.result is not None and "'w'" in timeline.result["output"] and "'z'" in timeline.result["output"]
+    assert [attempt.ended for attempt in timeline.attempts] == ["completed"]
+
+
 async def test_fan_out_runs_the_children_in_parallel_on_two_workers_of_another_queue(
     absurd_dsn: str, absurd_queue: str, workers: Workers
 ) -> None:

@@ -6,9 +6,10 @@ checkpoint in the parent (`....child_task:<name>:<key>:<n>`) holds how the child
 idempotency key made of the parent task and that name, so a re-run body or a retried parent never spawns
 a second child.
 
-The calls of one body in one execution form a `_CallGroup`, a barrier: a call whose child is still running
-registers as waiting, and only when no call of the body is between its start and its wait (every call of
-an `asyncio.gather` has spawned) does the group either hand the children that ended to their calls, or
+The calls of one execution (of every body: parallel tool calls too) form a `_CallGroup`, a barrier: a call
+whose child is still running registers as waiting, and only when no call is between its start and its wait
+(every call of an `asyncio.gather` has spawned) does the group either hand the children that ended to their
+calls, or
 suspend the task on the end event of the first child still running (`await_event`: no worker slot, no
 connection held). The child's end emits that event on the parent's queue (a trigger, whoever ran the
 child); the body then runs again from its start and its calls find their children's ends.
@@ -25,7 +26,7 @@ from absurd_sdk import AsyncTaskContext
 
 from .. import _absurd
 from .._checkpoint import Checkpoint
-from .._execution import current_step, remember_end
+from .._execution import current_step, execution_state, remember_end
 from .._step_names import ChildPart, ChildTaskStep, StepName
 from .._steps import begin, commit
 from ._codec import ChildEnd, ChildRequest, ParentLink
@@ -49,17 +50,25 @@ class _Waiter:
 
 @dataclass(eq=False)
 class _CallGroup:
-    """The `run_as_child` calls of one step body (or of the task handler) in one execution."""
+    """The `run_as_child` calls of one execution of a task."""
 
-    task_ctx: AsyncTaskContext
+    context: weakref.ReferenceType[AsyncTaskContext]
+    """The execution's context, weakly (the group is the value of a weak dictionary keyed by it)."""
     in_flight: int = 0
     waiters: list[_Waiter] = field(default_factory=list[_Waiter])
-    occurrences: dict[tuple[str, str], int] = field(default_factory=dict[tuple[str, str], int])
+    occurrences: dict[tuple[str, str, str], int] = field(default_factory=dict[tuple[str, str, str], int])
     flushing: asyncio.Task[None] | None = None
 
-    def occurrence(self, task_name: str, key: str) -> int:
-        count = self.occurrences.get((task_name, key), 0) + 1
-        self.occurrences[(task_name, key)] = count
+    @property
+    def task_ctx(self) -> AsyncTaskContext:
+        task_ctx = self.context()
+        assert task_ctx is not None, "the execution is over"
+        return task_ctx
+
+    def occurrence(self, site: str, task_name: str, key: str) -> int:
+        """The how-manieth call of `task_name` asking `key` from the body `site` this is, in this execution."""
+        count = self.occurrences.get((site, task_name, key), 0) + 1
+        self.occurrences[(site, task_name, key)] = count
         return count
 
     def leave(self) -> None:
@@ -87,6 +96,7 @@ class _CallGroup:
             if not ready:
                 first = waiters[0]
                 try:
+                    execution_state(self.task_ctx).raise_if_ended()  # suspended (or cancelled) meanwhile
                     await remember_end(
                         self.task_ctx, self.task_ctx.await_event(_event(first), step_name=first.event_step)
                     )
@@ -117,14 +127,13 @@ async def _ended(conn: Any, waiter: _Waiter) -> bool:
     return end is None or end[0] in _absurd.TERMINAL_TASK_STATES
 
 
-_groups: weakref.WeakKeyDictionary[AsyncTaskContext, dict[str, _CallGroup]] = weakref.WeakKeyDictionary()
+_groups: weakref.WeakKeyDictionary[AsyncTaskContext, _CallGroup] = weakref.WeakKeyDictionary()
 
 
-def _group(task_ctx: AsyncTaskContext, call_site: str) -> _CallGroup:
-    groups = _groups.setdefault(task_ctx, {})
-    group = groups.get(call_site)
+def _group(task_ctx: AsyncTaskContext) -> _CallGroup:
+    group = _groups.get(task_ctx)
     if group is None:
-        group = groups[call_site] = _CallGroup(task_ctx)
+        group = _groups[task_ctx] = _CallGroup(weakref.ref(task_ctx))
     return group
 
 
@@ -141,9 +150,9 @@ class ChildCall:
 async def run_durable_child(task_ctx: AsyncTaskContext, call: ChildCall) -> ChildEnd:
     """Spawn the child of this call site once and return how it ended (suspending the task until then)."""
     site = current_step()
-    group = _group(task_ctx, site or "")
+    group = _group(task_ctx)
     key = call.request.key(call.task_name)
-    occurrence = group.occurrence(call.task_name, key)  # before any await: `gather` order is call order
+    occurrence = group.occurrence(site or "", call.task_name, key)  # before any await: `gather` order is call order
 
     def step(part: ChildPart) -> str:
         call_site = None if site is None else StepName.parse(site)
