@@ -1,6 +1,6 @@
 """The parent/child links in `pydantic_ai_absurd.child_tasks` and the triggers that act on them.
 
-The triggers (migration `006_child_tasks.sql`) wake a parent when a child ends, cancel a cancelled or
+The triggers (migration `007_child_tasks.sql`) wake a parent when a child ends, cancel a cancelled or
 failed parent's unfinished children, and delete links with their tasks. `install_triggers` adds them to a
 queue's task table once per process; `cancel_descendants` is the eager cascade of this package's own cancel
 paths (the CLI), for queues whose triggers are missing.
@@ -36,7 +36,7 @@ async def install_triggers(conn: AsyncConnection[Any], queue_name: str) -> None:
             break
         except psycopg.errors.UndefinedFunction as error:
             raise SchemaNotInstalledError(
-                "Child tasks need the pydantic_ai_absurd schema at migration 006: run `pydantic-ai-absurd init` "
+                "Child tasks need the child_tasks migration of the pydantic_ai_absurd schema: run `pydantic-ai-absurd init` "
                 "or `setup()` once."
             ) from error
         except psycopg.errors.OperationalError:
