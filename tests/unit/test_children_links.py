@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -139,3 +140,33 @@ async def test_a_child_of_a_cancelled_parent_cancels_itself_before_its_first_ste
 
 async def _is(conn: psycopg.AsyncConnection[Any], queue: str, task_id: str, state: str) -> bool:
     return await _state(conn, queue, task_id) == state
+
+
+async def test_a_running_child_stops_when_its_parent_ends_without_a_cascade(
+    absurd_client: AsyncAbsurd, absurd_queue: str, conn: psycopg.AsyncConnection[Any]
+) -> None:
+    stopped: list[str] = []
+    gate = asyncio.Event()
+
+    async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            stopped.append("aborted")
+            raise
+        return ModelResponse(parts=[TextPart("too late")])
+
+    AbsurdAgent(Agent(FunctionModel(model), name="kid"), absurd_client).register_task()
+    parent = await _spawn(conn, absurd_queue)
+    child = await _child(conn, absurd_queue, absurd_queue, parent)  # this queue has no triggers: no cascade
+    async with running_worker(absurd_client, concurrency=1, claim_timeout=3):
+        await eventually(lambda: _is(conn, absurd_queue, child, "running"))
+        await conn.execute("select absurd.cancel_task(%s, %s)", (absurd_queue, parent))
+        assert await _state(conn, absurd_queue, child) == "running"
+        await eventually(lambda: _is(conn, absurd_queue, child, "cancelled"))  # the child's watcher
+        await eventually(lambda: _true(stopped))
+    assert stopped == ["aborted"]
+
+
+async def _true(values: list[str]) -> bool:
+    return bool(values)
