@@ -14,6 +14,7 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, ChildTaskCancelledError, ChildTaskFailedError, inspect_task
+from pydantic_ai_absurd.inspection._render import render_timeline
 from pydantic_ai_absurd.worker import RetryPolicy
 
 from ..worker_support import eventually, running_worker
@@ -81,6 +82,10 @@ async def test_a_task_handler_runs_children_and_resumes_with_their_typed_results
     assert sorted(asked) == ["one", "two"]  # each child ran once, the parent's replay asked nobody again
     timeline = await inspect_task(absurd_client, str(spawned["task_id"]))
     assert [step.kind for step in timeline.steps] == ["child_task", "child_task", "child_task"]  # 2 ends, 1 event
+    report = render_timeline(timeline)
+    assert "Children (2)" in report and "total with descendants:" in report
+    child_report = render_timeline(await inspect_task(absurd_client, timeline.children[0].task_id))
+    assert f"child of: {timeline.task_id}" in child_report
 
 
 async def _finished(absurd: AsyncAbsurd, task_id: str) -> Any:
