@@ -43,7 +43,7 @@ async def _ended(dsn: str, queue: str, task_id: str) -> str | None:
     return state if state in ("completed", "failed", "cancelled") else None
 
 
-async def test_one_slot_runs_the_parent_then_its_children_then_the_parent_again(
+async def test_one_slot_runs_the_parents_then_their_children_then_the_parents_again(
     absurd_dsn: str, absurd_queue: str, workers: Workers
 ) -> None:
     workers.start(concurrency=1)
@@ -68,17 +68,13 @@ async def test_one_slot_runs_the_parent_then_its_children_then_the_parent_again(
     child = await inspect_task(absurd_dsn, children[0][1], queue=absurd_queue)
     assert child.parent is not None and child.parent.task_id == parent
 
-
-async def test_two_parallel_tool_calls_spawn_all_their_children_before_the_parent_suspends(
-    absurd_dsn: str, absurd_queue: str, workers: Workers
-) -> None:
-    workers.start(concurrency=1)
-    parent = await spawn_coordinator(absurd_dsn, absurd_queue, ["w", "x", "y", "z"], split=True)
-    assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
-    assert len(await child_links(absurd_dsn, absurd_queue, parent)) == 4
+    # Two parallel tool calls in one model response: all four children spawn before the parent suspends.
+    split = await spawn_coordinator(absurd_dsn, absurd_queue, ["w", "x", "y", "z"], split=True)
+    assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, split)) == "completed"
+    assert len(await child_links(absurd_dsn, absurd_queue, split)) == 4
     model_calls = Counter(topic for _, topic, _ in await calls(absurd_dsn, absurd_queue, "researcher_model"))
-    assert model_calls == {"w": 2, "x": 2, "y": 2, "z": 2}
-    timeline = await inspect_task(absurd_dsn, parent, queue=absurd_queue)
+    assert {topic: model_calls[topic] for topic in "wxyz"} == {"w": 2, "x": 2, "y": 2, "z": 2}
+    timeline = await inspect_task(absurd_dsn, split, queue=absurd_queue)
     assert timeline.result is not None and "'w'" in timeline.result["output"] and "'z'" in timeline.result["output"]
     assert [attempt.ended for attempt in timeline.attempts] == ["completed"]
 

@@ -73,6 +73,9 @@ class _CallGroup:
 
     def leave(self) -> None:
         self.in_flight -= 1
+        self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
         if self.in_flight == 0 and self.waiters and self.flushing is None:
             self.flushing = asyncio.ensure_future(self._flush())
 
@@ -89,33 +92,36 @@ class _CallGroup:
             raise
 
     async def _flush(self) -> None:
+        waiters = sorted(self.waiters, key=lambda waiter: waiter.name)
         try:
-            waiters = sorted(self.waiters, key=lambda waiter: waiter.name)
             conn = _absurd.task_connection(self.task_ctx)
             ready = [waiter for waiter in waiters if await _ended(conn, waiter)]
             if not ready:
                 first = waiters[0]
-                try:
-                    execution_state(self.task_ctx).raise_if_ended()  # suspended (or cancelled) meanwhile
-                    await remember_end(
-                        self.task_ctx, self.task_ctx.await_event(_event(first), step_name=first.event_step)
-                    )
-                except BaseException as error:
-                    for waiter in waiters:
-                        self.waiters.remove(waiter)
-                        if not waiter.future.done():
-                            waiter.future.set_exception(error)
-                            # A call whose `gather` already raised never awaits it: no "never retrieved" noise.
-                            waiter.future.add_done_callback(lambda future: future.exception())
-                    return
+                execution_state(self.task_ctx).raise_if_ended()  # suspended (or cancelled) meanwhile
+                await remember_end(self.task_ctx, self.task_ctx.await_event(_event(first), step_name=first.event_step))
                 ready = [first]
-            for waiter in ready:
-                self.waiters.remove(waiter)
-                self.in_flight += 1
-                if not waiter.future.done():
-                    waiter.future.set_result(None)
+        except BaseException as error:  # the suspension, or a failure: every waiting call raises it
+            for waiter in self._take(list(self.waiters)):  # those that came meanwhile too
+                waiter.future.set_exception(error)
+                # A call whose `gather` already raised never awaits it: no "never retrieved" noise.
+                waiter.future.add_done_callback(lambda future: future.exception())
+            if not isinstance(error, Exception):
+                raise
+            return
         finally:
             self.flushing = None
+        for waiter in self._take(ready):
+            self.in_flight += 1
+            waiter.future.set_result(None)
+        self._maybe_flush()  # every ready call was cancelled meanwhile: wait for the others
+
+    def _take(self, waiters: list[_Waiter]) -> list[_Waiter]:
+        """Those of `waiters` still waiting (a call cancelled meanwhile is gone), removed from the group."""
+        taken = [waiter for waiter in waiters if waiter in self.waiters and not waiter.future.done()]
+        for waiter in taken:
+            self.waiters.remove(waiter)
+        return taken
 
 
 def _event(waiter: _Waiter) -> str:
