@@ -1,12 +1,14 @@
 """What crosses between a parent and its child task: the request (task params) and the child's result.
 
-Both travel as this package's checkpoint envelope (`{"json": "<text>"}`), so any text a model or a user
-produced (NUL, lone surrogates) round-trips through Absurd's `jsonb` columns.
+The params are plain JSON (`prompt`, `message_history`, `metadata`, `parent`) unless they hold text Postgres
+cannot store (NUL, lone surrogates): then they, like the child's result always, travel in this package's
+checkpoint envelope (`{"json": "<text>"}`), so any text a model or a user produced round-trips.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -19,11 +21,12 @@ from pydantic_ai.run import AgentRunResult
 from pydantic_ai.usage import RunUsage
 from pydantic_core import to_jsonable_python
 
-from .._checkpoint import Checkpoint, json_text
+from .._checkpoint import Checkpoint, from_jsonb, json_text, jsonb_param
 
 __all__ = ["ChildEnd", "ChildRequest", "ParentLink", "decode_output", "encode_result", "output_adapter"]
 
-_REQUEST_KEY = "pydantic_ai_absurd_child"
+_REQUEST_KEY = "run_as_child"
+"""Marks the params of a child task (beside `prompt`, `message_history`, `metadata` and `parent`)."""
 _PROMPT_ADAPTER: TypeAdapter[Sequence[UserContent]] = TypeAdapter(Sequence[UserContent])
 _USAGE_ADAPTER: TypeAdapter[RunUsage] = TypeAdapter(RunUsage)
 
@@ -70,20 +73,25 @@ class ChildRequest:
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
     def params(self, parent: ParentLink | None) -> dict[str, Any]:
-        """The child task's params."""
-        payload = {"prompt": self.prompt, "message_history": self.history, "metadata": self.metadata}
+        """The child task's params: readable JSON, or its envelope when Postgres cannot store the text it holds."""
         link = None if parent is None else {"queue": parent.queue, "task_id": parent.task_id}
-        return {_REQUEST_KEY: Checkpoint.of(payload).stored(), "parent": link}
+        payload = {
+            _REQUEST_KEY: 1,
+            "prompt": self.prompt,
+            "message_history": self.history,
+            "metadata": self.metadata,
+            "parent": link,
+        }
+        return json.loads(jsonb_param(payload))
 
     @classmethod
     def from_params(cls, params: Any) -> tuple[ChildRequest, ParentLink | None]:
         """Read the params `params` wrote."""
-        entries = cast(dict[str, Any], params) if isinstance(params, dict) else {}
-        payload = Checkpoint.read(entries.get(_REQUEST_KEY)).value
-        if not isinstance(payload, dict):
+        payload = from_jsonb(params)
+        if not isinstance(payload, dict) or _REQUEST_KEY not in payload:
             raise UserError("This task was not spawned by `run_as_child` (its params lack the child request).")
         request = cast(dict[str, Any], payload)
-        link = entries.get("parent")
+        link = request.get("parent")
         parent = (
             ParentLink(str(link["queue"]), str(link["task_id"]))  # pyright: ignore[reportUnknownArgumentType]
             if isinstance(link, dict)
