@@ -13,9 +13,7 @@ step of the user's own (any other text). The operations:
 - `run.start_time@<run id>`, `graph.sleep`, `external_event:<wait name>[.event|.timed_out]`,
   `conversation_load@<conversation id>`, `conversation_save@<conversation id>`.
 
-A child task started by `run_as_child` (`ChildTaskStep`) is named after the step whose body started it:
-`<that step's name, escaped>.child_task:<task name>:<key>:<n>` holds its result in the parent and
-`....child_event:...` the event its end emitted (`child_task:...` alone when the task handler itself started it).
+A child task of `run_as_child`: `[<escaped step that started it>.]child_task:<task>:<key>:<n>` (its end) and `child_event:`.
 
 Tool names, tool call IDs, event kinds, wait names, run IDs and conversation IDs are percent-escaped
 (`escape`: `%`, `#`, `@`, and NUL and lone surrogates, which Postgres cannot store); agent names, toolset
@@ -183,11 +181,7 @@ class ProviderWait:
 
 @dataclass(frozen=True)
 class ChildTaskStep:
-    """A child task `run_as_child` started: its result checkpointed in the parent, or the event its end emitted.
-
-    The call is identified by the step whose body made it (`None` for the task handler itself), the child's task
-    name, `key` (a digest of what the child was asked) and `occurrence` (the n-th such call in that body).
-    """
+    """A `run_as_child` call (its call site, child task, request digest, n-th such call): its end, or end event."""
 
     call_site: StepName | None
     task_name: str
