@@ -13,7 +13,7 @@ step of the user's own (any other text). The operations:
 - `run.start_time@<run id>`, `graph.sleep`, `external_event:<wait name>[.event|.timed_out]`,
   `conversation_load@<conversation id>`, `conversation_save@<conversation id>`.
 
-A child task of `run_as_child`: `[<escaped step that started it>.]child_task:<task>:<key>:<n>` (its end) and `child_event:`.
+A child task of `run_as_child`: `[<escaped step that started it>.]child_task:<task>:<n>` (its end) and `child_event:`.
 
 Tool names, tool call IDs, event kinds, wait names, run IDs and conversation IDs are percent-escaped
 (`escape`: `%`, `#`, `@`, and NUL and lone surrogates, which Postgres cannot store); agent names, toolset
@@ -181,11 +181,10 @@ class ProviderWait:
 
 @dataclass(frozen=True)
 class ChildTaskStep:
-    """A `run_as_child` call (its call site, child task, request digest, n-th such call): its end, or end event."""
+    """A `run_as_child` call (its call site, child task, n-th call of that site): its end, or its end event."""
 
     call_site: StepName | None
     task_name: str
-    key: str
     occurrence: int = 1
     part: ChildPart = "result"
 
@@ -299,9 +298,9 @@ def _format_operation(operation: Operation) -> str:
             return f"conversation_{action}@{escape(conversation_id)}"
         case ProviderWait(model_step=model_step):
             return escape(model_step.format()) + _PROVIDER_WAIT
-        case ChildTaskStep(call_site=call_site, task_name=task_name, key=key, occurrence=occurrence, part=part):
+        case ChildTaskStep(call_site=call_site, task_name=task_name, occurrence=occurrence, part=part):
             site = "" if call_site is None else f"{escape(call_site.format())}."
-            return f"{site}{_CHILD_MARKERS[part]}{escape(task_name)}:{key}:{occurrence}"
+            return f"{site}{_CHILD_MARKERS[part]}{escape(task_name)}:{occurrence}"
         case OtherStep(text=text):
             return text
 
@@ -347,9 +346,9 @@ def _parse_child(base: str) -> ChildTaskStep | None:
             site, rest = StepName.parse(unescape(base[:at])), base[at + len(marker) + 1 :]
         else:
             continue
-        task_name, key, occurrence = [*rest.rsplit(":", 2), "", ""][:3]
-        if occurrence.isdigit() and not occurrence.startswith("0") and key:
-            return ChildTaskStep(site, unescape(task_name), key, int(occurrence), part)
+        task_name, _, occurrence = rest.rpartition(":")
+        if occurrence.isdigit() and not occurrence.startswith("0"):
+            return ChildTaskStep(site, unescape(task_name), int(occurrence), part)
     return None
 
 

@@ -124,3 +124,24 @@ async def test_a_cancelled_child_raises_in_its_caller(
 
 async def _asked(asked: list[str]) -> bool:
     return bool(asked)
+
+
+async def test_a_call_that_asks_something_else_when_it_runs_again_fails_the_parent_for_good(
+    absurd_client: AsyncAbsurd,
+) -> None:
+    asked: list[str] = []
+    child = _child(absurd_client, asked)
+    executions: list[int] = []
+
+    @absurd_client.register_task(name="fickle")
+    async def fickle(params: dict[str, Any], ctx: AsyncTaskContext) -> str:
+        executions.append(1)
+        return (await child.run_as_child(f"question {len(executions)}")).output.text  # differs on the resume
+
+    spawned = await absurd_client.spawn("fickle", {})
+    async with running_worker(absurd_client, concurrency=1):
+        snapshot = await eventually(lambda: _finished(absurd_client, str(spawned["task_id"])))
+    assert snapshot.state == "failed"
+    assert snapshot.failure["name"] == "ReplayDivergenceError"
+    assert "asks its child something else" in snapshot.failure["message"]
+    assert asked == ["question 1"] and len(executions) == 2  # one child, no second spawn

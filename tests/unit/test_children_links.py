@@ -49,7 +49,7 @@ async def _child(
     conn: psycopg.AsyncConnection[Any], queue: str, parent_queue: str, parent: str, name: str = "kid"
 ) -> str:
     params = ChildRequest.of("hello", None, None).params(ParentLink(parent_queue, parent))
-    return await spawn_linked_child(
+    child, _ = await spawn_linked_child(
         conn,
         queue_name=queue,
         task_name=name,
@@ -58,8 +58,10 @@ async def _child(
         parent_queue=parent_queue,
         parent_task_id=parent,
         call_site=f"site:{name}",
+        request_key="k1",
         event_prefix=EVENT_PREFIX,
     )
+    return child
 
 
 async def _state(conn: psycopg.AsyncConnection[Any], queue: str, task_id: str) -> str | None:

@@ -23,20 +23,23 @@ async def spawn_linked_child(
     parent_queue: str,
     parent_task_id: str,
     call_site: str,
+    request_key: str,
     event_prefix: str,
-) -> str:
+) -> tuple[str, str | None]:
     """`absurd.spawn_task` and the row of `pydantic_ai_absurd.child_tasks` linking it to its parent, in one statement.
 
     With an `idempotency_key` in `options`, a repeat returns the task spawned first (and links nothing new).
     The event the child's end emits on the parent's queue is `event_prefix` followed by the child's id.
+    Returns the child's id and, for a repeat, the `request_key` the first spawn recorded (None for a new child).
     """
     cur = await conn.execute(
         "with spawned as (select task_id from absurd.spawn_task(%s, %s, %s::jsonb, %s::jsonb)),"
         " linked as (insert into pydantic_ai_absurd.child_tasks"
-        "  (child_queue, child_task_id, parent_queue, parent_task_id, task_name, call_site, event_name)"
-        "  select %s, task_id, %s, %s::uuid, %s, %s, %s || task_id::text from spawned"
+        "  (child_queue, child_task_id, parent_queue, parent_task_id, task_name, call_site, request_key, event_name)"
+        "  select %s, task_id, %s, %s::uuid, %s, %s, %s, %s || task_id::text from spawned"
         "  on conflict (child_queue, child_task_id) do nothing)"
-        " select task_id::text from spawned",
+        " select s.task_id::text, (select c.request_key from pydantic_ai_absurd.child_tasks c"
+        "  where c.child_queue = %s and c.child_task_id = s.task_id) from spawned s",
         (
             queue_name,
             task_name,
@@ -47,12 +50,14 @@ async def spawn_linked_child(
             parent_task_id,
             task_name,
             call_site,
+            request_key,
             event_prefix,
+            queue_name,
         ),
     )
     row = await cur.fetchone()
     assert row is not None
-    return str(row[0])
+    return str(row[0]), None if row[1] is None else str(row[1])
 
 
 async def task_end(conn: AsyncConnection[Any], queue_name: str, task_id: str) -> TaskEnd | None:

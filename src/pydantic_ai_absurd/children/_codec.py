@@ -68,7 +68,7 @@ class ChildRequest:
         return cls(prompt, history, metadata)
 
     def key(self, task_name: str) -> str:
-        """A digest of the request and the task it goes to: which call of a step body this is, across replays."""
+        """A digest of the request and the task it goes to: a re-run of the call must ask the same."""
         text = json_text([task_name, self.prompt, self.history, self.metadata])
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
@@ -132,16 +132,30 @@ class ChildEnd:
     state: str
     result: dict[str, Any] | None = None
     failure: str | None = None
+    request_key: str | None = None
+    """The digest of what the call asked (`ChildRequest.key`)."""
 
     def to_json(self) -> dict[str, Any]:
         """The parent's checkpoint of this end."""
-        return {"task_id": self.task_id, "state": self.state, "result": self.result, "failure": self.failure}
+        return {
+            "task_id": self.task_id,
+            "state": self.state,
+            "result": self.result,
+            "failure": self.failure,
+            "request_key": self.request_key,
+        }
 
     @classmethod
     def from_json(cls, value: Any) -> ChildEnd:
         """Read `to_json`'s form back."""
         entries = cast(dict[str, Any], value)
-        return cls(str(entries["task_id"]), str(entries["state"]), entries.get("result"), entries.get("failure"))
+        return cls(
+            str(entries["task_id"]),
+            str(entries["state"]),
+            entries.get("result"),
+            entries.get("failure"),
+            entries.get("request_key"),
+        )
 
     @classmethod
     def of_task(cls, task_id: str, state: str, result: Any, failure: Any) -> ChildEnd:

@@ -1,10 +1,12 @@
 """`run_as_child` inside a durable run: spawn once per call site, then wait suspended for the child's end.
 
 A call is identified by the step whose body makes it (a tool call's step, or the task handler itself), the
-child's task name, a digest of what it asks and its occurrence among identical calls of that body. Its
-checkpoint in the parent (`....child_task:<name>:<key>:<n>`) holds how the child ended; the spawn uses an
-idempotency key made of the parent task and that name, so a re-run body or a retried parent never spawns
-a second child.
+child's task name and its ordinal among that body's calls (taken before any await, so the calls of an
+`asyncio.gather` are numbered in argument order). Its checkpoint in the parent (`....child_task:<name>:<n>`)
+holds how the child ended; the spawn uses an idempotency key made of the parent task and that name, so a
+re-run body or a retried parent never spawns a second child. A digest of what the call asks (prompt,
+history, metadata) is recorded with the link and the checkpoint: a re-run call that asks something else
+fails the task for good (`ReplayDivergenceError`) instead of getting another request's child.
 
 The calls of one execution (of every body: parallel tool calls too) form a `_CallGroup`, a barrier: a call
 whose child is still running registers as waiting, and only when no call is between its start and its wait
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from absurd_sdk import AsyncTaskContext
@@ -29,6 +31,7 @@ from .._checkpoint import Checkpoint
 from .._execution import current_step, execution_state, remember_end
 from .._step_names import ChildPart, ChildTaskStep, StepName
 from .._steps import begin, commit
+from ..errors import ReplayDivergenceError
 from ._codec import ChildEnd, ChildRequest, ParentLink
 from ._links import install_triggers
 
@@ -56,7 +59,7 @@ class _CallGroup:
     """The execution's context, weakly (the group is the value of a weak dictionary keyed by it)."""
     in_flight: int = 0
     waiters: list[_Waiter] = field(default_factory=list[_Waiter])
-    occurrences: dict[tuple[str, str, str], int] = field(default_factory=dict[tuple[str, str, str], int])
+    occurrences: dict[tuple[str, str], int] = field(default_factory=dict[tuple[str, str], int])
     flushing: asyncio.Task[None] | None = None
 
     @property
@@ -65,10 +68,10 @@ class _CallGroup:
         assert task_ctx is not None, "the execution is over"
         return task_ctx
 
-    def occurrence(self, site: str, task_name: str, key: str) -> int:
-        """The how-manieth call of `task_name` asking `key` from the body `site` this is, in this execution."""
-        count = self.occurrences.get((site, task_name, key), 0) + 1
-        self.occurrences[(site, task_name, key)] = count
+    def occurrence(self, site: str, task_name: str) -> int:
+        """The how-manieth call of `task_name` from the body `site` this is, in this execution."""
+        count = self.occurrences.get((site, task_name), 0) + 1
+        self.occurrences[(site, task_name)] = count
         return count
 
     def leave(self) -> None:
@@ -158,18 +161,21 @@ async def run_durable_child(task_ctx: AsyncTaskContext, call: ChildCall) -> Chil
     site = current_step()
     group = _group(task_ctx)
     key = call.request.key(call.task_name)
-    occurrence = group.occurrence(site or "", call.task_name, key)  # before any await: `gather` order is call order
+    occurrence = group.occurrence(site or "", call.task_name)  # before any await: `gather` order is call order
 
     def step(part: ChildPart) -> str:
         call_site = None if site is None else StepName.parse(site)
-        return StepName(ChildTaskStep(call_site, call.task_name, key, occurrence, part)).format()
+        return StepName(ChildTaskStep(call_site, call.task_name, occurrence, part)).format()
 
     group.in_flight += 1
     try:
         handle = await begin(task_ctx, step("result"))
         if handle.done:
-            return ChildEnd.from_json(Checkpoint.read(handle.state).decode(step=handle.checkpoint_name))
-        child_id = await _spawn(task_ctx, call, handle.checkpoint_name)
+            ended = ChildEnd.from_json(Checkpoint.read(handle.state).decode(step=handle.checkpoint_name))
+            await _check_request(task_ctx, handle.checkpoint_name, ended.request_key, key)
+            return ended
+        child_id, recorded = await _spawn(task_ctx, call, handle.checkpoint_name, key)
+        await _check_request(task_ctx, handle.checkpoint_name, recorded, key)
         waiter = _Waiter(handle.checkpoint_name, call.queue, child_id, step("event"))
         await group.wait(waiter)
         conn = _absurd.task_connection(task_ctx)
@@ -179,13 +185,29 @@ async def run_durable_child(task_ctx: AsyncTaskContext, call: ChildCall) -> Chil
             if end is None
             else ChildEnd.of_task(child_id, *end)
         )
+        ended = replace(ended, request_key=key)
         await commit(task_ctx, handle, Checkpoint.of(ended.to_json()).stored())
         return ended
     finally:
         group.leave()
 
 
-async def _spawn(task_ctx: AsyncTaskContext, call: ChildCall, checkpoint_name: str) -> str:
+async def _check_request(task_ctx: AsyncTaskContext, step: str, recorded: str | None, key: str) -> None:
+    """Fail the task for good when the call at `step` asks its child something else than it did before."""
+    if recorded is None or recorded == key:
+        return
+    await remember_end(task_ctx, _absurd.give_up_retries(task_ctx))
+    raise ReplayDivergenceError(
+        f"Replay diverged at step {step!r}: this run_as_child call asks its child something else than on the first "
+        "run (prompt, message history or metadata changed). Compute them from checkpointed data only: the tool body "
+        "runs again when the task resumes.",
+        step=step,
+        recorded=f"request digest {recorded}",
+        requested=f"request digest {key}",
+    )
+
+
+async def _spawn(task_ctx: AsyncTaskContext, call: ChildCall, checkpoint_name: str, key: str) -> tuple[str, str | None]:
     conn = _absurd.task_connection(task_ctx)
     parent_queue, _ = _absurd.task_identity(task_ctx)
     parent = ParentLink(parent_queue, str(task_ctx.task_id))
@@ -205,6 +227,7 @@ async def _spawn(task_ctx: AsyncTaskContext, call: ChildCall, checkpoint_name: s
             parent_queue=parent_queue,
             parent_task_id=parent.task_id,
             call_site=checkpoint_name,
+            request_key=key,
             event_prefix=EVENT_PREFIX,
         ),
     )

@@ -22,8 +22,10 @@ create table if not exists pydantic_ai_absurd.child_tasks (
     parent_queue text not null,
     parent_task_id uuid not null,
     task_name text not null,
-    -- The parent's checkpoint that holds the child's result (`....child_task:<name>:<key>:<n>`).
+    -- The parent's checkpoint that holds the child's result (`....child_task:<name>:<n>`).
     call_site text not null,
+    -- A digest of what the child was asked: a re-run of the call that asks something else is a divergence.
+    request_key text not null,
     -- The event the child's end emits on the parent's queue.
     event_name text not null,
     created_at timestamptz not null default now(),
