@@ -119,7 +119,7 @@ def render(rows: list[tuple[str, dict[str, float]]]) -> str:
         "A parent task whose tool fans out to K sub-agents, from spawn to the parent's completion, on one in-process",
         "worker (`benchmarks/bench_children.py`; models answer at once, so this is the engine's overhead). With",
         "`concurrency=1` the parent runs, suspends, its children run one after the other, and the parent resumes.",
-        "Measured on the shared 2-core machine of the Setup section, busy with other work (load average about 6):",
+        "Measured on the shared 2-core machine of the Setup section, shared with other work (load average 1.5 to 3 during the run):",
         "compare the rows with each other rather than with the other sections.",
         "",
         "| scenario | median | p10 | p90 |",
