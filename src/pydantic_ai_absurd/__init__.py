@@ -17,12 +17,14 @@ if TYPE_CHECKING:
     from pydantic_ai.agent import EventStreamHandler
     from pydantic_ai.conversation_store import ConversationStore
 
-    from ._agent import AbsurdAgent
+    from ._agent import AbsurdAgent, ChildRunResult
     from ._durability import TOOL_METADATA_KEY, AbsurdDurability
     from ._extensions import DurableRunHook, RunExtension
     from ._waits import fail_event_token, resolve_event_token
     from .conversations import PostgresConversationStore
     from .errors import (
+        ChildTaskCancelledError,
+        ChildTaskFailedError,
         ConversationConflictError,
         DurableTransactionError,
         InvalidAnswerError,
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
 # Loaded on first use, so `pydantic-ai-absurd init --help` does not import all of Pydantic AI.
 _EXPORTS: dict[str, str] = {
     "AbsurdAgent": "._agent",
+    "ChildRunResult": "._agent",
+    "ChildTaskCancelledError": ".errors",
+    "ChildTaskFailedError": ".errors",
     "PostgresConversationStore": ".conversations",
     "ConversationConflictError": ".errors",
     "DurableTransactionError": ".errors",
@@ -85,6 +90,9 @@ __all__ = [
     "TOOL_METADATA_KEY",
     "AbsurdAgent",
     "AbsurdDurability",
+    "ChildRunResult",
+    "ChildTaskCancelledError",
+    "ChildTaskFailedError",
     "ConversationConflictError",
     "DurableTransactionError",
     "PostgresConversationStore",
@@ -141,6 +149,21 @@ def _publishing(handler: EventStreamHandler[Any] | None) -> EventStreamHandler[A
     return publish_events(handler)
 
 
+class _Children:
+    """The `children` layer, imported on first use (`AbsurdAgent.register_task` / `run_as_child`)."""
+
+    def register_task(self, agent: AbsurdAgent[Any, Any], name: str | None, queue: str | None) -> str:
+        from .children import register_child_task
+
+        return register_child_task(agent, name, queue)
+
+    async def run_as_child(self, agent: AbsurdAgent[Any, Any], user_prompt: Any, **options: Any) -> ChildRunResult[Any]:
+        from .children import run_child
+
+        return await run_child(agent, user_prompt, **options)
+
+
 _LAYERS.run_hooks.append(_telemetry)
+_LAYERS.children = _Children()
 _LAYERS.conversations = _conversations
 _LAYERS.publishing = _publishing

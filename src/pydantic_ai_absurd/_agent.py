@@ -9,18 +9,20 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
-from typing import Any, overload
+from dataclasses import dataclass
+from typing import Any, Generic, overload
 
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai.agent import AbstractAgent, Agent, AgentRun, EventStreamHandler, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.conversation_store import ConversationStore
 from pydantic_ai.exceptions import UserError
-from pydantic_ai.messages import UserContent
+from pydantic_ai.messages import ModelMessage, UserContent
 from pydantic_ai.models import Model
 from pydantic_ai.output import OutputDataT, OutputSpec
 from pydantic_ai.run import AgentRunResult
 from pydantic_ai.tools import AgentDepsT
+from pydantic_ai.usage import RunUsage
 
 from ._durability import AbsurdDurability
 from ._execution import bound
@@ -38,6 +40,20 @@ def current_agent_client() -> AsyncAbsurd | None:
 
 
 """The `scope=` given to `AbsurdAgent.run`, read by the `iter` it calls (`Agent.run` passes on no extra argument)."""
+
+
+@dataclass(frozen=True)
+class ChildRunResult(Generic[OutputDataT]):
+    """What `AbsurdAgent.run_as_child` returns: the child run's output, usage, task and new messages."""
+
+    output: OutputDataT
+    """The child agent's output, validated into its `output_type`."""
+    usage: RunUsage
+    """The child run's usage (its own model requests; a child's children are not included)."""
+    task_id: str
+    """The child task's id (`inspect_task` shows its steps)."""
+    messages: list[ModelMessage]
+    """The messages the child run added (its new messages)."""
 
 
 class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
@@ -196,3 +212,54 @@ class AbsurdAgent(WrapperAgent[AgentDepsT, OutputDataT]):
             async with self.wrapped.iter(*args, capabilities=capabilities, **call.kwargs) as run:
                 yield run
             call.result = run.result
+
+    def register_task(self, name: str | None = None, *, queue: str | None = None) -> str:
+        """Register an Absurd task on `absurd` that runs this agent, for `run_as_child`; returns the task name.
+
+        Call it at import time in every process that runs workers for it (and in the processes that spawn it,
+        so `run_as_child` finds its queue).
+
+        Args:
+            name: The task name. Default: the agent's name.
+            queue: The queue the task runs on. Default: the Absurd client's.
+        """
+        assert LAYERS.children is not None, "wired by pydantic_ai_absurd/__init__.py"
+        return LAYERS.children.register_task(self, name, queue)
+
+    async def run_as_child(
+        self,
+        user_prompt: str | Sequence[UserContent] | None = None,
+        *,
+        message_history: Sequence[ModelMessage] | None = None,
+        metadata: dict[str, Any] | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+    ) -> ChildRunResult[OutputDataT]:
+        """Run this agent as a child task of the current task, on any worker, and return its result.
+
+        Inside a durable run (a task handler, or a tool of a durable agent) the child is spawned once for this
+        call site and the task waits suspended (no worker slot, no connection) until the child ended; the tool
+        body that waited then runs again from its start, and its `run_as_child` calls return at once. Calls
+        gathered with `asyncio.gather` all spawn before the task suspends. Outside a task, the child is spawned
+        and its result polled. The task must be registered (`register_task`) in the workers of its queue.
+
+        Args:
+            user_prompt: The child run's prompt.
+            message_history: Messages the child run continues from.
+            metadata: JSON data for the child run (`RunContext.metadata`, and the task's params).
+            queue: The child's queue. Default: the one `register_task` was given, else the client's.
+            max_attempts: The child task's attempts. Default: Absurd's (5).
+
+        Raises:
+            ChildTaskFailedError: The child task failed for good.
+            ChildTaskCancelledError: The child task was cancelled (its parent was cancelled, say).
+        """
+        assert LAYERS.children is not None, "wired by pydantic_ai_absurd/__init__.py"
+        return await LAYERS.children.run_as_child(
+            self,
+            user_prompt,
+            message_history=message_history,
+            metadata=metadata,
+            queue=queue,
+            max_attempts=max_attempts,
+        )

@@ -12,7 +12,8 @@ log or telemetry. They plug in here:
   run's keyword arguments, after it sees the result. `conversation_store=` is one: it loads the stored
   conversation for a run given `conversation_id=` and saves what the run added.
 - `LAYERS` holds what the core needs from layers to honour its public arguments (`AbsurdAgent(...,
-  conversation_store=..., publish_events=True)`) and the default hooks. The package facade,
+  conversation_store=..., publish_events=True)`) and methods (`register_task`, `run_as_child`: the
+  `children` layer), and the default hooks. The package facade,
   `pydantic_ai_absurd/__init__.py`, which Python runs before any of its modules, fills it with functions
   that import their layer on first use.
 
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
     from pydantic_ai.conversation_store import ConversationStore
     from pydantic_ai.run import AgentRunResult
 
-__all__ = ["LAYERS", "AgentRunCall", "DurableRun", "DurableRunHook", "Layers", "RunExtension"]
+    from ._agent import AbsurdAgent, ChildRunResult
+
+__all__ = ["LAYERS", "AgentRunCall", "ChildTasks", "DurableRun", "DurableRunHook", "Layers", "RunExtension"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,18 @@ class RunExtension(Protocol):
         ...
 
 
+class ChildTasks(Protocol):
+    """`AbsurdAgent.register_task` / `run_as_child`: sub-agents as durable child tasks (the `children` layer)."""
+
+    def register_task(self, agent: AbsurdAgent[Any, Any], name: str | None, queue: str | None) -> str:
+        """Register the task that runs `agent` as a child; return its name."""
+        ...
+
+    async def run_as_child(self, agent: AbsurdAgent[Any, Any], user_prompt: Any, **options: Any) -> ChildRunResult[Any]:
+        """Run `agent` as a child task of the current task (or spawn and poll outside one)."""
+        ...
+
+
 @dataclass
 class Layers:
     """What the core needs from layers it does not import; filled by the package facade."""
@@ -89,6 +104,8 @@ class Layers:
     """`AbsurdAgent(conversation_store=, conversation_limit=)`: the extension that loads and saves conversations."""
     publishing: Callable[[EventStreamHandler[Any] | None], EventStreamHandler[Any]] | None = None
     """`AbsurdAgent(publish_events=True)`: the handler that appends every event to the task's event log."""
+    children: ChildTasks | None = None
+    """`AbsurdAgent.register_task()` / `run_as_child()`: child tasks."""
 
 
 LAYERS = Layers()

@@ -13,6 +13,8 @@ step of the user's own (any other text). The operations:
 - `run.start_time@<run id>`, `graph.sleep`, `external_event:<wait name>[.event|.timed_out]`,
   `conversation_load@<conversation id>`, `conversation_save@<conversation id>`.
 
+A child task of `run_as_child`: `[<escaped step that started it>.]child_task:<task>:<n>` (its end) and `child_event:`.
+
 Tool names, tool call IDs, event kinds, wait names, run IDs and conversation IDs are percent-escaped
 (`escape`: `%`, `#`, `@`, and NUL and lone surrogates, which Postgres cannot store); agent names, toolset
 IDs and model IDs are checked instead (`_naming.check_identifier`).
@@ -28,6 +30,8 @@ from typing import Literal
 
 __all__ = [
     "CapabilityStep",
+    "ChildPart",
+    "ChildTaskStep",
     "ConversationStep",
     "EventHandlerStep",
     "ExternalEventStep",
@@ -50,6 +54,7 @@ __all__ = [
 ModelOperation = Literal["request", "request_stream", "count_tokens", "compact_messages", "cancel_suspended_response"]
 ToolsetOperation = Literal["call_tool", "validate_args", "get_tools", "get_instructions"]
 WaitPart = Literal["ask", "event", "timed_out"]
+ChildPart = Literal["result", "event"]
 
 _MODEL_OPERATIONS: tuple[ModelOperation, ...] = (
     "request_stream",  # before `request`, its prefix
@@ -67,6 +72,7 @@ _TOOLSET = re.compile(
 )
 _WAIT_PARTS: tuple[WaitPart, ...] = ("event", "timed_out")
 _PROVIDER_WAIT = ".provider_wait"
+_CHILD_MARKERS: dict[ChildPart, str] = {"result": "child_task:", "event": "child_event:"}
 _TOOLSET_OPERATIONS: dict[str, ToolsetOperation] = {
     "call_tool": "call_tool",
     "validate_args": "validate_args",
@@ -174,6 +180,16 @@ class ProviderWait:
 
 
 @dataclass(frozen=True)
+class ChildTaskStep:
+    """A `run_as_child` call (its call site, child task, n-th call of that site): its end, or its end event."""
+
+    call_site: StepName | None
+    task_name: str
+    occurrence: int = 1
+    part: ChildPart = "result"
+
+
+@dataclass(frozen=True)
 class OtherStep:
     """A name of no known kind: a step of the user's own (no agent), or an operation this version does not know."""
 
@@ -190,6 +206,7 @@ Operation = (
     | ExternalEventStep
     | ConversationStep
     | ProviderWait
+    | ChildTaskStep
     | OtherStep
 )
 
@@ -211,6 +228,9 @@ class StepName:
         """The agent segment as written (`agent`, `agent~2`), that of the model step for a provider wait."""
         if isinstance(self.operation, ProviderWait):
             return self.operation.model_step.run_prefix
+        if isinstance(self.operation, ChildTaskStep):
+            call_site = self.operation.call_site
+            return None if call_site is None else call_site.run_prefix
         return None if self.agent is None else run_prefix(self.agent, self.ordinal)
 
     @property
@@ -244,7 +264,7 @@ class StepName:
     def format(self) -> str:
         """The persisted name."""
         text = self.operation_text()
-        prefix = self.run_prefix if not isinstance(self.operation, ProviderWait) else None
+        prefix = self.run_prefix if not isinstance(self.operation, ProviderWait | ChildTaskStep) else None
         return text if prefix is None else f"{prefix}__{text}"
 
     @classmethod
@@ -289,6 +309,9 @@ def _format_operation(operation: Operation) -> str:
             return f"conversation_{action}@{escape(conversation_id)}"
         case ProviderWait(model_step=model_step):
             return escape(model_step.format()) + _PROVIDER_WAIT
+        case ChildTaskStep(call_site=call_site, task_name=task_name, occurrence=occurrence, part=part):
+            site = "" if call_site is None else f"{escape(call_site.format())}."
+            return f"{site}{_CHILD_MARKERS[part]}{escape(task_name)}:{occurrence}"
         case OtherStep(text=text):
             return text
 
@@ -303,6 +326,9 @@ def _parse_base(base: str) -> StepName | None:
         model_step = StepName.parse(unescape(base.removesuffix(_PROVIDER_WAIT)))
         if isinstance(model_step.operation, ModelStep) and model_step.agent is not None:
             return StepName(ProviderWait(model_step))
+    child = _parse_child(base)
+    if child is not None:
+        return StepName(child)
     start = 0
     fallback: StepName | None = None
     # An agent name may hold `__`: the first split whose operation is known wins.
@@ -320,6 +346,21 @@ def _parse_base(base: str) -> StepName | None:
             return StepName(operation, head, ordinal)
         fallback = fallback or StepName(OtherStep(rest), head, ordinal)
     return fallback
+
+
+def _parse_child(base: str) -> ChildTaskStep | None:
+    for part, marker in _CHILD_MARKERS.items():
+        at = base.rfind(f".{marker}")
+        if base.startswith(marker):
+            site, rest = None, base.removeprefix(marker)
+        elif at != -1:
+            site, rest = StepName.parse(unescape(base[:at])), base[at + len(marker) + 1 :]
+        else:
+            continue
+        task_name, _, occurrence = rest.rpartition(":")
+        if occurrence.isdigit() and not occurrence.startswith("0"):
+            return ChildTaskStep(site, unescape(task_name), int(occurrence), part)
+    return None
 
 
 def _parse_operation(rest: str) -> Operation | None:

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from pydantic import ValidationError
 
 __all__ = [
+    "ChildTaskCancelledError",
+    "ChildTaskFailedError",
     "UnregisteredTaskError",
     "UnknownTaskError",
     "TaskNotFoundError",
@@ -250,6 +252,29 @@ class TaskCancelledError(PydanticAIAbsurdError):
     def __init__(self, message: str, *, task_id: str) -> None:
         super().__init__(message)
         self.task_id = task_id
+
+
+class ChildTaskFailedError(NonRetryableError):
+    """A child task of `AbsurdAgent.run_as_child` failed for good; the message names it and its failure.
+
+    Raised in the parent at the call, on its first run and on every replay (the end is checkpointed). A tool may
+    catch it and return something else; uncaught, it fails the parent at once (the child used its attempts).
+    """
+
+    def __init__(self, message: str, *, task_id: str, task_name: str, failure: str | None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.task_name = task_name
+        self.failure = failure
+
+
+class ChildTaskCancelledError(NonRetryableError):
+    """A child task of `AbsurdAgent.run_as_child` was cancelled before it finished."""
+
+    def __init__(self, message: str, *, task_id: str, task_name: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.task_name = task_name
 
 
 class TaskResultTimeoutError(PydanticAIAbsurdError, TimeoutError):

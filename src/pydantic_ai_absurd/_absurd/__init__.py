@@ -9,6 +9,7 @@
 - `_sql_claims`: raw SQL extending the claims of many runs in one statement (bulk heartbeats).
 - `_sql_tasks`: raw SQL that reads Absurd's tasks, runs and checkpoints, and copies tasks.
 - `_transactional`: a tool step's checkpoint written in the tool's own open transaction (`durable_transaction`).
+- `_sql_family`: raw SQL for child tasks (spawn linked to a parent, a task's end, cancel).
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
@@ -66,6 +67,7 @@ from ._sql import (
     worker_lock_held,
 )
 from ._sql_claims import extend_claims
+from ._sql_family import TaskEnd, cancel_task_sql, spawn_linked_child, task_end
 from ._sql_schema import (
     CURRENT_TIME,
     absurd_schema_exists_sync,
@@ -109,6 +111,10 @@ __all__ = [
     "hand_back_runs_of_stale_workers",
     "hold_liveness_row",
     "insert_liveness_row",
+    "TaskEnd",
+    "cancel_task_sql",
+    "spawn_linked_child",
+    "task_end",
     "OfflineTaskContext",
     "extend_claims",
     "CURRENT_TIME",

@@ -16,7 +16,8 @@ def add_parsers(subparsers: Any) -> None:
         help="cancel a task: it runs no further step, and its inbox requests are no longer pending",
         description=(
             "Cancel TASK_ID: its pending or sleeping run ends now, a running attempt stops at its next "
-            "step, and its inbox requests drop out of `inbox`. A finished task is left as it is."
+            "step, its inbox requests drop out of `inbox`, and its unfinished child tasks (and theirs) are "
+            "cancelled too. A finished task is left as it is."
         ),
     )
     cancel.add_argument("task_id", metavar="TASK_ID", help="the task id spawn returned")
@@ -32,6 +33,7 @@ async def _cmd_cancel(args: argparse.Namespace) -> int:
     from .._absurd import TERMINAL_TASK_STATES, list_queue_names, read_task
     from .._db import connect_async, queue_not_found
     from .._dsn import resolve_dsn
+    from ..children import cancel_descendants
     from ..client import TaskNotFoundError
 
     async with await connect_async(resolve_dsn(args.database), autocommit=True) as conn:
@@ -52,6 +54,9 @@ async def _cmd_cancel(args: argparse.Namespace) -> int:
             # Absurd's cancel_task: the task and its live runs become `cancelled` and its waits are dropped;
             # the inbox stops listing the task's requests, which it reads with the task's state.
             await AsyncAbsurd(conn, queue_name=queue).cancel_task(args.task_id)
+            # Its unfinished child tasks (`run_as_child`) and theirs: the queue's triggers cancel them too; this
+            # covers queues whose triggers are missing.
+            await cancel_descendants(conn, queue, args.task_id)
             _output.echo(f"Cancelled task {args.task_id} ({task['task_name']}, was {state}) on queue {queue}.")
             return 0
     where = f"queue {args.queue!r}" if args.queue else "any queue"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 __all__ = [
     "JSON_FORMAT_VERSION",
@@ -23,6 +23,9 @@ __all__ = [
     "TimelineTotals",
     "TokenUsage",
 ]
+
+if TYPE_CHECKING:
+    from ._family import ChildTaskRecord, ParentRecord
 
 JSON_FORMAT_VERSION = 1
 """The version of the `--json` format (the `"format"` key of `inspect --json` and `tasks --json`)."""
@@ -42,12 +45,13 @@ StepKind = Literal[
     "capability",
     "conversation_load",
     "conversation_save",
+    "child_task",
     "other",
 ]
 """What a step was: a model request, a tool call (function, dynamic), an MCP call, an argument validation,
 a tool listing, MCP instructions, an event-handler call, a wait for input (ask, event, timeout), a graph
 sleep, when a model step was first told by its provider to retry later, the recorded start time of a run, a capability
-operation, the load or the save of a stored conversation, or a step of the user's own."""
+operation, the load or the save of a stored conversation, a child task's end (or its end event), or a step of the user's own."""
 
 AttemptEnd = Literal[
     "completed", "failed", "lease_expired", "cancelled", "sleeping", "provider_wait", "waiting", "running", "pending"
@@ -295,6 +299,18 @@ class TaskTimeline:
     known_to_workers: bool | None = None
     """False when the queue's workers recorded the tasks they run and none runs this one (no worker knows
     this task: it would wait forever); None when no worker of this package recorded its tasks there."""
+    parent: ParentRecord | None = None
+    """The task that spawned this one with `run_as_child`, if any."""
+    children: tuple[ChildTaskRecord, ...] = ()
+    """The child tasks this task spawned with `run_as_child`, in spawn order."""
+
+    @property
+    def total_usage(self) -> TokenUsage:
+        """Tokens spent by this task and all its descendants (children, theirs, ...)."""
+        total = self.totals.tokens_spent
+        for child in self.children:
+            total += child.usage
+        return total
 
     @property
     def steps(self) -> tuple[StepRecord, ...]:
@@ -323,6 +339,9 @@ class TaskTimeline:
             "known_to_workers": self.known_to_workers,
             "runs": [run.to_json() for run in self.runs],
             "totals": self.totals.to_json(),
+            "parent": None if self.parent is None else self.parent.to_json(),
+            "children": [child.to_json() for child in self.children],
+            "total_usage": self.total_usage.to_json(),
         }
 
 

@@ -198,6 +198,8 @@ def render_timeline(timeline: TaskTimeline) -> str:
         out.append("  it waits until one does: check the name, or start a worker that registers it")
     if timeline.forked_from:
         out.append(f"  forked from: {timeline.forked_from}")
+    if timeline.parent is not None:
+        out.append(f"  child of: {timeline.parent.task_id} on queue {timeline.parent.queue}")
     if timeline.result is not None:
         out.append("  result:  " + _fit(_json(timeline.result), WIDTH - 11))
     if timeline.failure is not None:
@@ -226,4 +228,17 @@ def render_timeline(timeline: TaskTimeline) -> str:
     out.append(f"  tokens saved by replay: {_tokens(totals.tokens_saved)}")
     out.append(f"  steps:                  {totals.steps} ({totals.steps_replayed} replayed by a later attempt)")
     out.append(f"  waiting for input / sleeping: {totals.waiting_seconds:.1f}s")
+    out.extend(_children_lines(timeline))
     return "\n".join(out)
+
+
+def _children_lines(timeline: TaskTimeline) -> list[str]:
+    if not timeline.children:
+        return []
+    out = ["", f"Children ({len(timeline.children)})"]
+    for child in timeline.children:
+        out.append(_fit(f"  {child.task_id}  {child.task_name:<16} {child.state:<9} {_tokens(child.usage)}", WIDTH))
+        if child.output_preview is not None:
+            out.append("    output: " + _fit(child.output_preview, WIDTH - 12))
+    out.append(f"  total with descendants: {_tokens(timeline.total_usage)}")
+    return out

@@ -19,6 +19,7 @@ from .._checkpoint import Checkpoint
 from .._digest import preview as _preview
 from .._step_names import (
     CapabilityStep,
+    ChildTaskStep,
     ConversationStep,
     EventHandlerStep,
     ExternalEventStep,
@@ -57,6 +58,8 @@ def parse_step_name(name: str) -> ParsedName:
     """Classify the checkpoint `name` (Absurd's `#N` repeat suffix included), read by `StepName.parse`."""
     step = StepName.parse(name)
     scope = step.operation.model_step if isinstance(step.operation, ProviderWait) else step
+    if isinstance(step.operation, ChildTaskStep) and step.operation.call_site is not None:
+        scope = step.operation.call_site
     agent, ordinal = scope.agent, scope.ordinal if scope.agent is not None else None
     operation = step.operation
     kind = _kind(operation)
@@ -76,6 +79,7 @@ def _kind(operation: object) -> StepKind:
         RunStartTime: "run_start_time",
         GraphSleep: "sleep",
         CapabilityStep: "capability",
+        ChildTaskStep: "child_task",
     }
     if type(operation) in simple:
         return simple[type(operation)]

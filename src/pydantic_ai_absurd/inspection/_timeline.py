@@ -18,7 +18,8 @@ from .._worker_records import read_lost_executions, registered_names
 from ..client import TaskNotFoundError
 from ..errors import SchemaNotInstalledError
 from ._assemble import FORKED_FROM_HEADER, build_timeline
-from ._records import TaskSummary, TaskTimeline
+from ._family import read_family
+from ._records import TaskSummary, TaskTimeline, TokenUsage
 
 __all__ = ["FORKED_FROM_HEADER", "build_timeline", "inspect_task", "list_tasks"]
 
@@ -90,21 +91,35 @@ async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None
         queues = [target] if target is not None else await _queue_names(conn)
         for name in queues:
             with _mapped_errors(name):
-                task = await _absurd.read_task(conn, name, task_id)
-                if task is None:
+                timeline = await _timeline_on(conn, name, task_id)
+                if timeline is None:
                     continue
-                runs = await _absurd.read_runs(conn, name, task_id)
-                last_run = task["last_attempt_run"] or (runs[-1]["run_id"] if runs else None)
-                rows = [] if last_run is None else await _absurd.read_checkpoints(conn, name, task_id, last_run)
-                now = await _absurd.database_now(conn)
-                lost = await read_lost_executions(conn, name, task_id)
-                known = await registered_names(conn, name)
-            timeline = build_timeline(name, task, runs, rows, now, lost)
-            return replace(timeline, known_to_workers=None if known is None else timeline.task_name in known)
+                family = await read_family(conn, name, task_id, _spent_by)
+            return replace(timeline, parent=family.parent, children=family.children)
     where = f"queue {target!r}" if target is not None else "any queue"
     raise TaskNotFoundError(
         f"No task {task_id} in {where}: check the id and the queue, or it was removed by Absurd's cleanup."
     )
+
+
+async def _timeline_on(conn: AsyncConnection[Any], name: str, task_id: str) -> TaskTimeline | None:
+    """The timeline of a task of queue `name`, without its family; None when the queue has no such task."""
+    task = await _absurd.read_task(conn, name, task_id)
+    if task is None:
+        return None
+    runs = await _absurd.read_runs(conn, name, task_id)
+    last_run = task["last_attempt_run"] or (runs[-1]["run_id"] if runs else None)
+    rows = [] if last_run is None else await _absurd.read_checkpoints(conn, name, task_id, last_run)
+    now = await _absurd.database_now(conn)
+    lost = await read_lost_executions(conn, name, task_id)
+    known = await registered_names(conn, name)
+    timeline = build_timeline(name, task, runs, rows, now, lost)
+    return replace(timeline, known_to_workers=None if known is None else timeline.task_name in known)
+
+
+async def _spent_by(conn: AsyncConnection[Any], name: str, task_id: str) -> TokenUsage:
+    timeline = await _timeline_on(conn, name, task_id)
+    return TokenUsage() if timeline is None else timeline.totals.tokens_spent
 
 
 async def list_tasks(

@@ -40,6 +40,7 @@ LAYERS = {
     "worker",
     "inbox",
     "conversations",
+    "children",
     "events",
     "inspection",
     "verify",

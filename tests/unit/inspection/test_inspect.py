@@ -116,7 +116,7 @@ async def test_json_is_stable_and_cli_prints_it(
     assert set(data) == {
         "format", "task_id", "queue", "task_name", "state", "params", "headers", "result", "failure",
         "enqueued_at", "started_at", "cancelled_at", "max_attempts", "forked_from", "attempts", "runs", "totals",
-        "lost_executions", "known_to_workers",
+        "lost_executions", "known_to_workers", "parent", "children", "total_usage",
     }  # fmt: skip
     assert data["queue"] == absurd_queue
     assert [attempt["ended"] for attempt in data["attempts"]] == ["failed", "completed"]

@@ -1,0 +1,36 @@
+"""`examples/research_team.py` runs offline: three researcher child tasks on two workers, one worker killed."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def test_the_research_team_example(absurd_dsn: str) -> None:
+    env = {**os.environ, "ABSURD_DATABASE_URL": absurd_dsn}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "research_team.py")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out[-2000:] + result.stderr[-2000:]
+    assert "three researchers are reading on two workers" in out
+    killed = re.search(r"which was running the researchers of \[(.*)\]", out)
+    assert killed is not None
+    killed_count = len(killed.group(1).split(", "))
+    assert "coordinator completed: {'output': 'Summary of 3 reports'}" in out
+    assert out.count("killed once; replayed from checkpoints: ['model.request']") == killed_count
+    assert out.count("never interrupted; replayed from checkpoints: nothing") == 3 - killed_count
+    assert "child tasks: 3;" in out
+    assert "researcher model calls: 6 (two per topic: none repeated)" in out
+    assert f"read_sources runs: {3 + killed_count} " in out
