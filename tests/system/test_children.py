@@ -5,50 +5,46 @@ Model calls and tool body runs are counted in Postgres (`child_calls`), never in
 
 from __future__ import annotations
 
-import os
-import signal
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
 
 from pydantic_ai_absurd import inspect_task
-
-from .children_support import (
-    Workers,
+from tests.helpers.children import (
     calls,
     child_links,
-    eventually,
     open_gate,
     prepare_tables,
     spawn_coordinator,
+    start_worker,
     state_of,
-    workers_for,
+    worker_by_pid,
 )
+from tests.helpers.polling import TERMINAL, wait_until
+from tests.helpers.processes import Workers
 
 pytestmark = pytest.mark.crash
 
 
 @pytest.fixture
-def workers(absurd_dsn: str, absurd_queue: str, tmp_path: Path) -> Iterator[Workers]:
+def child_workers(absurd_dsn: str, workers: Workers) -> Workers:
+    """The `workers` fixture, with the tables of `children_app` created."""
     prepare_tables(absurd_dsn)
-    with workers_for(absurd_dsn, absurd_queue, tmp_path) as started:
-        yield started
+    return workers
 
 
 async def _ended(dsn: str, queue: str, task_id: str) -> str | None:
     state = await state_of(dsn, queue, task_id)
-    return state if state in ("completed", "failed", "cancelled") else None
+    return state if state in TERMINAL else None
 
 
 async def test_one_slot_runs_the_parents_then_their_children_then_the_parents_again(
-    absurd_dsn: str, absurd_queue: str, workers: Workers
+    absurd_dsn: str, absurd_queue: str, child_workers: Workers
 ) -> None:
-    workers.start(concurrency=1)
+    start_worker(child_workers, absurd_dsn, absurd_queue, concurrency=1)
     parent = await spawn_coordinator(absurd_dsn, absurd_queue, ["alpha", "beta", "gamma"])
-    assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
+    assert await wait_until(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
 
     model_calls = Counter(topic for _, topic, _ in await calls(absurd_dsn, absurd_queue, "researcher_model"))
     assert model_calls == {"alpha": 2, "beta": 2, "gamma": 2}
@@ -70,7 +66,7 @@ async def test_one_slot_runs_the_parents_then_their_children_then_the_parents_ag
 
     # Two parallel tool calls in one model response: all four children spawn before the parent suspends.
     split = await spawn_coordinator(absurd_dsn, absurd_queue, ["w", "x", "y", "z"], split=True)
-    assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, split)) == "completed"
+    assert await wait_until(lambda: _ended(absurd_dsn, absurd_queue, split)) == "completed"
     assert len(await child_links(absurd_dsn, absurd_queue, split)) == 4
     model_calls = Counter(topic for _, topic, _ in await calls(absurd_dsn, absurd_queue, "researcher_model"))
     assert {topic: model_calls[topic] for topic in "wxyz"} == {"w": 2, "x": 2, "y": 2, "z": 2}
@@ -80,29 +76,29 @@ async def test_one_slot_runs_the_parents_then_their_children_then_the_parents_ag
 
 
 async def test_fan_out_runs_the_children_in_parallel_on_two_workers_of_another_queue(
-    absurd_dsn: str, absurd_queue: str, workers: Workers
+    absurd_dsn: str, absurd_queue: str, child_workers: Workers
 ) -> None:
     child_queue = f"{absurd_queue}_kids"
     with psycopg.connect(absurd_dsn, autocommit=True) as conn:
         conn.execute("select absurd.create_queue(%s)", (child_queue,))
     try:
         settings = {"child_queue": child_queue}
-        workers.start(concurrency=1, **settings)
+        start_worker(child_workers, absurd_dsn, absurd_queue, concurrency=1, **settings)
         topics = ["gate:a", "gate:b", "gate:c"]
         for _ in range(2):  # two slots each: the third child can only run on the other worker
-            workers.start(concurrency=2, work_queue=child_queue, **settings)
+            start_worker(child_workers, absurd_dsn, absurd_queue, concurrency=2, work_queue=child_queue, **settings)
         parent = await spawn_coordinator(absurd_dsn, absurd_queue, topics)
 
         async def all_started() -> list[tuple[str, str, int]]:
             started = await calls(absurd_dsn, absurd_queue, "lookup_start")
             return started if len(started) == 3 else []
 
-        started = await eventually(all_started)
+        started = await wait_until(all_started)
         assert len({pid for _, _, pid in started}) == 2  # all three at once, on both child workers
         assert await state_of(absurd_dsn, absurd_queue, parent) == "sleeping"
         for topic in topics:
             await open_gate(absurd_dsn, absurd_queue, topic)
-        assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
+        assert await wait_until(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
         links = await child_links(absurd_dsn, absurd_queue, parent)
         assert [(queue, state) for queue, _, state in links] == [(child_queue, "completed")] * 3
     finally:
@@ -111,10 +107,10 @@ async def test_fan_out_runs_the_children_in_parallel_on_two_workers_of_another_q
 
 
 async def test_killing_the_workers_of_the_parent_and_of_a_child_changes_no_result(
-    absurd_dsn: str, absurd_queue: str, workers: Workers
+    absurd_dsn: str, absurd_queue: str, child_workers: Workers
 ) -> None:
     for _ in range(2):
-        workers.start(concurrency=2, claim_timeout=3)
+        start_worker(child_workers, absurd_dsn, absurd_queue, concurrency=2, claim_timeout=3)
     topics = ["gate:x", "gate:y", "gate:z"]
     parent = await spawn_coordinator(absurd_dsn, absurd_queue, topics)
 
@@ -122,16 +118,17 @@ async def test_killing_the_workers_of_the_parent_and_of_a_child_changes_no_resul
         started = await calls(absurd_dsn, absurd_queue, "lookup_start")
         return started if len(started) == 3 else []
 
-    started = await eventually(all_started)
+    started = await wait_until(all_started)
     (_, _, parent_pid), *_ = await calls(absurd_dsn, absurd_queue, "coordinator_model")
     victims = {parent_pid, started[0][2]}  # the parent's worker, and a child's (maybe the same one)
     for pid in victims:
-        os.kill(pid, signal.SIGKILL)
-        await workers.by_pid(pid).wait_exit()
-    workers.start(concurrency=3, claim_timeout=3)
+        victim = worker_by_pid(child_workers, pid)
+        victim.kill()  # SIGKILL
+        await victim.wait_exit()
+    start_worker(child_workers, absurd_dsn, absurd_queue, concurrency=3, claim_timeout=3)
     for topic in topics:
         await open_gate(absurd_dsn, absurd_queue, topic)
-    assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
+    assert await wait_until(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
 
     # Each child spawned once; a child's committed first model call never ran again (its tool did, if killed).
     assert [state for _, _, state in await child_links(absurd_dsn, absurd_queue, parent)] == ["completed"] * 3
@@ -144,19 +141,19 @@ async def test_killing_the_workers_of_the_parent_and_of_a_child_changes_no_resul
 
 
 async def test_a_failed_child_raises_in_the_parent_and_a_failed_parent_cancels_the_rest(
-    absurd_dsn: str, absurd_queue: str, workers: Workers
+    absurd_dsn: str, absurd_queue: str, child_workers: Workers
 ) -> None:
-    workers.start(concurrency=3)
+    start_worker(child_workers, absurd_dsn, absurd_queue, concurrency=3)
     caught = await spawn_coordinator(absurd_dsn, absurd_queue, ["fine", "fail1"], catch=True, child_attempts=1)
-    assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, caught)) == "completed"
+    assert await wait_until(lambda: _ended(absurd_dsn, absurd_queue, caught)) == "completed"
     timeline = await inspect_task(absurd_dsn, caught, queue=absurd_queue)
     assert timeline.result is not None
     assert "failed: Child task 'researcher'" in timeline.result["output"]
     assert "failed for good: RuntimeError: no sources for fail1" in timeline.result["output"]
 
     uncaught = await spawn_coordinator(absurd_dsn, absurd_queue, ["fail2", "gate:never"], child_attempts=1)
-    assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, uncaught)) == "failed"
-    links = await eventually(
+    assert await wait_until(lambda: _ended(absurd_dsn, absurd_queue, uncaught)) == "failed"
+    links = await wait_until(
         lambda: _all_ended(absurd_dsn, absurd_queue, uncaught),
     )
     assert sorted(state for _, _, state in links) == ["cancelled", "failed"]
@@ -165,13 +162,13 @@ async def test_a_failed_child_raises_in_the_parent_and_a_failed_parent_cancels_t
 
 async def _all_ended(dsn: str, queue: str, parent: str) -> list[tuple[str, str, str]]:
     links = await child_links(dsn, queue, parent)
-    return links if links and all(state in ("completed", "failed", "cancelled") for _, _, state in links) else []
+    return links if links and all(state in TERMINAL for _, _, state in links) else []
 
 
 async def test_cancelling_the_parent_cancels_its_children_and_theirs(
-    absurd_dsn: str, absurd_queue: str, workers: Workers
+    absurd_dsn: str, absurd_queue: str, child_workers: Workers
 ) -> None:
-    workers.start(concurrency=4)
+    start_worker(child_workers, absurd_dsn, absurd_queue, concurrency=4)
     parent = await spawn_coordinator(absurd_dsn, absurd_queue, ["gate:p", "deep gate:q"])
 
     async def blocked() -> bool:
@@ -179,7 +176,7 @@ async def test_cancelling_the_parent_cancels_its_children_and_theirs(
         helped = await calls(absurd_dsn, absurd_queue, "helper_model")
         return started == {"gate:p", "deep gate:q"} and len(helped) == 1
 
-    await eventually(blocked)
+    await wait_until(blocked)
     with psycopg.connect(absurd_dsn, autocommit=True) as conn:  # Absurd's own cancel: none of our code runs
         conn.execute("select absurd.cancel_task(%s, %s)", (absurd_queue, parent))
     children = await child_links(absurd_dsn, absurd_queue, parent)
@@ -190,10 +187,12 @@ async def test_cancelling_the_parent_cancels_its_children_and_theirs(
     assert [child.state for child in timeline.children] == ["cancelled", "cancelled"]
 
 
-async def test_a_retried_parent_spawns_no_second_child(absurd_dsn: str, absurd_queue: str, workers: Workers) -> None:
-    workers.start(concurrency=1)
+async def test_a_retried_parent_spawns_no_second_child(
+    absurd_dsn: str, absurd_queue: str, child_workers: Workers
+) -> None:
+    start_worker(child_workers, absurd_dsn, absurd_queue, concurrency=1)
     parent = await spawn_coordinator(absurd_dsn, absurd_queue, ["one", "two"], crash_after_children=True)
-    assert await eventually(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
+    assert await wait_until(lambda: _ended(absurd_dsn, absurd_queue, parent)) == "completed"
     assert len(await child_links(absurd_dsn, absurd_queue, parent)) == 2
     model_calls = Counter(topic for _, topic, _ in await calls(absurd_dsn, absurd_queue, "researcher_model"))
     assert model_calls == {"one": 2, "two": 2}

@@ -6,15 +6,18 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+import pytest
+
+from tests.helpers.paths import EXAMPLES, ROOT
+
+pytestmark = pytest.mark.crash
 
 
 def test_the_research_team_example(absurd_dsn: str) -> None:
     env = {**os.environ, "ABSURD_DATABASE_URL": absurd_dsn}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "research_team.py")],
+        [sys.executable, str(EXAMPLES / "research_team.py")],
         cwd=ROOT,
         env=env,
         capture_output=True,

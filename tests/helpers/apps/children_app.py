@@ -1,4 +1,5 @@
-"""A worker process for the child-task tests: `python -m tests.system.children_app` (settings from the environment).
+"""A worker process for the child-task tests: `python -m tests.helpers.apps.children_app` (settings from the
+environment, as `WORKER_<NAME>` variables: the `workers` fixture's `worker(..., command=...)` sets them).
 
 Agents: `researcher` (registered as the task `researcher`, on `WORKER_CHILD_QUEUE` or the parent's queue) asks
 its model once, calls its `lookup` tool, asks again and returns a `Report`; `coordinator` (the task

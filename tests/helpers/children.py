@@ -1,67 +1,41 @@
-"""Helpers for the child-task system tests: worker processes of `children_app`, counts read from Postgres."""
+"""Helpers of the child-task system tests: `children_app` worker processes, what they recorded in Postgres."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from absurd_sdk import AsyncAbsurd
 
-from ..worker_support import WorkerProcess, eventually
-from .children_app import TABLES
+from .apps.children_app import TABLES
+from .processes import WorkerProcess, Workers, app_command
 
 __all__ = [
-    "Workers",
     "calls",
     "child_links",
-    "eventually",
     "open_gate",
     "prepare_tables",
     "spawn_coordinator",
+    "start_worker",
     "state_of",
-    "workers_for",
+    "worker_by_pid",
 ]
-
-COMMAND = [sys.executable, "-m", "tests.system.children_app"]
 
 
 def prepare_tables(dsn: str) -> None:
+    """Create the tables `children_app` records its calls in and reads its gates from."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(TABLES)
 
 
-class Workers:
-    """Worker processes of `children_app`, killed at the end of the test."""
-
-    def __init__(self, dsn: str, queue: str, tmp_path: Path) -> None:
-        self.dsn, self.queue, self.tmp_path = dsn, queue, tmp_path
-        self.started: list[WorkerProcess] = []
-
-    def start(self, **settings: Any) -> WorkerProcess:
-        log = self.tmp_path / f"worker{len(self.started)}.log"
-        worker = WorkerProcess(self.dsn, self.queue, log, command=COMMAND, **settings)
-        self.started.append(worker)
-        return worker
-
-    def by_pid(self, pid: int) -> WorkerProcess:
-        return next(worker for worker in self.started if worker.pid == pid)
-
-    def close(self) -> None:
-        for worker in self.started:
-            worker.close()
+def start_worker(workers: Workers, dsn: str, queue: str, **settings: Any) -> WorkerProcess:
+    """Start a `children_app` worker through the `workers` fixture (settings as `WORKER_<NAME>` variables)."""
+    return workers.worker(dsn, queue, command=app_command("children_app"), log="children", **settings)
 
 
-@contextmanager
-def workers_for(dsn: str, queue: str, tmp_path: Path) -> Iterator[Workers]:
-    workers = Workers(dsn, queue, tmp_path)
-    try:
-        yield workers
-    finally:
-        workers.close()
+def worker_by_pid(workers: Workers, pid: int) -> WorkerProcess:
+    """The worker process the fixture started with process id `pid`."""
+    return next(w for w in workers.started if isinstance(w, WorkerProcess) and w.pid == pid)
 
 
 async def calls(dsn: str, queue: str, what: str | None = None) -> list[tuple[str, str, int]]:
@@ -75,6 +49,7 @@ async def calls(dsn: str, queue: str, what: str | None = None) -> list[tuple[str
 
 
 async def open_gate(dsn: str, queue: str, name: str) -> None:
+    """Let the app's calls waiting on the gate `name` go on."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute("insert into child_gates values (%s, %s)", (queue, name))
 
@@ -92,6 +67,7 @@ async def child_links(dsn: str, parent_queue: str, parent_id: str) -> list[tuple
 
 
 async def state_of(dsn: str, queue: str, task_id: str) -> str:
+    """The task's state, as Absurd reports it."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         cur = await conn.execute("select state from absurd.get_task_result(%s, %s::uuid)", (queue, task_id))
         row = await cur.fetchone()
@@ -100,6 +76,7 @@ async def state_of(dsn: str, queue: str, task_id: str) -> str:
 
 
 async def spawn_coordinator(dsn: str, queue: str, topics: list[str], **params: Any) -> str:
+    """Spawn the app's `coordinate` task on `queue` for `topics`; its task id."""
     absurd = AsyncAbsurd(dsn, queue_name=queue)
     try:
         spawned = await absurd.spawn("coordinate", {"topics": topics, **params}, queue=queue)

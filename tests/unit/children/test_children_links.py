@@ -17,8 +17,8 @@ from pydantic_ai_absurd import AbsurdAgent
 from pydantic_ai_absurd._absurd import spawn_linked_child, task_end
 from pydantic_ai_absurd.children import EVENT_PREFIX, cancel_descendants, install_triggers, read_children, read_parent
 from pydantic_ai_absurd.children._codec import ChildRequest, ParentLink
-
-from ..worker_support import eventually, running_worker
+from tests.helpers.polling import wait_until
+from tests.helpers.workers import running_worker
 
 
 @pytest_asyncio.fixture
@@ -136,7 +136,7 @@ async def test_a_child_of_a_cancelled_parent_cancels_itself_before_its_first_ste
     # Spawned while its parent was being cancelled: the parent's cancel found no link to follow.
     child = await _child(conn, absurd_queue, absurd_queue, parent)
     async with running_worker(absurd_client, concurrency=1):
-        await eventually(lambda: _is(conn, absurd_queue, child, "cancelled"))
+        await wait_until(lambda: _is(conn, absurd_queue, child, "cancelled"))
     assert asked == []
 
 
@@ -162,13 +162,9 @@ async def test_a_running_child_stops_when_its_parent_ends_without_a_cascade(
     parent = await _spawn(conn, absurd_queue)
     child = await _child(conn, absurd_queue, absurd_queue, parent)  # this queue has no triggers: no cascade
     async with running_worker(absurd_client, concurrency=1, claim_timeout=3):
-        await eventually(lambda: _is(conn, absurd_queue, child, "running"))
+        await wait_until(lambda: _is(conn, absurd_queue, child, "running"))
         await conn.execute("select absurd.cancel_task(%s, %s)", (absurd_queue, parent))
         assert await _state(conn, absurd_queue, child) == "running"
-        await eventually(lambda: _is(conn, absurd_queue, child, "cancelled"))  # the child's watcher
-        await eventually(lambda: _true(stopped))
+        await wait_until(lambda: _is(conn, absurd_queue, child, "cancelled"))  # the child's watcher
+        await wait_until(lambda: stopped)
     assert stopped == ["aborted"]
-
-
-async def _true(values: list[str]) -> bool:
-    return bool(values)

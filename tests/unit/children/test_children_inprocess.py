@@ -16,8 +16,8 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai_absurd import AbsurdAgent, ChildTaskCancelledError, ChildTaskFailedError, inspect_task
 from pydantic_ai_absurd.inspection._render import render_timeline
 from pydantic_ai_absurd.worker import RetryPolicy
-
-from ..worker_support import eventually, running_worker
+from tests.helpers.polling import wait_terminal, wait_until
+from tests.helpers.workers import running_worker
 
 
 class Answer(BaseModel):
@@ -72,7 +72,7 @@ async def test_a_task_handler_runs_children_and_resumes_with_their_typed_results
 
     spawned = await absurd_client.spawn("parent", {})
     async with running_worker(absurd_client, concurrency=1):
-        snapshot = await eventually(lambda: _finished(absurd_client, str(spawned["task_id"])))
+        snapshot = await wait_terminal(absurd_client, str(spawned["task_id"]))
     assert snapshot.state == "completed", snapshot
     assert snapshot.result["outputs"] == [
         {"text": "ONE", "seen_metadata": {"n": 1}, "history_length": 2},
@@ -86,11 +86,6 @@ async def test_a_task_handler_runs_children_and_resumes_with_their_typed_results
     assert "Children (2)" in report and "total with descendants:" in report
     child_report = render_timeline(await inspect_task(absurd_client, timeline.children[0].task_id))
     assert f"child of: {timeline.task_id}" in child_report
-
-
-async def _finished(absurd: AsyncAbsurd, task_id: str) -> Any:
-    snapshot = await absurd.fetch_task_result(task_id)
-    return snapshot if snapshot is not None and snapshot.state in ("completed", "failed", "cancelled") else None
 
 
 async def test_outside_a_task_the_child_is_spawned_and_polled(absurd_client: AsyncAbsurd) -> None:
@@ -114,16 +109,12 @@ async def test_a_cancelled_child_raises_in_its_caller(
     child = _child(absurd_client, asked, gate)
     async with running_worker(absurd_client, concurrency=1):
         call = asyncio.ensure_future(child.run_as_child("wait for me"))
-        await eventually(lambda: _asked(asked))
+        await wait_until(lambda: asked)
         async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
             await conn.execute(f"select absurd.cancel_task(%s, task_id) from absurd.t_{absurd_queue}", (absurd_queue,))
         with pytest.raises(ChildTaskCancelledError, match="was cancelled before it finished"):
             await call
         gate.set()
-
-
-async def _asked(asked: list[str]) -> bool:
-    return bool(asked)
 
 
 async def test_a_call_that_asks_something_else_when_it_runs_again_fails_the_parent_for_good(
@@ -140,7 +131,7 @@ async def test_a_call_that_asks_something_else_when_it_runs_again_fails_the_pare
 
     spawned = await absurd_client.spawn("fickle", {})
     async with running_worker(absurd_client, concurrency=1):
-        snapshot = await eventually(lambda: _finished(absurd_client, str(spawned["task_id"])))
+        snapshot = await wait_terminal(absurd_client, str(spawned["task_id"]))
     assert snapshot.state == "failed"
     assert snapshot.failure["name"] == "ReplayDivergenceError"
     assert "asks its child something else" in snapshot.failure["message"]
