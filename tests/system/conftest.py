@@ -1,15 +1,17 @@
 """Fixtures of the system tests: the processes a test starts, the table `worker_app`'s steps write to, and a real
-PgBouncer in transaction pooling mode in front of the test database."""
+PgBouncer in transaction pooling mode in front of the test database (and a client through it)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from absurd_sdk import AsyncAbsurd
 
+from pydantic_ai_absurd._db import connect_async  # pyright: ignore[reportPrivateUsage]
 from tests.helpers.apps.worker_app import EFFECTS_TABLE
 from tests.helpers.pgbouncer import PGBOUNCER_MISSING, pgbouncer_binary, running_pgbouncer
 from tests.helpers.processes import Workers
@@ -45,3 +47,13 @@ def pgbouncer_dsn(absurd_dsn: str) -> Iterator[str]:
         pytest.skip(PGBOUNCER_MISSING)
     with running_pgbouncer(absurd_dsn) as dsn:
         yield dsn
+
+
+@pytest.fixture
+async def pooled_client(pgbouncer_dsn: str, absurd_queue: str) -> AsyncIterator[AsyncAbsurd]:
+    """A client of the test queue whose connection goes through PgBouncer (`pgbouncer_dsn`)."""
+    conn = await connect_async(pgbouncer_dsn, autocommit=True)
+    try:
+        yield AsyncAbsurd(conn, queue_name=absurd_queue)
+    finally:
+        await conn.close()

@@ -8,7 +8,6 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -21,24 +20,15 @@ from pydantic_ai_absurd.cli import main
 from pydantic_ai_absurd.client import fetch_result, spawn_task
 from pydantic_ai_absurd.events import _reader as reader  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai_absurd.testing import run_queued
-
-from ..events_support import streaming_agent
-from ..inbox_support import approval_agent
-from ..verify_app import build_app
-from ..worker_support import WAIT, WorkerProcess, eventually, is_completed, running_worker
-from .pgbouncer_support import running_pgbouncer
+from tests.helpers.apps.verify_app import build_app
+from tests.helpers.events import streaming_agent
+from tests.helpers.inbox import approval_agent
+from tests.helpers.pgbouncer import running_pgbouncer
+from tests.helpers.polling import WAIT, wait_until
+from tests.helpers.processes import Workers
+from tests.helpers.workers import is_completed, running_worker
 
 QUERY = "select %s::int + 1"
-
-
-@pytest.fixture
-async def pooled_client(pgbouncer_dsn: str, absurd_queue: str) -> AsyncIterator[AsyncAbsurd]:
-    """A client of the test queue whose connection goes through PgBouncer."""
-    conn = await connect_async(pgbouncer_dsn, autocommit=True)
-    try:
-        yield AsyncAbsurd(conn, queue_name=absurd_queue)
-    finally:
-        await conn.close()
 
 
 async def _switch_server_after_prepare(conn: psycopg.AsyncConnection[Any], dsn: str) -> None:
@@ -144,9 +134,9 @@ async def test_an_approval_round_trip_behind_pgbouncer(pooled_client: AsyncAbsur
 
     spawned = await pooled_client.spawn("ops", {})
     async with running_worker(pooled_client, worker_id="inbox"):
-        [request] = await eventually(lambda: inbox.pending(task_id=str(spawned["task_id"])))
+        [request] = await wait_until(lambda: inbox.pending(task_id=str(spawned["task_id"])))
         assert await inbox.approve(request.token, answered_by="alice") is None
-        await eventually(lambda: is_completed(pooled_client, spawned["task_id"]))
+        await wait_until(lambda: is_completed(pooled_client, spawned["task_id"]))
     assert counters.runs == {"delete_file": 1}
     assert await inbox.pending(task_id=str(spawned["task_id"])) == []
 
@@ -214,8 +204,9 @@ async def test_task_commands_behind_pgbouncer(
     assert code == 0 and json.loads(out)["task_id"] == recorded, err
     monkeypatch.setenv("VERIFY_DSN", pgbouncer_dsn)
     monkeypatch.setenv("VERIFY_QUEUE", absurd_queue)
-    sys.modules.pop("tests.verify_cli_app", None)
-    code, out, err = await cli(capsys, "verify", "tests.verify_cli_app:absurd", "--task", recorded, *db)
+    sys.modules.pop("tests.helpers.apps.verify_cli_app", None)
+    target = "tests.helpers.apps.verify_cli_app:absurd"
+    code, out, err = await cli(capsys, "verify", target, "--task", recorded, *db)
     assert code == 0 and "1 ok, 0 not ok" in out, err
     code, out, err = await cli(capsys, "fork", recorded, "--at", "1", *db)
     assert code == 0, err
@@ -227,22 +218,15 @@ async def test_task_commands_behind_pgbouncer(
 
 
 async def test_the_worker_command_behind_pgbouncer(
-    absurd_client: AsyncAbsurd, pgbouncer_dsn: str, absurd_queue: str, absurd_dsn: str, tmp_path: Path
+    absurd_client: AsyncAbsurd, effects: str, pgbouncer_dsn: str, absurd_queue: str, workers: Workers
 ) -> None:
-    from ..worker_app import EFFECTS_TABLE
-
-    async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
-        await conn.execute(EFFECTS_TABLE)
-    command = [sys.executable, "-m", "pydantic_ai_absurd.cli", "worker", "tests.worker_app:absurd"]
+    command = [sys.executable, "-m", "pydantic_ai_absurd.cli", "worker", "tests.helpers.apps.worker_app:absurd"]
     command += ["--database", pgbouncer_dsn, "--queue", absurd_queue, "--poll-interval", "0.1"]
-    worker = WorkerProcess(pgbouncer_dsn, absurd_queue, tmp_path / "worker.log", command=command)
-    try:
-        spawned = await absurd_client.spawn("steps", {"steps": 8, "step_seconds": 0}, queue=absurd_queue)
-        await eventually(lambda: is_completed(absurd_client, spawned["task_id"]))
-        worker.proc.send_signal(signal.SIGTERM)
-        code = await worker.wait_exit()
-    finally:
-        worker.close()
+    worker = workers.worker(pgbouncer_dsn, absurd_queue, command=command, log="cli-worker")
+    spawned = await absurd_client.spawn("steps", {"steps": 8, "step_seconds": 0}, queue=absurd_queue)
+    await wait_until(lambda: is_completed(absurd_client, spawned["task_id"]))
+    worker.send_signal(signal.SIGTERM)
+    code = await worker.wait_exit()
     output = worker.output()
     assert code == 0, output
     assert "fast takeover by liveness row" in output and "prepared statement" not in output

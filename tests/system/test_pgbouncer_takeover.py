@@ -6,7 +6,6 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +18,16 @@ from pydantic_ai_absurd._absurd import hand_back_runs_of_stale_workers  # pyrigh
 from pydantic_ai_absurd._db import connect_async  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai_absurd.worker import _liveness_rows as rows  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai_absurd.worker import _takeover as takeover  # pyright: ignore[reportPrivateUsage]
-
-from ..worker_app import EFFECTS_TABLE
-from ..worker_support import (
-    WorkerProcess,
+from tests.helpers.polling import wait_until
+from tests.helpers.processes import WorkerProcess, Workers
+from tests.helpers.sql import latest_run, task_state
+from tests.helpers.workers import (
     count_events,
     effect_events,
-    eventually,
     is_completed,
     open_gate,
     running_worker,
     seen_event,
-    task_state,
 )
 
 LONG_LEASE = 60
@@ -39,26 +36,10 @@ LONG_LEASE = 60
 LIVENESS = "pydantic_ai_absurd.worker_liveness"
 
 
-@pytest.fixture
-async def pooled_client(pgbouncer_dsn: str, absurd_queue: str) -> AsyncIterator[AsyncAbsurd]:
-    """A client of the test queue whose connection goes through PgBouncer."""
-    conn = await connect_async(pgbouncer_dsn, autocommit=True)
-    try:
-        yield AsyncAbsurd(conn, queue_name=absurd_queue)
-    finally:
-        await conn.close()
-
-
 async def _fetch(dsn: str, query: sql.Composable | str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         cur = await conn.execute(query if isinstance(query, sql.Composable) else sql.SQL(query), params)  # pyright: ignore[reportArgumentType]
         return await cur.fetchall() if cur.description else []
-
-
-async def _run_row(dsn: str, queue: str, task_id: str) -> tuple[str, str | None]:
-    query = sql.SQL("select state, claimed_by from absurd.{} where task_id = %s order by attempt desc limit 1")
-    [(state, claimed_by)] = await _fetch(dsn, query.format(sql.Identifier(f"r_{queue}")), (task_id,))
-    return str(state), claimed_by
 
 
 async def _liveness_rows(dsn: str, queue: str) -> list[str]:
@@ -96,7 +77,7 @@ async def test_a_worker_behind_pgbouncer_proves_liveness_with_a_row_and_runs_tas
     with caplog.at_level(logging.INFO, logger="pydantic_ai_absurd.worker"):
         async with running_worker(pooled_client, worker_id="behind-pgbouncer", claim_timeout=LONG_LEASE) as worker:
             for task in spawned:
-                await eventually(lambda task=task: is_completed(pooled_client, task["task_id"]))
+                await wait_until(lambda task=task: is_completed(pooled_client, task["task_id"]))
             assert worker.health.fast_takeover
             assert worker.claim_id.startswith(rows.ROW_CLAIM_PREFIX)
             assert await _liveness_rows(absurd_dsn, absurd_queue) == [worker.claim_id]
@@ -125,17 +106,18 @@ async def test_a_takeover_waiting_for_a_beat_leaves_the_live_worker_its_run(
             takeover = asyncio.ensure_future(
                 hand_back_runs_of_stale_workers(peer, absurd_queue, rows.ROW_CLAIM_PREFIX, "peer", rows.STALE_AFTER)
             )
-            await eventually(lambda: _waits_for_a_lock(absurd_dsn, peer_name))
+            await wait_until(lambda: _waits_for_a_lock(absurd_dsn, peer_name))
             await beat.commit()
             assert await takeover == []
-    assert await _run_row(absurd_dsn, absurd_queue, spawned["task_id"]) == ("running", identity)
+    run = await latest_run(absurd_dsn, absurd_queue, spawned["task_id"])
+    assert run == {"state": "running", "claimed_by": identity}
     assert await _liveness_rows(absurd_dsn, absurd_queue) == [identity]
     # The control: the same row, stale and not beaten, is deleted and the run handed back.
     await _fetch(absurd_dsn, old, (identity,))
     async with await connect_async(pgbouncer_dsn, autocommit=True) as peer:
         taken = await hand_back_runs_of_stale_workers(peer, absurd_queue, rows.ROW_CLAIM_PREFIX, "peer", 2.0)
     assert [run.run_id for run in taken] == [str(claimed["run_id"])]
-    assert (await _run_row(absurd_dsn, absurd_queue, spawned["task_id"]))[0] != "running"
+    assert (await latest_run(absurd_dsn, absurd_queue, spawned["task_id"]))["state"] != "running"
     assert await _liveness_rows(absurd_dsn, absurd_queue) == []
 
 
@@ -158,8 +140,8 @@ async def test_a_worker_presumed_dead_claims_in_a_fresh_identity(
         first = liveness.identity
         try:
             await _fetch(absurd_dsn, f"delete from {LIVENESS} where identity = %s", (first,))  # a peer's takeover
-            await eventually(lambda: _changed(liveness, first))
-            await eventually(lambda: _has_row(absurd_dsn, absurd_queue, liveness.identity))
+            await wait_until(lambda: _changed(liveness, first))
+            await wait_until(lambda: _has_row(absurd_dsn, absurd_queue, liveness.identity))
         finally:
             await liveness.close()
     assert liveness.identity.startswith(rows.ROW_CLAIM_PREFIX)
@@ -197,17 +179,17 @@ async def test_a_worker_presumed_dead_drops_its_runs_without_handing_them_back(
     spawned = await pooled_client.spawn("held", None)
     with caplog.at_level(logging.INFO, logger="pydantic_ai_absurd.worker"):
         async with running_worker(pooled_client, worker_id="presumed-dead", claim_timeout=LONG_LEASE) as worker:
-            await eventually(lambda: _is(bodies, "started", 1))
+            await wait_until(lambda: _is(bodies, "started", 1))
             first = worker.claim_id
             async with await connect_async(pgbouncer_dsn, autocommit=True) as peer:  # a peer's takeover, forced now
                 taken = await hand_back_runs_of_stale_workers(peer, absurd_queue, rows.ROW_CLAIM_PREFIX, "peer", 0.0)
             assert [run.claimed_by for run in taken] == [first]
             # The worker learns at its next beat: it drops the old execution and claims the run again, anew.
-            await eventually(lambda: _is(bodies, "cancelled", 1))
-            await eventually(lambda: _is(bodies, "started", 2))
+            await wait_until(lambda: _is(bodies, "cancelled", 1))
+            await wait_until(lambda: _is(bodies, "started", 2))
             assert worker.claim_id == first  # (the attribute keeps the identity of the start)
             release.set()
-            await eventually(lambda: is_completed(pooled_client, spawned["task_id"]))
+            await wait_until(lambda: is_completed(pooled_client, spawned["task_id"]))
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith(f"dropping task_id={spawned['task_id']}") for m in messages)
     assert not [m for m in messages if m.startswith("handed back")]
@@ -220,36 +202,12 @@ async def _is(counts: dict[str, int], key: str, n: int) -> bool:
 # -- worker processes killed with SIGKILL -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def workers() -> Iterator[list[WorkerProcess]]:
-    started: list[WorkerProcess] = []
-    yield started
-    for w in started:
-        if w.proc.poll() is None:
-            w.proc.send_signal(signal.SIGCONT)
-        w.close()
-
-
-@pytest.fixture
-def effects(absurd_dsn: str) -> str:
-    with psycopg.connect(absurd_dsn, autocommit=True) as conn:
-        conn.execute(EFFECTS_TABLE)
-    return absurd_dsn
-
-
-def _start(workers: list[WorkerProcess], dsn: str, queue: str, tmp_path: Path, name: str) -> WorkerProcess:
-    n = len(workers)
-    w = WorkerProcess(
-        dsn,
-        queue,
-        tmp_path / f"worker{n}.log",
-        id=f"{queue}-{name}",
-        claim_timeout=LONG_LEASE,
-        poll_interval=0.1,
-        health_log=tmp_path / f"health{n}.json",
+def _start(workers: Workers, dsn: str, queue: str, tmp_path: Path, name: str) -> WorkerProcess:
+    """A `worker_app` worker behind `dsn`, named uniquely per test (another session may run "a" and "b" too)."""
+    health = tmp_path / f"health{len(workers.started)}.json"
+    return workers.worker(
+        dsn, queue, id=f"{queue}-{name}", claim_timeout=LONG_LEASE, poll_interval=0.1, health_log=health
     )
-    workers.append(w)
-    return w
 
 
 async def _ready(w: WorkerProcess) -> bool:
@@ -263,27 +221,27 @@ async def test_sigkill_behind_pgbouncer_another_worker_resumes_before_the_lease_
     pgbouncer_dsn: str,
     absurd_queue: str,
     tmp_path: Path,
-    workers: list[WorkerProcess],
+    workers: Workers,
     record_property: Any,
 ) -> None:
     dsn = effects
     spawned = await absurd_client.spawn("steps", {"steps": 3, "step_seconds": 0.05, "gate": "s1"}, queue=absurd_queue)
     task_id = spawned["task_id"]
     a = _start(workers, pgbouncer_dsn, absurd_queue, tmp_path, "a")
-    await eventually(lambda: seen_event(dsn, absurd_queue, task_id, "s1", "start"))
+    await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s1", "start"))
     b = _start(workers, pgbouncer_dsn, absurd_queue, tmp_path, "b")
-    await eventually(lambda: _ready(b))
-    _, claimed_by = await _run_row(dsn, absurd_queue, task_id)
+    await wait_until(lambda: _ready(b))
+    claimed_by = (await latest_run(dsn, absurd_queue, task_id))["claimed_by"]
     assert str(claimed_by).startswith(f"{rows.ROW_CLAIM_PREFIX}{absurd_queue}-a:")
-    a.proc.send_signal(signal.SIGKILL)
+    a.send_signal(signal.SIGKILL)
     killed = time.monotonic()
-    a.proc.wait()
-    await eventually(lambda: _started_twice(dsn, absurd_queue, task_id), interval=0.01)
+    a.wait()
+    await wait_until(lambda: _started_twice(dsn, absurd_queue, task_id), interval=0.01)
     took = time.monotonic() - killed  # kill -> the step body runs again in b: reported, never asserted
     record_property("takeover_seconds", round(took, 3))
     print(f"\ntakeover behind PgBouncer: step running again {took:.2f}s after SIGKILL")
     await open_gate(dsn, absurd_queue, task_id, "s1")
-    await eventually(lambda: is_completed(absurd_client, task_id))  # the 60 s lease never expired
+    await wait_until(lambda: is_completed(absurd_client, task_id))  # the 60 s lease never expired
     snapshot = await absurd_client.fetch_task_result(task_id)
     assert snapshot is not None and isinstance(snapshot.result, dict)
     assert snapshot.result["pid"] == b.pid
@@ -310,24 +268,24 @@ async def test_a_live_worker_behind_pgbouncer_keeps_its_task_while_peers_poll(
     pgbouncer_dsn: str,
     absurd_queue: str,
     tmp_path: Path,
-    workers: list[WorkerProcess],
+    workers: Workers,
 ) -> None:
     dsn = effects
     a = _start(workers, pgbouncer_dsn, absurd_queue, tmp_path, "a")
-    await eventually(lambda: _ready(a))
+    await wait_until(lambda: _ready(a))
     spawned = await absurd_client.spawn("steps", {"steps": 2, "step_seconds": 0.05, "gate": "s0"}, queue=absurd_queue)
     task_id = spawned["task_id"]
-    await eventually(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
+    await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
     b = _start(workers, pgbouncer_dsn, absurd_queue, tmp_path, "b")
-    await eventually(lambda: _ready(b))
-    _, claimed_by = await _run_row(dsn, absurd_queue, task_id)
+    await wait_until(lambda: _ready(b))
+    claimed_by = (await latest_run(dsn, absurd_queue, task_id))["claimed_by"]
     before = await _checks(b)
     # b checks every 0.1 s: twice STALE_AFTER worth of checks while a's run is in flight.
-    await eventually(lambda: _checks_since(b, before, int(2 * rows.STALE_AFTER / 0.1)))
-    assert await _run_row(dsn, absurd_queue, task_id) == ("running", claimed_by)
+    await wait_until(lambda: _checks_since(b, before, int(2 * rows.STALE_AFTER / 0.1)))
+    assert await latest_run(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
     assert "took over" not in b.output()
     await open_gate(dsn, absurd_queue, task_id, "s0")
-    await eventually(lambda: is_completed(absurd_client, task_id))
+    await wait_until(lambda: is_completed(absurd_client, task_id))
     events = await effect_events(dsn, absurd_queue, task_id)
     assert [count_events(events, f"s{i}", "start") for i in range(2)] == [1, 1]
     assert {pid for _, event, pid in events if event != "open"} == {a.pid}
