@@ -997,7 +997,7 @@ def _workers_dsn(dsn: str, pgbouncer: bool) -> Iterator[str]:
         yield dsn
         return
     sys.path.insert(0, str(ROOT))
-    from tests.system.pgbouncer_support import running_pgbouncer
+    from tests.helpers.pgbouncer import running_pgbouncer
 
     with running_pgbouncer(dsn) as pooled:
         yield pooled

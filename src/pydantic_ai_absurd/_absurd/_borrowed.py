@@ -7,7 +7,7 @@ of a real connection, so a run holds a connection from the worker's pool only wh
 runs: nothing is held across a model call or a tool body, and a pool of 10 serves hundreds of runs.
 
 What the SDK (absurd-sdk 0.5.1) does with its connection, and all this class offers (pinned by
-`tests/unit/test_borrowed_connection.py`): `conn.cursor(row_factory=...)`, `await cursor.execute(query,
+`tests/unit/worker/test_borrowed_connection.py`): `conn.cursor(row_factory=...)`, `await cursor.execute(query,
 params)`, `await cursor.fetchone()` / `fetchall()`; this package's own writes on the task's connection add
 `await conn.execute(query, params)` and `conn.info.dsn`. A statement borrows a connection, runs, reads all its
 rows and gives the connection back before `execute` returns: one round trip, as on a held connection.
