@@ -6,6 +6,7 @@
 - `sql`: what the tests read from Absurd's tables, through the package's own queries.
 - `workers`: in-process workers and what `worker_app`'s steps record.
 - `processes`: processes the system tests start (`Process`, `WorkerProcess`, the `workers` fixture's `Workers`).
-- `events`, `inbox`, `inspection`, `infra`, `web_app`: helpers of one layer each.
+- `children`, `events`, `inbox`, `inspection`, `infra`, `web_app`: helpers of one layer each.
+- `pgbouncer`: a real PgBouncer (transaction pooling) in front of a test database.
 - `apps`: the worker scripts and CLI targets the tests start or load.
 """
