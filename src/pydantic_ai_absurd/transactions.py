@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import psycopg
+from absurd_sdk import AsyncTaskContext
 from psycopg import AsyncConnection, IsolationLevel
 
 from . import _absurd
@@ -74,7 +75,7 @@ class _Block(AbstractAsyncContextManager[AsyncConnection[Any]]):
     async def __aenter__(self) -> AsyncConnection[Any]:
         body = current_step_body()
         if body is None:
-            self._held = await _Held.open(_plain_dsn(), self._isolation_level)
+            self._held = await _Held.open(_plain_source(), self._isolation_level)
             return self._held.conn
         step = body.checkpoint_name or "(a wait or sleep)"
         slot = body.transaction
@@ -91,8 +92,7 @@ class _Block(AbstractAsyncContextManager[AsyncConnection[Any]]):
             )
         slot.used = True
         self._slot = slot
-        dsn = conninfo_of(_absurd.task_connection(require_task_context()))
-        self._held = await _Held.open(dsn, self._isolation_level)
+        self._held = await _Held.open(_task_source(require_task_context()), self._isolation_level)
         return self._held.conn
 
     async def __aexit__(
@@ -118,10 +118,10 @@ class _Held:
         self._stack = stack
 
     @classmethod
-    async def open(cls, dsn: str, isolation_level: IsolationLevel | None) -> _Held:
+    async def open(cls, source: _Source, isolation_level: IsolationLevel | None) -> _Held:
         stack = AsyncExitStack()
         try:
-            conn = await stack.enter_async_context(borrow_connection(dsn))
+            conn = await stack.enter_async_context(source)
             await conn.set_autocommit(False)  # psycopg begins the transaction at the first statement
             await conn.set_isolation_level(isolation_level)
         except BaseException:
@@ -186,10 +186,25 @@ class _Pending:
         await self._held.rollback()
 
 
-def _plain_dsn() -> str:
+_Source = AbstractAsyncContextManager[AsyncConnection[Any]]
+
+
+def _task_source(task_ctx: AsyncTaskContext) -> _Source:
+    """A connection to the task's database: from the worker's pool when our worker runs the task."""
+    task_conn = _absurd.task_connection(task_ctx)
+    if isinstance(task_conn, _absurd.BorrowedConnection):
+        return task_conn.borrow()
+    return borrow_connection(conninfo_of(task_conn))
+
+
+def _plain_source() -> _Source:
     task_ctx = current_task_context()  # in a task, outside any step (a tool opted out of checkpoints, say)
     if task_ctx is not None:
-        return conninfo_of(_absurd.task_connection(task_ctx))
+        return _task_source(task_ctx)
+    return borrow_connection(_plain_dsn())
+
+
+def _plain_dsn() -> str:
     dsn = os.environ.get("ABSURD_DATABASE_URL")
     if dsn:
         return dsn

@@ -40,6 +40,9 @@ Borrow = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
 @dataclass(frozen=True)
 class _Info:
     dsn: str
+    """The worker's connection string, password included (psycopg's `info.dsn` leaves it out)."""
+    password: str | None = None
+    """Always `None`: `dsn` already holds it, so code that adds `info.password` to `info.dsn` needs no branch."""
 
 
 class BorrowedCursor:

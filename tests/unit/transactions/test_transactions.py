@@ -19,8 +19,10 @@ from pydantic_ai_absurd._checkpoint import Checkpoint
 from pydantic_ai_absurd._pydantic_ai import is_journaled_failure
 from pydantic_ai_absurd._steps import commit_hook
 from tests.helpers.agents import SimulatedCrash, run_until_done
+from tests.helpers.polling import wait_terminal
 from tests.helpers.sql import checkpoint_names, checkpoints
 from tests.helpers.transactions import Refunds, count_rows, refund_agent, refund_calls, refunds_table
+from tests.helpers.workers import running_worker
 
 STEP = "billing__function_toolset__<agent>.call_tool:refund@call-{}"
 
@@ -348,3 +350,23 @@ async def test_a_tool_without_a_checkpoint_gets_an_ordinary_transaction_on_the_t
     task_id = (await absurd_client.spawn("refund", {}))["task_id"]
     assert (await run_until_done(absurd_client, task_id)).state == "completed"
     assert await count_rows(absurd_dsn, table) == 1
+
+
+async def test_under_our_worker_the_block_borrows_from_the_worker_pool(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, table: str
+) -> None:
+    names: list[str] = []
+
+    async def application_name(order_id: str, conn: psycopg.AsyncConnection[object]) -> None:
+        cursor = await conn.execute("select current_setting('application_name')")
+        row = await cursor.fetchone()
+        assert row is not None
+        names.append(str(row[0]))
+
+    register(absurd_client, refund_agent(refund_calls("a", "b"), table, Refunds(), inside=application_name))
+    task_id = (await absurd_client.spawn("refund", {}))["task_id"]
+    async with running_worker(absurd_client, worker_id="txn-pool") as worker:
+        snapshot = await wait_terminal(absurd_client, task_id)
+    assert snapshot.state == "completed", snapshot.failure
+    assert names == [worker.application_name] * 2  # the worker's pooled connections, not a pool of their own
+    assert await count_rows(absurd_dsn, table) == 2

@@ -12,6 +12,7 @@ from psycopg.rows import dict_row
 
 from pydantic_ai_absurd._absurd import BorrowedConnection, missing_private_names
 from pydantic_ai_absurd._absurd._borrowed import _CONNECTION_USE, unsupported_connection_uses  # pyright: ignore[reportPrivateUsage]
+from pydantic_ai_absurd._db import conninfo_of
 
 
 def test_the_installed_sdk_uses_only_what_a_borrowed_connection_offers() -> None:
@@ -61,3 +62,14 @@ async def test_a_connection_that_breaks_marks_the_run_lost(absurd_dsn: str) -> N
     fine = BorrowedConnection(borrow, absurd_dsn)
     cur = await fine.execute("select 1")
     assert await cur.fetchone() == (1,) and not fine.broken
+
+
+def test_its_connection_string_is_read_like_a_real_connection() -> None:
+
+    from pydantic_ai_absurd._absurd import BorrowedConnection
+
+    def never() -> contextlib.AbstractAsyncContextManager[Any]:
+        raise AssertionError("reading the connection string borrows no connection")
+
+    dsn = "postgresql://app:secret@db.example/app"
+    assert conninfo_of(BorrowedConnection(never, dsn)) == dsn  # type: ignore[arg-type]
