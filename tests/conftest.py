@@ -19,3 +19,9 @@ def empty_db(absurd_dsn: str) -> Iterator[str]:
     """A new database without Absurd's schema, on the test server (dropped afterwards)."""
     with fresh_database(absurd_dsn) as dsn:
         yield dsn
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI output is read whole: a `$COLUMNS` from the shell (or pytest-xdist's workers) would cut table cells."""
+    monkeypatch.delenv("COLUMNS", raising=False)

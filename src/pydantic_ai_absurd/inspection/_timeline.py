@@ -16,7 +16,7 @@ from .. import _absurd
 from .._db import connect_async, queue_not_found
 from .._worker_records import read_lost_executions, registered_names
 from ..client import TaskNotFoundError
-from ..errors import SchemaNotInstalledError
+from ..errors import QueueNotFoundError, SchemaNotInstalledError
 from ._assemble import FORKED_FROM_HEADER, build_timeline
 from ._family import read_family
 from ._records import TaskSummary, TaskTimeline, TokenUsage
@@ -90,11 +90,16 @@ async def inspect_task(absurd: Source, task_id: str | UUID, *, queue: str | None
         target = queue or _default_queue(absurd)
         queues = [target] if target is not None else await _queue_names(conn)
         for name in queues:
-            with _mapped_errors(name):
-                timeline = await _timeline_on(conn, name, task_id)
-                if timeline is None:
-                    continue
-                family = await read_family(conn, name, task_id, _spent_by)
+            try:
+                with _mapped_errors(name):
+                    timeline = await _timeline_on(conn, name, task_id)
+                    if timeline is None:
+                        continue
+                    family = await read_family(conn, name, task_id, _spent_by)
+            except QueueNotFoundError:
+                if target is not None:
+                    raise
+                continue  # dropped while every queue was searched
             return replace(timeline, parent=family.parent, children=family.children)
     where = f"queue {target!r}" if target is not None else "any queue"
     raise TaskNotFoundError(
@@ -147,11 +152,16 @@ async def list_tasks(
         now = await _absurd.database_now(conn)
         summaries: list[TaskSummary] = []
         for queue_name in queues:
-            with _mapped_errors(queue_name):
-                rows = await _absurd.list_tasks(
-                    conn, queue_name, state=state, task_name=name, since_seconds=since, limit=limit
-                )
-                known = await registered_names(conn, queue_name)
+            try:
+                with _mapped_errors(queue_name):
+                    rows = await _absurd.list_tasks(
+                        conn, queue_name, state=state, task_name=name, since_seconds=since, limit=limit
+                    )
+                    known = await registered_names(conn, queue_name)
+            except QueueNotFoundError:
+                if target is not None:
+                    raise
+                continue  # dropped while every queue was listed
             summaries.extend(
                 TaskSummary(
                     task_id=str(row["task_id"]),

@@ -14,7 +14,9 @@ from psycopg import sql
 from pydantic_ai_absurd import TaskTimeline, inspect_task
 from pydantic_ai_absurd.cli import main
 from pydantic_ai_absurd.client import TaskNotFoundError
+from pydantic_ai_absurd.errors import QueueNotFoundError
 from pydantic_ai_absurd.inspection import JSON_FORMAT_VERSION, list_tasks
+from pydantic_ai_absurd.inspection import _timeline as timeline_module  # pyright: ignore[reportPrivateUsage]
 from tests.helpers.agents import run_until_done
 from tests.helpers.inspection import billing_agent, register_billing
 
@@ -212,3 +214,23 @@ async def test_tasks_listing(
 async def test_missing_queue_is_one_line(absurd_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert await cli("tasks", "-d", absurd_dsn, "-q", "no_such_queue_here") == 2
     assert "Queue 'no_such_queue_here' does not exist" in capsys.readouterr().err
+
+
+async def test_a_queue_dropped_while_every_queue_is_searched_is_skipped(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @absurd_client.register_task(name="hello")
+    async def hello(params: Any, ctx: Any) -> str:
+        return "hi"
+
+    task_id = str((await absurd_client.spawn("hello", None))["task_id"])
+    listed = timeline_module._queue_names  # pyright: ignore[reportPrivateUsage]
+
+    async def with_a_vanished_queue(conn: Any) -> list[str]:
+        return ["test_dropped_meanwhile", *await listed(conn)]  # listed, then dropped before it was read
+
+    monkeypatch.setattr(timeline_module, "_queue_names", with_a_vanished_queue)
+    assert (await inspect_task(absurd_dsn, task_id)).task_id == task_id
+    assert task_id in [row.task_id for row in await list_tasks(absurd_dsn, limit=10_000)]
+    with pytest.raises(QueueNotFoundError):  # a queue asked for by name still fails loudly
+        await list_tasks(absurd_dsn, queue="test_dropped_meanwhile")
