@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import os
 import platform
-import secrets
 import signal
 import statistics
 import subprocess
@@ -49,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_conversations import bench_conversations, render_conversations, with_conversations_section
 from bench_events import bench_events, render_events, with_events_section
 from bench_scale import scale_section, with_scale_section
-from bench_support import admin, drain, scratch_dsn, summary
+from bench_support import drain, scratch_database, summary
 from bench_transactions import bench_transactions, render_transactions, with_transactions_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -903,23 +902,13 @@ and drops it at the end. Add `--no-docs` to print the table without rewriting th
 
 
 async def inbox_only(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    dbname = f"bench_{secrets.token_hex(4)}"
-    dsn = scratch_dsn(args.dsn, dbname)
-    await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    try:
+    async with scratch_database(args.dsn) as dsn:
         print(render_inbox(await bench_inbox(dsn, cfg)))
-    finally:
-        await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
 
 
 async def inspect_only(args: argparse.Namespace, cfg: dict[str, Any]) -> None:
-    dbname = f"bench_{secrets.token_hex(4)}"
-    dsn = scratch_dsn(args.dsn, dbname)
-    await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    try:
+    async with scratch_database(args.dsn) as dsn:
         print(render_inspect(await bench_inspect(dsn, cfg)))
-    finally:
-        await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -947,15 +936,13 @@ async def main_async(args: argparse.Namespace) -> None:
     if args.inspect_only:
         await inspect_only(args, cfg)
         return
-    dbname = f"bench_{secrets.token_hex(4)}"
-    dsn = scratch_dsn(args.dsn, dbname)
     started = time.perf_counter()
     counter = StatementCounter()
     counter.install()
-    await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    try:
+    async with scratch_database(args.dsn) as dsn:
         await setup(dsn, queues=[QUEUE])
         info = machine_info(dsn)
+        dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
         print(f"benchmarking on database {dbname} ({'quick' if quick else 'full'} run)", flush=True)
         results = await bench_in_process(dsn, cfg, counter)
         results["digest"] = bench_digest(cfg["turns"], 200 if quick else 1000)
@@ -974,8 +961,6 @@ async def main_async(args: argparse.Namespace) -> None:
         print("conversations done", flush=True)
         results["transactions"] = await bench_transactions(dsn, quick)
         print("transactions done", flush=True)
-    finally:
-        await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     wall = time.perf_counter() - started
     page = with_events_section(render(results, info, cfg, wall), render_events(results["events"]))
     page = with_conversations_section(page, render_conversations(results["conversations"]))
@@ -1005,15 +990,10 @@ def _workers_dsn(dsn: str, pgbouncer: bool) -> Iterator[str]:
 
 async def main_takeover(args: argparse.Namespace) -> None:
     """Run only item 7 (SIGKILL -> resumed / completed elsewhere) in a scratch database and print it."""
-    dbname = f"bench_{secrets.token_hex(4)}"
-    dsn = scratch_dsn(args.dsn, dbname)
-    await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    try:
+    async with scratch_database(args.dsn) as dsn:
         await setup(dsn, queues=[QUEUE])
         with tempfile.TemporaryDirectory(prefix="bench-") as tmp, _workers_dsn(dsn, args.pgbouncer) as worker_dsn:
             crash = await bench_crash_recovery(dsn, {"crash_trials": 5}, Path(tmp), worker_dsn=worker_dsn)
-    finally:
-        await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     print(json.dumps(crash, indent=2))
 
 

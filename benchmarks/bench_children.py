@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from absurd_sdk import AsyncAbsurd
-from bench_support import admin, scratch_dsn, summary
-from psycopg import sql
+from bench_support import replace_section, scratch_database, summary
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -133,26 +131,14 @@ def render(rows: list[tuple[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def with_section(page: str, section: str) -> str:
-    if START in page and END in page:
-        head, rest = page.split(START, 1)
-        return head + section + rest.split(END, 1)[1]
-    return page.rstrip("\n") + "\n\n" + section + "\n"
-
-
 async def main_async(args: argparse.Namespace) -> None:
-    dbname = f"bench_children_{secrets.token_hex(4)}"
-    dsn = scratch_dsn(args.dsn, dbname)
-    await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    try:
+    async with scratch_database(args.dsn, "bench_children") as dsn:
         rows = await bench_children(dsn, args.quick)
-    finally:
-        await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     section = render(rows)
     print(section)
     if not args.no_docs:
         path = ROOT / "docs" / "benchmarks.md"
-        path.write_text(with_section(path.read_text(), section))
+        path.write_text(replace_section(path.read_text(), section, START, END))
         print("wrote docs/benchmarks.md", file=sys.stderr)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from bench_support import replace_section, scratch_database
 from pydantic_ai.conversation import Conversation
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
 
@@ -270,29 +270,12 @@ machine); `python benchmarks/bench_conversations.py` regenerates this section al
 
 def with_conversations_section(page: str, section: str) -> str:
     """`page` with its conversations section replaced by `section` (inserted before the explanations otherwise)."""
-    if START in page and END in page:
-        head, rest = page.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        return head + section + "\n" + tail
-    marker = "## What the numbers mean"
-    if marker in page:
-        head, tail = page.split(marker, 1)
-        return head + section + "\n" + marker + tail
-    return page.rstrip("\n") + "\n\n" + section
+    return replace_section(page, section, START, END, before="## What the numbers mean")
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    dbname = f"bench_conv_{secrets.token_hex(4)}"
-    info = psycopg.conninfo.conninfo_to_dict(args.dsn)
-    info["dbname"] = dbname
-    dsn = psycopg.conninfo.make_conninfo(**info)  # pyright: ignore[reportArgumentType]
-    async with await psycopg.AsyncConnection.connect(args.dsn, autocommit=True) as conn:
-        await conn.execute(sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    try:
+    async with scratch_database(args.dsn, "bench_conv") as dsn:
         results = await bench_conversations(dsn, args.quick)
-    finally:
-        async with await psycopg.AsyncConnection.connect(args.dsn, autocommit=True) as conn:
-            await conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     section = render_conversations(results)
     print(section)
     if not args.no_docs:

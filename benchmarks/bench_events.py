@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -26,8 +25,7 @@ from typing import Any
 
 import psycopg
 from absurd_sdk import AsyncAbsurd
-from bench_support import admin, drain, quantile, scratch_dsn
-from psycopg import sql
+from bench_support import drain, quantile, replace_section, scratch_database
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, PartStartEvent, TextPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCalls, FunctionModel
@@ -249,21 +247,12 @@ def render_events(r: dict[str, Any]) -> str:
 
 def with_events_section(page: str, section: str) -> str:
     """`page` with its events section replaced by `section` (appended when it has none)."""
-    if START in page and END in page:
-        head, rest = page.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        return head + section + tail
-    return page.rstrip("\n") + "\n\n" + section
+    return replace_section(page, section, START, END)
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    dbname = f"bench_events_{secrets.token_hex(4)}"
-    dsn = scratch_dsn(args.dsn, dbname)
-    await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    try:
+    async with scratch_database(args.dsn, "bench_events") as dsn:
         results = await bench_events(dsn, args.quick)
-    finally:
-        await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     section = render_events(results)
     print(section)
     if not args.no_docs:

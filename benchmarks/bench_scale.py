@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from pydantic_ai.usage import UsageLimits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -327,28 +325,16 @@ def run_child(scenario: str, cfg: dict[str, Any], src: str | None, python: str |
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-async def fresh_database(admin_dsn: str) -> tuple[str, str]:
-    from bench_support import admin, scratch_dsn
-
-    from pydantic_ai_absurd import setup
-
-    dbname = f"bench_{secrets.token_hex(4)}"
-    await admin(admin_dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    dsn = scratch_dsn(admin_dsn, dbname)
-    await setup(dsn, queues=[QUEUE])
-    return dbname, dsn
-
-
 async def in_fresh_database(
     admin_dsn: str, scenario: str, cfg: dict[str, Any], src: str | None, python: str | None = None
 ) -> dict[str, Any]:
-    from bench_support import admin
+    from bench_support import scratch_database
 
-    dbname, dsn = await fresh_database(admin_dsn)
-    try:
+    from pydantic_ai_absurd import setup
+
+    async with scratch_database(admin_dsn) as dsn:
+        await setup(dsn, queues=[QUEUE])
         return await asyncio.to_thread(run_child, scenario, {**cfg, "dsn": dsn}, src, python)
-    finally:
-        await admin(admin_dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:
@@ -428,12 +414,9 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 def with_scale_section(page: str, section: str | None) -> str:
     """`page` with its scale section replaced by `section` (appended when it has none; kept when None)."""
-    if section is None:
-        return page
-    if START in page and END in page:
-        head, rest = page.split(START, 1)
-        return head + section + rest.split(END, 1)[1]
-    return page.rstrip("\n") + "\n\n" + section + "\n"
+    from bench_support import replace_section
+
+    return page if section is None else replace_section(page, section, START, END)
 
 
 def scale_section(page: str) -> str | None:

@@ -1,8 +1,11 @@
-"""Helpers every benchmark script shares: statistics and a scratch database."""
+"""Helpers every benchmark script shares: statistics, a scratch database and its section of the docs page."""
 
 from __future__ import annotations
 
+import secrets
 import statistics
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import psycopg
 from absurd_sdk import AsyncAbsurd
@@ -37,6 +40,34 @@ def scratch_dsn(admin_dsn: str, dbname: str) -> str:
 async def admin(admin_dsn: str, statement: sql.Composable) -> None:
     async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as conn:
         await conn.execute(statement)
+
+
+@asynccontextmanager
+async def scratch_database(admin_dsn: str, prefix: str = "bench") -> AsyncIterator[str]:
+    """The DSN of a new database `<prefix>_<random>` on `admin_dsn`'s server, dropped (forcibly) on exit."""
+    dbname = f"{prefix}_{secrets.token_hex(4)}"
+    await admin(admin_dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
+    try:
+        yield scratch_dsn(admin_dsn, dbname)
+    finally:
+        await admin(admin_dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
+
+
+def replace_section(page: str, section: str, start: str, end: str, *, before: str | None = None) -> str:
+    """`page` with its part from `start` to `end` replaced by `section` (which holds both markers).
+
+    A page without that part gets `section` before the line `before` when given and present, else at its end.
+    One blank line separates the section from what follows it; the page ends with one newline.
+    """
+    if start in page and end in page:
+        head, rest = page.split(start, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
+    elif before is not None and before in page:
+        head, tail = page.split(before, 1)
+        tail = before + tail
+    else:
+        head, tail = page.rstrip("\n") + "\n\n", ""
+    return head + section.strip("\n") + "\n" + ("\n" + tail if tail else "")
 
 
 async def drain(absurd: AsyncAbsurd, task_id: str) -> None:

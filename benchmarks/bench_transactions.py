@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import sys
 import tempfile
 import time
@@ -27,7 +26,6 @@ from typing import IO, Any
 
 import psycopg
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext, get_current_context
-from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
@@ -38,7 +36,7 @@ from pydantic_ai_absurd._absurd import task_connection
 from pydantic_ai_absurd._steps import commit_hook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_support import admin, drain, scratch_dsn, summary
+from bench_support import drain, replace_section, scratch_database, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -228,25 +226,12 @@ average {r["load"]} at the end (a shared machine: compare the two rows, not runs
 
 def with_transactions_section(page: str, section: str) -> str:
     """`page` with its transactions section replaced by `section` (inserted before the explanations otherwise)."""
-    if START in page and END in page:
-        head, rest = page.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        return head + section + "\n" + tail
-    marker = "## What the numbers mean"
-    if marker in page:
-        head, tail = page.split(marker, 1)
-        return head + section + "\n" + marker + tail
-    return page.rstrip("\n") + "\n\n" + section
+    return replace_section(page, section, START, END, before="## What the numbers mean")
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    dbname = f"bench_txn_{secrets.token_hex(4)}"
-    dsn = scratch_dsn(args.dsn, dbname)
-    await admin(args.dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
-    try:
+    async with scratch_database(args.dsn, "bench_txn") as dsn:
         results = await bench_transactions(dsn, args.quick)
-    finally:
-        await admin(args.dsn, sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(dbname)))
     section = render_transactions(results)
     print(section)
     if not args.no_docs:
