@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers.paths import EXAMPLES
-
-EXAMPLE = EXAMPLES / "chat.py"
+from tests.helpers.examples import run_example
 
 
 @pytest.mark.crash
 def test_chat_example_runs(absurd_dsn: str) -> None:
-    env = {**os.environ, "ABSURD_DATABASE_URL": absurd_dsn}
-    env.pop("PYDANTIC_AI_MODEL", None)
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLE)], env=env, capture_output=True, text=True, timeout=180, check=False
-    )
-    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    out = result.stdout
+    out = run_example("chat", dsn=absurd_dsn, timeout=180).stdout
     assert "SIGKILL in the middle of turn 2" in out
     assert "worker exited with -9" in out
     assert "order lookups: 1 " in out

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
-from tests.helpers.paths import ROOT
+from tests.helpers.examples import run_example
 
 pytestmark = pytest.mark.crash
 
 
 def test_the_refunds_example(absurd_dsn: str) -> None:
-    env = {**os.environ, "ABSURD_DATABASE_URL": absurd_dsn}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "refunds.py")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    output = result.stdout
-    assert result.returncode == 0, output[-2000:] + result.stderr[-2000:]
+    output = run_example("refunds", dsn=absurd_dsn).stdout
     assert "killed at refund-o-2" in output and "killed at model" in output
     assert output.count("exited with -9; starting another") == 2
     assert "refunded 12 on o-3; refunded 30 on o-1; refunded 45 on o-2" in output

@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers.paths import EXAMPLES, ROOT
+from tests.helpers.examples import run_example
 
 pytestmark = pytest.mark.crash
 
 
 def test_the_research_team_example(absurd_dsn: str) -> None:
-    env = {**os.environ, "ABSURD_DATABASE_URL": absurd_dsn}
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "research_team.py")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    out = result.stdout
-    assert result.returncode == 0, out[-2000:] + result.stderr[-2000:]
+    out = run_example("research_team", dsn=absurd_dsn).stdout
     assert "three researchers are reading on two workers" in out
     killed = re.search(r"which was running the researchers of \[(.*)\]", out)
     assert killed is not None
