@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import statistics
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -43,7 +43,7 @@ async def admin(admin_dsn: str, statement: sql.Composable) -> None:
 
 
 @asynccontextmanager
-async def scratch_database(admin_dsn: str, prefix: str = "bench") -> AsyncIterator[str]:
+async def scratch_database(admin_dsn: str, prefix: str = "bench") -> AsyncGenerator[str]:
     """The DSN of a new database `<prefix>_<random>` on `admin_dsn`'s server, dropped (forcibly) on exit."""
     dbname = f"{prefix}_{secrets.token_hex(4)}"
     await admin(admin_dsn, sql.SQL("create database {}").format(sql.Identifier(dbname)))
