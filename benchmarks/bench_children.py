@@ -14,16 +14,12 @@ parent resumes) and with `concurrency=K`; against the same K sub-agents called i
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from absurd_sdk import AsyncAbsurd
-from bench_support import replace_section, scratch_database, summary
+from bench_support import section_main, summary
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -31,8 +27,6 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai_absurd import AbsurdAgent, setup
 from pydantic_ai_absurd.worker import Worker, WorkerConfig
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 QUEUE = "bench_children"
 START, END = "<!-- children-benchmark:start -->", "<!-- children-benchmark:end -->"
 
@@ -131,23 +125,8 @@ def render(rows: list[tuple[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    async with scratch_database(args.dsn, "bench_children") as dsn:
-        rows = await bench_children(dsn, args.quick)
-    section = render(rows)
-    print(section)
-    if not args.no_docs:
-        path = ROOT / "docs" / "benchmarks.md"
-        path.write_text(replace_section(path.read_text(), section, START, END))
-        print("wrote docs/benchmarks.md", file=sys.stderr)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", default=os.environ.get("BENCH_DSN", DEFAULT_DSN), help="server to benchmark on")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
-    asyncio.run(main_async(parser.parse_args()))
+    section_main(__doc__, "bench_children", bench_children, render, START, END)
 
 
 if __name__ == "__main__":

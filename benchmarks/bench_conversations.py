@@ -10,28 +10,24 @@ section of docs/benchmarks.md (between the `conversations-benchmark` markers). `
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import secrets
 import statistics
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
-from bench_support import replace_section, scratch_database
+from bench_support import replace_section, section_main
 from pydantic_ai.conversation import Conversation
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, UserPromptPart
 
 from pydantic_ai_absurd import PostgresConversationStore, setup
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 START = "<!-- conversations-benchmark:start -->"
 END = "<!-- conversations-benchmark:end -->"
+BEFORE = "## What the numbers mean"
 MESSAGES = 10_000
 WINDOW = 50
 
@@ -270,26 +266,11 @@ machine); `python benchmarks/bench_conversations.py` regenerates this section al
 
 def with_conversations_section(page: str, section: str) -> str:
     """`page` with its conversations section replaced by `section` (inserted before the explanations otherwise)."""
-    return replace_section(page, section, START, END, before="## What the numbers mean")
-
-
-async def main_async(args: argparse.Namespace) -> None:
-    async with scratch_database(args.dsn, "bench_conv") as dsn:
-        results = await bench_conversations(dsn, args.quick)
-    section = render_conversations(results)
-    print(section)
-    if not args.no_docs:
-        path = ROOT / "docs" / "benchmarks.md"
-        path.write_text(with_conversations_section(path.read_text(), section))
-        print("wrote docs/benchmarks.md")
+    return replace_section(page, section, START, END, before=BEFORE)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", default=os.environ.get("BENCH_DSN", DEFAULT_DSN), help="server to benchmark on")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
-    asyncio.run(main_async(parser.parse_args()))
+    section_main(__doc__, "bench_conv", bench_conversations, render_conversations, START, END, before=BEFORE)
 
 
 if __name__ == "__main__":

@@ -11,21 +11,18 @@ Internal: `bench_events.py --readers DSN QUEUE TASK_ID N` runs N readers of one 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from absurd_sdk import AsyncAbsurd
-from bench_support import drain, quantile, replace_section, scratch_database
+from bench_support import drain, quantile, replace_section, section_main
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelMessage, PartStartEvent, TextPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCalls, FunctionModel
@@ -34,9 +31,7 @@ from pydantic_ai_absurd import AbsurdAgent, setup, stream_events
 from pydantic_ai_absurd._steps import run_step
 from pydantic_ai_absurd.events._writer import StepPublisher, announce_execution
 
-ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "bench_events"
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 START, END = "<!-- events-benchmark:start -->", "<!-- events-benchmark:end -->"
 
 
@@ -250,26 +245,11 @@ def with_events_section(page: str, section: str) -> str:
     return replace_section(page, section, START, END)
 
 
-async def main_async(args: argparse.Namespace) -> None:
-    async with scratch_database(args.dsn, "bench_events") as dsn:
-        results = await bench_events(dsn, args.quick)
-    section = render_events(results)
-    print(section)
-    if not args.no_docs:
-        path = ROOT / "docs" / "benchmarks.md"
-        path.write_text(with_events_section(path.read_text(), section))
-        print("wrote docs/benchmarks.md")
-
-
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--readers":
         asyncio.run(run_readers(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))
         return
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", default=os.environ.get("BENCH_DSN", DEFAULT_DSN), help="server to benchmark on")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
-    asyncio.run(main_async(parser.parse_args()))
+    section_main(__doc__, "bench_events", bench_events, render_events, START, END)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import os
 import secrets
 import statistics
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 from absurd_sdk import AsyncAbsurd
 from psycopg import sql
+
+DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+DOCS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+R = TypeVar("R")
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -68,6 +77,39 @@ def replace_section(page: str, section: str, start: str, end: str, *, before: st
     else:
         head, tail = page.rstrip("\n") + "\n\n", ""
     return head + section.strip("\n") + "\n" + ("\n" + tail if tail else "")
+
+
+def section_main(
+    doc: str | None,
+    prefix: str,
+    measure: Callable[[str, bool], Awaitable[R]],
+    render: Callable[[R], str],
+    start: str,
+    end: str,
+    *,
+    before: str | None = None,
+) -> None:
+    """The command line of a script that measures one section of docs/benchmarks.md.
+
+    `--dsn` (the server), `--quick` (fewer repetitions), `--no-docs`: `measure(dsn, quick)` runs in a scratch
+    database named after `prefix`, `render` turns its results into the section, printed and written into the page
+    (`replace_section` with `start`, `end` and `before`) unless `--no-docs`.
+    """
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dsn", default=os.environ.get("BENCH_DSN", DEFAULT_DSN), help="server to benchmark on")
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
+    args = parser.parse_args()
+
+    async def run() -> R:
+        async with scratch_database(args.dsn, prefix) as dsn:
+            return await measure(dsn, args.quick)
+
+    section = render(asyncio.run(run()))
+    print(section)
+    if not args.no_docs:
+        DOCS_PAGE.write_text(replace_section(DOCS_PAGE.read_text(), section, start, end, before=before))
+        print("wrote docs/benchmarks.md")
 
 
 async def drain(absurd: AsyncAbsurd, task_id: str) -> None:

@@ -13,8 +13,6 @@ database writes" section of docs/benchmarks.md (between the `transactions-benchm
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import os
 import sys
 import tempfile
@@ -36,13 +34,12 @@ from pydantic_ai_absurd._absurd import task_connection
 from pydantic_ai_absurd._steps import commit_hook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_support import drain, replace_section, scratch_database, summary
+from bench_support import drain, replace_section, section_main, summary
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 QUEUE = "bench_txn"
 START = "<!-- transactions-benchmark:start -->"
 END = "<!-- transactions-benchmark:end -->"
+BEFORE = "## What the numbers mean"
 
 
 def one_refund(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
@@ -226,26 +223,11 @@ average {r["load"]} at the end (a shared machine: compare the two rows, not runs
 
 def with_transactions_section(page: str, section: str) -> str:
     """`page` with its transactions section replaced by `section` (inserted before the explanations otherwise)."""
-    return replace_section(page, section, START, END, before="## What the numbers mean")
-
-
-async def main_async(args: argparse.Namespace) -> None:
-    async with scratch_database(args.dsn, "bench_txn") as dsn:
-        results = await bench_transactions(dsn, args.quick)
-    section = render_transactions(results)
-    print(section)
-    if not args.no_docs:
-        path = ROOT / "docs" / "benchmarks.md"
-        path.write_text(with_transactions_section(path.read_text(), section))
-        print("wrote docs/benchmarks.md")
+    return replace_section(page, section, START, END, before=BEFORE)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dsn", default=os.environ.get("BENCH_DSN", DEFAULT_DSN), help="server to benchmark on")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md")
-    asyncio.run(main_async(parser.parse_args()))
+    section_main(__doc__, "bench_txn", bench_transactions, render_transactions, START, END, before=BEFORE)
 
 
 if __name__ == "__main__":
