@@ -45,10 +45,13 @@ from pydantic_ai.usage import UsageLimits
 from pydantic_ai_absurd import AbsurdAgent, run_worker, setup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_children import END as CHILDREN_END
+from bench_children import START as CHILDREN_START
 from bench_conversations import bench_conversations, render_conversations, with_conversations_section
 from bench_events import bench_events, render_events, with_events_section
-from bench_scale import scale_section, with_scale_section
-from bench_support import drain, scratch_database, summary
+from bench_scale import END as SCALE_END
+from bench_scale import START as SCALE_START
+from bench_support import drain, marked_section, replace_section, scratch_database, summary
 from bench_transactions import bench_transactions, render_transactions, with_transactions_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -966,7 +969,14 @@ async def main_async(args: argparse.Namespace) -> None:
     page = with_conversations_section(page, render_conversations(results["conversations"]))
     page = with_transactions_section(page, render_transactions(results["transactions"]))
     docs = ROOT / "docs" / "benchmarks.md"
-    page = with_scale_section(page, scale_section(docs.read_text()) if docs.exists() else None)  # bench_scale.py's
+    previous = docs.read_text() if docs.exists() else ""
+    for start, end in (
+        (SCALE_START, SCALE_END),
+        (CHILDREN_START, CHILDREN_END),
+    ):  # measured by their own scripts: kept as they are
+        kept = marked_section(previous, start, end)
+        if kept is not None:
+            page = replace_section(page, kept, start, end)
     table_start = page.index("## Results")
     print(page[table_start : page.index("## What the numbers mean")])
     print(f"wall time: {wall:.1f} s")

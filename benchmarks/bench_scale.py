@@ -412,20 +412,6 @@ END = "<!-- scale:end -->"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
-def with_scale_section(page: str, section: str | None) -> str:
-    """`page` with its scale section replaced by `section` (appended when it has none; kept when None)."""
-    from bench_support import replace_section
-
-    return page if section is None else replace_section(page, section, START, END)
-
-
-def scale_section(page: str) -> str | None:
-    """The scale section of `page` (markers included), if it has one: a full `bench.py` run keeps it."""
-    if START in page and END in page:
-        return START + page.split(START, 1)[1].split(END, 1)[0] + END
-    return None
-
-
 def section_text(results: dict[str, Any], note: str) -> str:
     """The scale section of docs/benchmarks.md."""
     return f"{START}\n## Scale\n\n{note}\n\n{render(results)}\n{END}"

@@ -79,6 +79,13 @@ def replace_section(page: str, section: str, start: str, end: str, *, before: st
     return head + section.strip("\n") + "\n" + ("\n" + tail if tail else "")
 
 
+def marked_section(page: str, start: str, end: str) -> str | None:
+    """The part of `page` from `start` to `end` (markers included), if it has one."""
+    if start in page and end in page:
+        return start + page.split(start, 1)[1].split(end, 1)[0] + end
+    return None
+
+
 def section_main(
     doc: str | None,
     prefix: str,
