@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import psycopg
@@ -11,7 +11,7 @@ import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, ModelRetry, RunContext
 from pydantic_ai.exceptions import UserError
-from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart
+from pydantic_ai.messages import AgentStreamEvent, ModelMessage, ModelResponse, TextPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, DurableTransactionError, durable_transaction
@@ -188,6 +188,26 @@ async def test_a_block_in_a_model_step_is_refused(absurd_client: AsyncAbsurd) ->
     assert snapshot.state == "failed"
     message = str(snapshot.failure)
     assert "which is not a tool call" in message and "billing__model.request" in message
+
+
+async def test_a_block_in_the_event_stream_handler_is_refused(absurd_client: AsyncAbsurd) -> None:
+    async def handler(ctx: RunContext[None], events: AsyncIterable[AgentStreamEvent]) -> None:
+        async for _ in events:
+            async with durable_transaction():
+                pass
+
+    async def stream(messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str]:
+        yield "hello"
+
+    agent = AbsurdAgent(Agent(FunctionModel(stream_function=stream), name="billing"), event_stream_handler=handler)
+    register(absurd_client, agent)
+    task_id = (await absurd_client.spawn("refund", {}))["task_id"]
+    snapshot = await run_until_done(absurd_client, task_id)
+    assert snapshot.state == "failed"
+    message = str(snapshot.failure)
+    # The model's stream events reach the durable handler inside the model request's step, which is named.
+    assert "DurableTransactionError" in message and "which is not a tool call" in message
+    assert "billing__model.request" in message
 
 
 async def test_outside_a_durable_run_the_block_is_an_ordinary_transaction(
