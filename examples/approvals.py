@@ -88,7 +88,7 @@ async def approver(dsn: str, queue: str) -> None:
     absurd = AsyncAbsurd(dsn, queue_name=queue)
     inbox = Inbox(absurd)
     try:
-        for request in await inbox.pending():
+        for request in await inbox.pending(queue_name=queue):  # this queue only: other apps may share the database
             for call in request.approvals:
                 print(f"[approver] {request.agent_name} wants {call.tool_name}({call.args_as_dict()})")
             safe = [c.tool_call_id for c in request.approvals if "/cache/" in str(c.args_as_dict()["path"])]
@@ -113,7 +113,9 @@ async def main(dsn: str) -> None:
         task_id = str(spawned["task_id"])
         await run_queued(absurd)  # runs until the task waits for the answer
         snapshot = await absurd.fetch_task_result(task_id)
-        print(f"[worker] task is {snapshot.state if snapshot else '?'}; pending: {len(await inbox.pending())}")
+        print(
+            f"[worker] task is {snapshot.state if snapshot else '?'}; pending: {len(await inbox.pending(queue_name=queue))}"
+        )
 
         second = await asyncio.create_subprocess_exec(sys.executable, __file__, "--approver", dsn, queue)
         if await second.wait() != 0:

@@ -68,7 +68,7 @@ async def test_workers_killed_after_asking_and_after_the_answer(
     assert state_lines(tmp_path, "deleted") == ["/srv/old"]
     assert state_lines(tmp_path, "model") == ["0", "1"]  # each model request sent once, across three workers
     assert state_lines(tmp_path, "notified") == [request.token]
-    assert await inbox.pending() == []
+    assert await inbox.pending(queue_name=absurd_queue) == []
 
 
 async def _sleeping(absurd: AsyncAbsurd, task_id: str) -> bool:

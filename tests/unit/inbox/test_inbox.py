@@ -208,7 +208,7 @@ async def test_a_timed_out_wait_is_not_pending(absurd_client: AsyncAbsurd, absur
     assert counters.runs == {}
 
 
-async def test_scopes_keep_tenants_apart(absurd_client: AsyncAbsurd) -> None:
+async def test_scopes_keep_tenants_apart(absurd_client: AsyncAbsurd, absurd_queue: str) -> None:
     inbox = Inbox(absurd_client, scope=lambda ctx: ctx.deps["tenant"])
     agent, _, counters = approval_agent(inbox)
 
@@ -228,7 +228,7 @@ async def test_scopes_keep_tenants_apart(absurd_client: AsyncAbsurd) -> None:
     with pytest.raises(RequestNotPendingError):
         await inbox.answer(globex.token, DeferredToolResults(approvals={"d1": True}), scope="acme")
     await inbox.approve(acme.token, scope="acme")
-    assert [r.token for r in await inbox.pending()] == [globex.token]
+    assert [r.token for r in await inbox.pending(queue_name=absurd_queue)] == [globex.token]
     assert (await run_until_done(absurd_client, a)).state == "completed"
     assert counters.runs == {"delete_file": 1}
 
@@ -262,7 +262,7 @@ async def test_notify_is_called_once_per_request_even_when_the_step_is_retried(a
     assert len(pending) == 1 and [r.token for r in seen] == [pending[0].token]
 
 
-async def test_pending_is_oldest_first_and_limited(absurd_client: AsyncAbsurd) -> None:
+async def test_pending_is_oldest_first_and_limited(absurd_client: AsyncAbsurd, absurd_queue: str) -> None:
     inbox = Inbox(absurd_client)
     agent, _, _ = approval_agent(inbox)
 
@@ -274,13 +274,13 @@ async def test_pending_is_oldest_first_and_limited(absurd_client: AsyncAbsurd) -
     for _ in range(3):
         ids.append(str((await absurd_client.spawn("ops", {}))["task_id"]))
         await run_queued(absurd_client)
-    assert [r.task_id for r in await inbox.pending()] == ids
-    assert [r.task_id for r in await inbox.pending(limit=2)] == ids[:2]
+    assert [r.task_id for r in await inbox.pending(queue_name=absurd_queue)] == ids
+    assert [r.task_id for r in await inbox.pending(limit=2, queue_name=absurd_queue)] == ids[:2]
     with pytest.raises(ValueError, match="limit"):
         await inbox.pending(limit=0)
 
 
-async def test_the_two_run_pattern_keeps_working(absurd_client: AsyncAbsurd) -> None:
+async def test_the_two_run_pattern_keeps_working(absurd_client: AsyncAbsurd, absurd_queue: str) -> None:
     from pydantic_ai import DeferredToolRequests
 
     inbox = Inbox(absurd_client)
@@ -298,10 +298,10 @@ async def test_the_two_run_pattern_keeps_working(absurd_client: AsyncAbsurd) -> 
     done = await run_until_done(absurd_client, str(spawned["task_id"]))
     assert done.result == "delete_file=deleted /tmp/a", done.failure
     assert counters.runs == {"delete_file": 1} and script.calls == 2
-    assert await inbox.pending() == []
+    assert await inbox.pending(queue_name=absurd_queue) == []
 
 
-async def test_purge_deletes_answered_rows_only(absurd_client: AsyncAbsurd) -> None:
+async def test_purge_deletes_answered_rows_only(absurd_client: AsyncAbsurd, absurd_queue: str) -> None:
     from datetime import timedelta
 
     inbox = Inbox(absurd_client)
@@ -318,7 +318,7 @@ async def test_purge_deletes_answered_rows_only(absurd_client: AsyncAbsurd) -> N
     await inbox.approve(answered.token)
     await run_until_done(absurd_client, first)
     assert await inbox.purge(older_than=timedelta(0)) >= 1
-    assert [r.task_id for r in await inbox.pending()] == [second]
+    assert [r.task_id for r in await inbox.pending(queue_name=absurd_queue)] == [second]
 
 
 async def test_a_tool_waiting_directly_with_wait_for_external_event(absurd_client: AsyncAbsurd) -> None:
@@ -491,7 +491,9 @@ async def test_a_real_timeout_denies_the_calls_and_the_token_expires(absurd_clie
     assert counters.runs == {} and script.calls == 2
 
 
-async def test_a_token_resolved_without_the_inbox_is_no_longer_pending(absurd_client: AsyncAbsurd) -> None:
+async def test_a_token_resolved_without_the_inbox_is_no_longer_pending(
+    absurd_client: AsyncAbsurd, absurd_queue: str
+) -> None:
     from pydantic_ai_absurd import resolve_event_token
 
     inbox = Inbox(absurd_client)
@@ -499,7 +501,7 @@ async def test_a_token_resolved_without_the_inbox_is_no_longer_pending(absurd_cl
     task_id = await start(absurd_client, agent)
     [request] = await inbox.pending(task_id=task_id)
     await resolve_event_token(absurd_client, request.token, {"approvals": {"d1": True}})
-    assert await inbox.pending() == []
+    assert await inbox.pending(queue_name=absurd_queue) == []
     with pytest.raises(RequestNotPendingError, match="already answered"):
         await inbox.deny(request.token, reason="too late")
     assert (await run_until_done(absurd_client, task_id)).state == "completed"
