@@ -4,13 +4,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
+from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelResponsePart, TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, durable_transaction
 from tests.helpers.agents import Script
+
+STEP = "billing__function_toolset__<agent>.call_tool:refund@call-{}"
+"""The checkpoint name of the refund tool's call `call-<order id>`."""
+
+
+def register(absurd: AsyncAbsurd, agent: AbsurdAgent[None, str]) -> None:
+    """Register the task `refund`, which runs `agent` on the prompt "refund"."""
+
+    @absurd.register_task(name="refund")
+    async def run(params: dict[str, Any], ctx: Any) -> str:
+        return (await agent.run("refund")).output
 
 
 async def count_rows(dsn: str, table: str) -> int:

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
-import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, RunContext
 
@@ -16,21 +13,7 @@ from pydantic_ai_absurd import AbsurdAgent, durable_transaction
 from pydantic_ai_absurd._steps import CONFLICT_ATTEMPTS, commit_hook
 from tests.helpers.agents import SimulatedCrash, run_until_done
 from tests.helpers.sql import checkpoint_names
-from tests.helpers.transactions import Refunds, count_rows, refund_agent, refund_calls, refunds_table
-
-STEP = "billing__function_toolset__<agent>.call_tool:refund@call-{}"
-
-
-@pytest.fixture
-async def table(absurd_dsn: str) -> AsyncIterator[str]:
-    async for name in refunds_table(absurd_dsn, f"refunds_{uuid.uuid4().hex[:10]}"):
-        yield name
-
-
-def register(absurd: AsyncAbsurd, agent: AbsurdAgent[None, str]) -> None:
-    @absurd.register_task(name="refund")
-    async def run(params: dict[str, Any], ctx: Any) -> str:
-        return (await agent.run("refund")).output
+from tests.helpers.transactions import STEP, Refunds, count_rows, refund_agent, refund_calls, register
 
 
 async def test_a_serialization_failure_runs_the_tool_again_in_the_same_step(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
@@ -21,22 +20,8 @@ from pydantic_ai_absurd._steps import commit_hook
 from tests.helpers.agents import SimulatedCrash, run_until_done
 from tests.helpers.polling import wait_terminal
 from tests.helpers.sql import checkpoint_names, checkpoints
-from tests.helpers.transactions import Refunds, count_rows, refund_agent, refund_calls, refunds_table
+from tests.helpers.transactions import STEP, Refunds, count_rows, refund_agent, refund_calls, register
 from tests.helpers.workers import running_worker
-
-STEP = "billing__function_toolset__<agent>.call_tool:refund@call-{}"
-
-
-@pytest.fixture
-async def table(absurd_dsn: str) -> AsyncIterator[str]:
-    async for name in refunds_table(absurd_dsn, f"refunds_{uuid.uuid4().hex[:10]}"):
-        yield name
-
-
-def register(absurd: AsyncAbsurd, agent: AbsurdAgent[None, str]) -> None:
-    @absurd.register_task(name="refund")
-    async def run(params: dict[str, Any], ctx: Any) -> str:
-        return (await agent.run("refund")).output
 
 
 async def test_rows_and_checkpoint_commit_together(
