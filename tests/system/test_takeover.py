@@ -142,7 +142,8 @@ async def test_a_worker_that_lost_one_lock_connection_keeps_its_tasks(
     # A checks its lock connections only every 2 s, so the peer polls while A is down to one lock.
     a = _start(workers, dsn, absurd_queue, tmp_path, id="a", poll_interval=2.0)
     await wait_until(lambda: _ready(a))
-    spawned = await absurd_client.spawn("steps", {"steps": 2, "step_seconds": 2.0}, queue=absurd_queue)
+    # Step s0 holds until the gate opens, so the run is still A's however slowly B starts and polls.
+    spawned = await absurd_client.spawn("steps", {"steps": 2, "step_seconds": 0.1, "gate": "s0"}, queue=absurd_queue)
     task_id = spawned["task_id"]
     await wait_until(lambda: seen_event(dsn, absurd_queue, task_id, "s0", "start"))
     b = _start(workers, dsn, absurd_queue, tmp_path, id="b")
@@ -155,10 +156,11 @@ async def test_a_worker_that_lost_one_lock_connection_keeps_its_tasks(
     assert await latest_run(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
     assert "took over" not in b.output()
     await wait_until(lambda: _lock_connections_are(dsn, f"{absurd_queue}-a", 2))  # reconnected and re-locked
+    await open_gate(dsn, absurd_queue, task_id, "s0")
     await wait_until(lambda: is_completed(absurd_client, task_id))
     events = await effect_events(dsn, absurd_queue, task_id)
     assert [count_events(events, f"s{i}", "start") for i in range(2)] == [1, 1]
-    assert {pid for _, _, pid in events} == {a.pid}
+    assert {pid for _, event, pid in events if event != "open"} == {a.pid}  # the test opened the gate
     assert "liveness lock connection 0 holds the lock again" in a.output()
 
 
