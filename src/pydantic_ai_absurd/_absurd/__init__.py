@@ -3,6 +3,7 @@
 - `_private`: the private `absurd_sdk` names this package uses, checked at start-up (`check_private_names`).
 - `_borrowed`: a stand-in for a task's connection that borrows a pooled connection per statement.
 - `_hooks`: chaining the client's `before_spawn` hook after the user's (sync or async).
+- `_spawning`: the options a spawn sends (hook and defaults applied), for spawns sent in our own SQL.
 - `_offline`: a task context whose private storage methods are overridden, for deploy verification.
 - `_liveness`: the liveness rows of workers behind a transaction pooler, and the takeover of stale ones.
 - `_sql`: raw SQL on Absurd's runs (claims, scheduling, failing, events), worker locks, and its SQLSTATEs.
@@ -53,6 +54,7 @@ from ._private import (
     task_connection,
     task_identity,
 )
+from ._spawning import spawn_options
 from ._sql import (
     OrphanedRun,
     backend_pid,
@@ -169,6 +171,7 @@ __all__ = [
     "read_task",
     "registered_handlers",
     "registered_queue",
+    "spawn_options",
     "registered_task_names",
     "release_step_name",
     "schedule_run_now",

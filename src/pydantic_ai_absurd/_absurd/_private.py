@@ -12,7 +12,11 @@ Private names used (absurd-sdk 0.5.1), all pinned by `tests/unit/compat/test_wor
   per-task client so registrations made later are seen too;
 - `AsyncAbsurd._execute_task(task, claim_timeout)`: runs one claimed task (context creation with
   checkpoint preload, contextvar, `wrap_task_execution` hook, `complete_run` / `fail_run`);
-- `AsyncAbsurd._hooks`: the user's hooks, so that per-task clients keep `wrap_task_execution`;
+- `AsyncAbsurd._hooks`: the user's hooks, so that per-task clients keep `wrap_task_execution`, and a durable child
+  task's spawn runs `before_spawn` (`_spawning.py`);
+- `AsyncAbsurd._prepare_spawn(task_name, ...)`: the queue and options `spawn` sends after its `before_spawn` hook (the
+  registration's and the client's defaults applied), for the durable child spawn we send in our own SQL
+  (`_spawning.py`);
 - `AsyncAbsurd._queue_name`: the client's queue (no public accessor exists);
 - `AsyncAbsurd._conn_string` / `AsyncAbsurd._conn`: where the client connects, to open a pool on
   the same database when no DSN is given;
@@ -187,7 +191,7 @@ _CONTEXT_METHODS = ("_get_checkpoint_name",)
 _CLIENT_ATTRIBUTES = ("_registry", "_hooks", "_queue_name", "_conn_string", "_conn")
 
 
-_CLIENT_METHODS = ("_execute_task",)
+_CLIENT_METHODS = ("_execute_task", "_prepare_spawn")
 
 
 @functools.cache

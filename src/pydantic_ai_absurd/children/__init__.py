@@ -77,7 +77,7 @@ def _call(
         raise UserError(
             "`run_as_child` needs the child's queue: pass `queue=`, or build the agent with its Absurd client."
         )
-    return ChildCall(task_name, target, request, max_attempts)
+    return ChildCall(task_name, target, request, max_attempts, absurd)
 
 
 async def _spawn_and_poll(agent: AbsurdAgent[Any, Any], call: ChildCall) -> ChildEnd:

@@ -24,7 +24,7 @@ import weakref
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from absurd_sdk import AsyncTaskContext
+from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 
 from .. import _absurd
 from .._checkpoint import Checkpoint
@@ -154,6 +154,12 @@ class ChildCall:
     queue: str
     request: ChildRequest
     max_attempts: int | None
+    absurd: AsyncAbsurd | None = None
+    """The client whose `before_spawn` hook and defaults the spawn gets (the agent's)."""
+
+
+SDK_DEFAULT_MAX_ATTEMPTS = 5
+"""`AsyncAbsurd`'s own default: a child spawned without a client gets it too (Absurd alone would retry forever)."""
 
 
 async def run_durable_child(task_ctx: AsyncTaskContext, call: ChildCall) -> ChildEnd:
@@ -213,16 +219,26 @@ async def _spawn(task_ctx: AsyncTaskContext, call: ChildCall, checkpoint_name: s
     parent = ParentLink(parent_queue, str(task_ctx.task_id))
     for queue in dict.fromkeys((parent_queue, call.queue)):
         await install_triggers(conn, queue)
-    options: dict[str, Any] = {"idempotency_key": f"pydantic-ai-absurd:{parent.task_id}:{checkpoint_name}"}
-    if call.max_attempts is not None:
-        options["max_attempts"] = call.max_attempts
+    params = call.request.params(parent)
+    key_option = f"pydantic-ai-absurd:{parent.task_id}:{checkpoint_name}"
+    if call.absurd is not None:
+        options = await _absurd.spawn_options(
+            call.absurd,
+            call.task_name,
+            params,
+            queue=call.queue,
+            idempotency_key=key_option,
+            max_attempts=call.max_attempts,
+        )
+    else:  # no client to ask for hooks and defaults: absurd-sdk's default attempts, never Absurd's unlimited ones
+        options = {"idempotency_key": key_option, "max_attempts": call.max_attempts or SDK_DEFAULT_MAX_ATTEMPTS}
     return await remember_end(
         task_ctx,
         _absurd.spawn_linked_child(
             conn,
             queue_name=call.queue,
             task_name=call.task_name,
-            params=call.request.params(parent),
+            params=params,
             options=options,
             parent_queue=parent_queue,
             parent_task_id=parent.task_id,

@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from absurd_sdk import AsyncAbsurd, AsyncTaskContext
+from absurd_sdk import AsyncAbsurd, AsyncTaskContext, SpawnOptions
 from pydantic import BaseModel
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, TextPart, ToolCallPart, UserPromptPart
@@ -136,3 +136,38 @@ async def test_a_call_that_asks_something_else_when_it_runs_again_fails_the_pare
     assert snapshot.failure["name"] == "ReplayDivergenceError"
     assert "asks its child something else" in snapshot.failure["message"]
     assert asked == ["question 1"] and len(executions) == 2  # one child, no second spawn
+
+
+async def test_a_durable_child_gets_the_clients_spawn_hook_and_defaults_like_a_plain_spawn(
+    absurd_dsn: str, absurd_queue: str
+) -> None:
+    seen: list[tuple[str, Any]] = []
+
+    async def before_spawn(task_name: str, params: Any, options: SpawnOptions) -> SpawnOptions:
+        seen.append((task_name, options.get("idempotency_key")))
+        return {**options, "headers": {**(options.get("headers") or {}), "tenant": "acme"}}
+
+    client = AsyncAbsurd(absurd_dsn, queue_name=absurd_queue, hooks={"before_spawn": before_spawn})
+    try:
+        child = _child(client, [])
+
+        @client.register_task(name="parent")
+        async def parent(params: dict[str, Any], ctx: AsyncTaskContext) -> list[str]:
+            results = [await child.run_as_child("plain"), await child.run_as_child("once", max_attempts=1)]
+            return [result.task_id for result in results]
+
+        spawned = await client.spawn("parent", {})
+        async with running_worker(client, concurrency=1):
+            snapshot = await wait_terminal(client, str(spawned["task_id"]))
+        assert snapshot.state == "completed", snapshot
+        plain, once = snapshot.result
+        async with await psycopg.AsyncConnection.connect(absurd_dsn) as conn:
+            cur = await conn.execute(
+                f"select task_id::text, headers, max_attempts from absurd.t_{absurd_queue} where task_name = 'child'"
+            )
+            rows = {row[0]: row[1:] for row in await cur.fetchall()}
+        assert rows == {plain: ({"tenant": "acme"}, 5), once: ({"tenant": "acme"}, 1)}  # never Absurd's unlimited
+        child_keys = {key for name, key in seen if name == "child"}  # a resumed parent spawns again: same key
+        assert len(child_keys) == 2 and all(key and key.startswith("pydantic-ai-absurd:") for key in child_keys)
+    finally:
+        await client.close()

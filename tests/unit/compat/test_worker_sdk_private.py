@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 
 import psycopg
-from absurd_sdk import AsyncAbsurd
+from absurd_sdk import AsyncAbsurd, SpawnOptions
 
 from pydantic_ai_absurd._absurd import (
     client_conninfo,
@@ -15,6 +15,7 @@ from pydantic_ai_absurd._absurd import (
     is_registered,
     registered_queue,
     registered_task_names,
+    spawn_options,
 )
 
 
@@ -73,3 +74,26 @@ async def test_execute_claimed_task_runs_on_the_given_connection(
     snapshot = await absurd_client.fetch_task_result(spawned["task_id"])
     assert snapshot is not None
     assert snapshot.result == 42
+
+
+async def test_spawn_options_are_what_spawn_sends_after_its_hook_and_defaults() -> None:
+    def before_spawn(task_name: str, params: object, options: SpawnOptions) -> SpawnOptions:
+        return {**options, "headers": {"from": task_name}, "idempotency_key": "changed"}
+
+    client = AsyncAbsurd("postgresql://", queue_name="q1", default_max_attempts=7, hooks={"before_spawn": before_spawn})
+    client.register_task(name="t", default_max_attempts=3, default_cancellation={"max_delay": 60})(_noop)
+    client.register_task(name="u")(_noop)
+    prepare = AsyncAbsurd._prepare_spawn  # pyright: ignore[reportPrivateUsage]
+    assert list(inspect.signature(prepare).parameters)[:2] == ["self", "task_name"]
+    assert await spawn_options(client, "t", {}, queue="q1", idempotency_key="k") == {
+        "headers": {"from": "t"},
+        "max_attempts": 3,
+        "cancellation": {"max_delay": 60},
+        "idempotency_key": "k",  # the caller's key wins over the hook's
+    }
+    assert (await spawn_options(client, "u", {}, queue="q1", idempotency_key="k", max_attempts=1))["max_attempts"] == 1
+    assert (await spawn_options(client, "u", {}, queue="q1", idempotency_key="k"))["max_attempts"] == 7
+
+
+async def _noop(params: object, ctx: object) -> None:
+    return None
