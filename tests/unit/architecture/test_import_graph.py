@@ -19,6 +19,7 @@ CORE = {
     "_backend",
     "_naming",
     "_step_names",
+    "_step_kinds",
     "_execution",
     "_extensions",
     "_steps",
