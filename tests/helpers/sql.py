@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
+
+import psycopg
+from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd._absurd import (
     CheckpointRow,
@@ -92,3 +97,37 @@ async def queue_names(dsn: str) -> set[str]:
 def queue_names_sync(dsn: str) -> set[str]:
     """`queue_names` for synchronous tests."""
     return asyncio.run(queue_names(dsn))
+
+
+@contextlib.asynccontextmanager
+async def client_on_fake_clock(dsn: str, queue: str) -> AsyncIterator[tuple[AsyncAbsurd, FakeClock]]:
+    """A client whose one connection runs on Absurd's fake clock (`absurd.fake_now`, a setting of that session
+    only), stopped at the database's time; move it with the `FakeClock`. Whatever runs through this client
+    (claims, task runs, `run_queued`) sees the fake time; other connections keep the real one."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        clock = FakeClock(conn)
+        await clock.set(await database_now(conn))
+        client = AsyncAbsurd(conn, queue_name=queue)
+        try:
+            yield client, clock
+        finally:
+            await client.close()
+
+
+class FakeClock:
+    """Absurd's clock on one connection: stopped, and moved only by `advance`."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+
+    async def set(self, moment: datetime) -> None:
+        """Stop the clock at `moment`."""
+        await self.conn.execute("select set_config('absurd.fake_now', %s, false)", (moment.isoformat(),))
+
+    async def now(self) -> datetime:
+        """The time the clock shows."""
+        return await database_now(self.conn)
+
+    async def advance(self, delta: timedelta) -> None:
+        """Move the clock `delta` forward."""
+        await self.set(await self.now() + delta)
