@@ -1,4 +1,5 @@
-"""Fixtures of the unit tests: their queues come from a per-process pool (`tests.helpers.queue_pool`).
+"""Fixtures of the unit tests: their queues (`tests.helpers.queue_pool`) and empty databases
+(`tests.helpers.infra.EmptyDatabases`) are reused within a test process.
 
 The unit tests start no process that could outlive a test, so a queue can be emptied and handed to the next test
 instead of being dropped and created again; the system tests keep the plugin's fresh queue per test.
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers.infra import EmptyDatabases
 from tests.helpers.queue_pool import QueuePool
 
 
@@ -29,3 +31,21 @@ def absurd_queue(queue_pool: QueuePool) -> Iterator[str]:
     name = queue_pool.take()
     yield name
     queue_pool.give_back(name)
+
+
+@pytest.fixture(scope="session")
+def empty_databases(absurd_dsn: str) -> Iterator[EmptyDatabases]:
+    """The empty databases of this test process, dropped at the end of the session."""
+    databases = EmptyDatabases(absurd_dsn)
+    try:
+        yield databases
+    finally:
+        databases.close()
+
+
+@pytest.fixture
+def empty_db(empty_databases: EmptyDatabases) -> Iterator[str]:
+    """A database without Absurd's schema: new, or one an earlier test left untouched."""
+    database = empty_databases.take()
+    yield database[1]
+    empty_databases.give_back(database)
