@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd._absurd import (
@@ -100,12 +101,16 @@ def queue_names_sync(dsn: str) -> set[str]:
 
 
 @contextlib.asynccontextmanager
-async def client_on_fake_clock(dsn: str, queue: str) -> AsyncIterator[tuple[AsyncAbsurd, FakeClock]]:
+async def client_on_fake_clock(
+    dsn: str, queue: str, *, new_connections: pytest.MonkeyPatch | None = None
+) -> AsyncIterator[tuple[AsyncAbsurd, FakeClock]]:
     """A client whose one connection runs on Absurd's fake clock (`absurd.fake_now`, a setting of that session
     only), stopped at the database's time; move it with the `FakeClock`. Whatever runs through this client
-    (claims, task runs, `run_queued`) sees the fake time; other connections keep the real one."""
+    (claims, task runs, `run_queued`) sees the fake time; other connections keep the real one, unless
+    `new_connections` is given: then the connections this process opens from now on start at the clock's
+    time too (libpq's `PGOPTIONS`, set through that monkeypatch), e.g. those the `Inbox` opens per call."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        clock = FakeClock(conn)
+        clock = FakeClock(conn, new_connections)
         await clock.set(await database_now(conn))
         client = AsyncAbsurd(conn, queue_name=queue)
         try:
@@ -115,14 +120,19 @@ async def client_on_fake_clock(dsn: str, queue: str) -> AsyncIterator[tuple[Asyn
 
 
 class FakeClock:
-    """Absurd's clock on one connection: stopped, and moved only by `advance`."""
+    """Absurd's clock on one connection (and optionally on the connections opened later): stopped, and moved
+    only by `advance`."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    def __init__(self, conn: psycopg.AsyncConnection[Any], new_connections: pytest.MonkeyPatch | None = None) -> None:
         self.conn = conn
+        self._env = new_connections
 
     async def set(self, moment: datetime) -> None:
         """Stop the clock at `moment`."""
-        await self.conn.execute("select set_config('absurd.fake_now', %s, false)", (moment.isoformat(),))
+        text = moment.isoformat()  # no blank: it goes into PGOPTIONS as is
+        await self.conn.execute("select set_config('absurd.fake_now', %s, false)", (text,))
+        if self._env is not None:
+            self._env.setenv("PGOPTIONS", f"-c absurd.fake_now={text}")
 
     async def now(self) -> datetime:
         """The time the clock shows."""
