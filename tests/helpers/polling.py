@@ -21,7 +21,7 @@ async def wait_until(
     condition: Callable[[], Awaitable[Any]] | Callable[[], Any],
     timeout: float = WAIT,
     *,
-    interval: float = 0.05,
+    interval: float = 0.02,
     message: str | Callable[[], str] | None = None,
 ) -> Any:
     """Poll `condition` (plain or async) until it returns a truthy value, and return that value.
@@ -42,7 +42,7 @@ async def wait_until(
 
 
 def wait_until_sync(
-    condition: Callable[[], Any], timeout: float = WAIT, *, interval: float = 0.05, message: str | None = None
+    condition: Callable[[], Any], timeout: float = WAIT, *, interval: float = 0.02, message: str | None = None
 ) -> Any:
     """`wait_until` for synchronous tests."""
     deadline = time.monotonic() + timeout

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
+
+import psycopg
+import pytest
+from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd._absurd import (
     CheckpointRow,
@@ -92,3 +98,46 @@ async def queue_names(dsn: str) -> set[str]:
 def queue_names_sync(dsn: str) -> set[str]:
     """`queue_names` for synchronous tests."""
     return asyncio.run(queue_names(dsn))
+
+
+@contextlib.asynccontextmanager
+async def client_on_fake_clock(
+    dsn: str, queue: str, *, new_connections: pytest.MonkeyPatch | None = None
+) -> AsyncIterator[tuple[AsyncAbsurd, FakeClock]]:
+    """A client whose one connection runs on Absurd's fake clock (`absurd.fake_now`, a setting of that session
+    only), stopped at the database's time; move it with the `FakeClock`. Whatever runs through this client
+    (claims, task runs, `run_queued`) sees the fake time; other connections keep the real one, unless
+    `new_connections` is given: then the connections this process opens from now on start at the clock's
+    time too (libpq's `PGOPTIONS`, set through that monkeypatch), e.g. those the `Inbox` opens per call."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        clock = FakeClock(conn, new_connections)
+        await clock.set(await database_now(conn))
+        client = AsyncAbsurd(conn, queue_name=queue)
+        try:
+            yield client, clock
+        finally:
+            await client.close()
+
+
+class FakeClock:
+    """Absurd's clock on one connection (and optionally on the connections opened later): stopped, and moved
+    only by `advance`."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], new_connections: pytest.MonkeyPatch | None = None) -> None:
+        self.conn = conn
+        self._env = new_connections
+
+    async def set(self, moment: datetime) -> None:
+        """Stop the clock at `moment`."""
+        text = moment.isoformat()  # no blank: it goes into PGOPTIONS as is
+        await self.conn.execute("select set_config('absurd.fake_now', %s, false)", (text,))
+        if self._env is not None:
+            self._env.setenv("PGOPTIONS", f"-c absurd.fake_now={text}")
+
+    async def now(self) -> datetime:
+        """The time the clock shows."""
+        return await database_now(self.conn)
+
+    async def advance(self, delta: timedelta) -> None:
+        """Move the clock `delta` forward."""
+        await self.set(await self.now() + delta)

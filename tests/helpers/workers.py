@@ -19,7 +19,7 @@ from .polling import WAIT
 async def running_worker(absurd: AsyncAbsurd, **config: Any) -> AsyncGenerator[Worker]:
     """Run a `Worker` (no signal handlers, fast polling) for the body; stop and drain it afterwards."""
     config.setdefault("handle_signals", False)
-    config.setdefault("poll_interval", 0.05)
+    config.setdefault("poll_interval", 0.02)
     config.setdefault("drain_timeout", 5.0)
     worker = Worker(absurd, WorkerConfig(**config))
     job = asyncio.ensure_future(worker.run())

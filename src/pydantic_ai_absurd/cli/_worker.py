@@ -69,8 +69,9 @@ def _import_module(module_name: str, target: str) -> ModuleType:
         except RuntimeError as err:
             if _NESTED_RUN not in str(err):
                 raise
-        finally:
-            gc.collect()
+        # The refused coroutine is in a reference cycle with the error's traceback: collect it while its
+        # warning is ignored (only here: a full collection after every successful import costs a large app time).
+        gc.collect()
     raise WorkerTargetError(
         f"Module {module_name!r} calls asyncio.run(...) when imported, and the worker imports it inside its "
         'own event loop: put that call under `if __name__ == "__main__":` (worker target '

@@ -161,7 +161,7 @@ async def test_a_running_child_stops_when_its_parent_ends_without_a_cascade(
     AbsurdAgent(Agent(FunctionModel(model), name="kid"), absurd_client).register_task()
     parent = await _spawn(conn, absurd_queue)
     child = await _child(conn, absurd_queue, absurd_queue, parent)  # this queue has no triggers: no cascade
-    async with running_worker(absurd_client, concurrency=1, claim_timeout=3):
+    async with running_worker(absurd_client, concurrency=1, claim_timeout=1):  # the watcher checks every 0.5 s
         await wait_until(lambda: _is(conn, absurd_queue, child, "running"))
         await conn.execute("select absurd.cancel_task(%s, %s)", (absurd_queue, parent))
         assert await _state(conn, absurd_queue, child) == "running"

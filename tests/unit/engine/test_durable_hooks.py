@@ -4,6 +4,7 @@ token counting and `durable=False` tools."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -29,7 +30,7 @@ from pydantic_ai_absurd import AbsurdAgent, AbsurdDurability, ReplayDivergenceEr
 from pydantic_ai_absurd._absurd import read_runs
 from tests.helpers.agents import SimulatedCrash, run_to_end
 from tests.helpers.events import collect
-from tests.helpers.sql import checkpoint_names
+from tests.helpers.sql import checkpoint_names, client_on_fake_clock
 
 
 def flaky_model(calls: list[str], *, failures: int) -> FunctionModel:
@@ -44,9 +45,7 @@ def flaky_model(calls: list[str], *, failures: int) -> FunctionModel:
     return FunctionModel(respond, model_name="flaky")
 
 
-async def test_a_long_graph_sleep_suspends_the_task(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
-) -> None:
+async def test_a_long_graph_sleep_suspends_the_task(absurd_dsn: str, absurd_queue: str) -> None:
     calls: list[str] = []
     inner = Agent(
         flaky_model(calls, failures=1),
@@ -54,17 +53,21 @@ async def test_a_long_graph_sleep_suspends_the_task(
         capabilities=[RetryOnModelErrors(initial_delay=0.6, max_delay=0.6, max_attempts=3)],
     )
     agent = AbsurdAgent(inner, suspend_threshold=0.2)
+    async with client_on_fake_clock(absurd_dsn, absurd_queue) as (client, clock):
 
-    @absurd_client.register_task(name="patient")
-    async def patient(params: Any, ctx: Any) -> str:
-        return (await agent.run("go")).output
+        @client.register_task(name="patient")
+        async def patient(params: Any, ctx: Any) -> str:
+            return (await agent.run("go")).output
 
-    spawned = await absurd_client.spawn("patient", {})
-    await absurd_client.work_batch(claim_timeout=30, batch_size=1)
-    first = await absurd_client.fetch_task_result(spawned["task_id"])
-    assert first is not None and first.state == "sleeping"  # suspended in Postgres: no worker slot held
-    assert await checkpoint_names(absurd_dsn, absurd_queue, str(spawned["task_id"])) == ["patient__graph.sleep"]
-    snapshot = await run_to_end(absurd_client, spawned["task_id"])
+        spawned = await client.spawn("patient", {})
+        await client.work_batch(claim_timeout=30, batch_size=1)
+        first = await client.fetch_task_result(spawned["task_id"])
+        assert first is not None and first.state == "sleeping"  # suspended in Postgres: no worker slot held
+        assert await checkpoint_names(absurd_dsn, absurd_queue, str(spawned["task_id"])) == ["patient__graph.sleep"]
+        await client.work_batch(claim_timeout=30, batch_size=1)
+        assert calls == ["model"]  # asleep until the delay (0.6 s) has passed
+        await clock.advance(timedelta(seconds=1))
+        snapshot = await run_to_end(client, spawned["task_id"])
     assert (snapshot.state, snapshot.result) == ("completed", "done")
     assert calls == ["model", "model"]
 

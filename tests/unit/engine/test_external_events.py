@@ -14,8 +14,9 @@ from pydantic_ai.exceptions import UserError
 from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent, fail_event_token, resolve_event_token
+from pydantic_ai_absurd.testing import run_queued
 from tests.helpers.agents import Script, run_to_end, run_until_done
-from tests.helpers.sql import checkpoint_names
+from tests.helpers.sql import checkpoint_names, client_on_fake_clock
 
 
 def refund_agent(
@@ -116,25 +117,27 @@ async def test_tokens_from_elsewhere_are_refused(absurd_client: AsyncAbsurd) -> 
         await resolve_event_token(absurd_client, "something-else", {})
 
 
-async def test_a_timeout_is_journaled_and_denies_the_call(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
-) -> None:
+async def test_a_timeout_is_journaled_and_denies_the_call(absurd_dsn: str, absurd_queue: str) -> None:
 
     tokens: list[str] = []
     agent, refunds = refund_agent(tokens, [], timeout=timedelta(seconds=1))
     crash = {"armed": True}
+    async with client_on_fake_clock(absurd_dsn, absurd_queue) as (client, clock):
 
-    @absurd_client.register_task(name="support")
-    async def task(params: Any, ctx: Any) -> str:
-        output = (await agent.run("refund me")).output
-        if crash["armed"]:
-            crash["armed"] = False
-            raise RuntimeError("crash after the timed-out wait was journaled")
-        return output
+        @client.register_task(name="support")
+        async def task(params: Any, ctx: Any) -> str:
+            output = (await agent.run("refund me")).output
+            if crash["armed"]:
+                crash["armed"] = False
+                raise RuntimeError("crash after the timed-out wait was journaled")
+            return output
 
-    spawned = await absurd_client.spawn("support", {})
-    # The run sleeps until its wait times out (1 s), then becomes claimable again.
-    snapshot = await run_to_end(absurd_client, spawned["task_id"])
+        spawned = await client.spawn("support", {})
+        await run_queued(client)  # the run sleeps until its wait times out (1 s)
+        asleep = await client.fetch_task_result(spawned["task_id"])
+        assert asleep is not None and asleep.state == "sleeping"
+        await clock.advance(timedelta(seconds=1.5))  # it times out, and becomes claimable again
+        snapshot = await run_to_end(client, spawned["task_id"])
     assert snapshot.state == "completed", snapshot.failure
     assert "Timed out" in str(snapshot.result)
     assert refunds == []

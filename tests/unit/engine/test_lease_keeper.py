@@ -22,7 +22,7 @@ class FakeTaskContext:
     task_id = "fake"
 
     def __init__(self, outcomes: list[BaseException | None]) -> None:
-        self._claim_timeout = 1  # heartbeats every 0.33 s
+        self._claim_timeout = 0.6  # heartbeats every 0.2 s (MIN_HEARTBEAT_INTERVAL, the fastest the keeper beats)
         self.outcomes = outcomes
         self.beats = 0
 

@@ -10,6 +10,7 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,7 +26,7 @@ from pydantic_ai_absurd import AbsurdAgent, inspect_task
 from pydantic_ai_absurd._absurd import read_runs
 from pydantic_ai_absurd.inspection._render import render_timeline  # pyright: ignore[reportPrivateUsage]
 from tests.helpers.agents import run_to_end
-from tests.helpers.sql import checkpoint_names
+from tests.helpers.sql import checkpoint_names, client_on_fake_clock
 
 
 @dataclass
@@ -77,7 +78,8 @@ def provider(request: pytest.FixtureRequest) -> Iterator[RateLimitedProvider]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll interval: `shutdown()` waits for the serving loop's next poll (0.5 s by default).
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     try:
@@ -123,23 +125,27 @@ async def test_a_short_retry_after_is_waited_in_the_worker(
 
 @pytest.mark.parametrize("provider", [(1, 1000)], indirect=True)
 async def test_a_long_retry_after_suspends_the_task(
-    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str, provider: RateLimitedProvider
+    absurd_dsn: str, absurd_queue: str, provider: RateLimitedProvider
 ) -> None:
     agent = openai_agent(provider, suspend_threshold=0.5)
+    async with client_on_fake_clock(absurd_dsn, absurd_queue) as (client, clock):
 
-    @absurd_client.register_task(name="caller")
-    async def caller(params: Any, ctx: Any) -> str:
-        return (await agent.run("hello")).output
+        @client.register_task(name="caller")
+        async def caller(params: Any, ctx: Any) -> str:
+            return (await agent.run("hello")).output
 
-    spawned = await absurd_client.spawn("caller", {}, max_attempts=1)
-    await absurd_client.work_batch(claim_timeout=30, batch_size=1)
-    waiting = await absurd_client.fetch_task_result(spawned["task_id"])
-    assert waiting is not None and waiting.state == "sleeping"  # in Postgres, holding no worker slot
-    timeline = await inspect_task(absurd_client, spawned["task_id"])
-    assert [attempt.ended for attempt in timeline.attempts] == ["provider_wait"]
-    assert [step.kind for step in timeline.steps] == ["provider_wait"]
-    assert "waiting for the provider" in render_timeline(timeline)
-    snapshot = await run_to_end(absurd_client, spawned["task_id"])
+        spawned = await client.spawn("caller", {}, max_attempts=1)
+        await client.work_batch(claim_timeout=30, batch_size=1)
+        waiting = await client.fetch_task_result(spawned["task_id"])
+        assert waiting is not None and waiting.state == "sleeping"  # in Postgres, holding no worker slot
+        timeline = await inspect_task(client, spawned["task_id"])
+        assert [attempt.ended for attempt in timeline.attempts] == ["provider_wait"]
+        assert [step.kind for step in timeline.steps] == ["provider_wait"]
+        assert "waiting for the provider" in render_timeline(timeline)
+        await client.work_batch(claim_timeout=30, batch_size=1)
+        assert len(provider.requests) == 1  # still asleep: the retry-after (1 s) has not passed
+        await clock.advance(timedelta(seconds=1.5))
+        snapshot = await run_to_end(client, spawned["task_id"])
     assert (snapshot.state, snapshot.result) == ("completed", "answered")
     assert len(provider.requests) == 2
     assert await attempts(absurd_dsn, absurd_queue, str(spawned["task_id"])) == [1]

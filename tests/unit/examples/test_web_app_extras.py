@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.metadata
 import re
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -40,9 +42,8 @@ def installed_by(extras: set[str]) -> set[str]:
         if key in seen:
             continue
         seen.add(key)
-        try:
-            requires = importlib.metadata.requires(name) or []
-        except importlib.metadata.PackageNotFoundError:
+        requires = _requires(name)
+        if requires is None:
             continue  # not installed here: the modules it would provide are reported missing
         for text in requires:
             dependency = Requirement(text)
@@ -52,6 +53,21 @@ def installed_by(extras: set[str]) -> set[str]:
             if wanted:
                 pending.append(dependency)
     return {key.split("[")[0] for key in seen}
+
+
+# Both tests walk the same installed distributions: read their metadata once (a scan of every distribution).
+@functools.cache
+def _requires(name: str) -> tuple[str, ...] | None:
+    """The requirements of distribution `name`, or None when it is not installed."""
+    try:
+        return tuple(importlib.metadata.requires(name) or [])
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def _providers() -> Mapping[str, list[str]]:
+    return importlib.metadata.packages_distributions()
 
 
 def normalise(name: str) -> str:
@@ -70,7 +86,7 @@ def third_party_imports(path: Path) -> set[str]:
 
 def missing(extras: set[str]) -> set[str]:
     installed = installed_by(extras)
-    providers = importlib.metadata.packages_distributions()
+    providers = _providers()
     return {
         module
         for module in third_party_imports(EXAMPLE)

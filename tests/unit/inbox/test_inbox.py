@@ -463,31 +463,30 @@ def test_private_task_context_names_are_still_there() -> None:
     assert missing_private_names() == ()
 
 
-async def test_a_real_timeout_denies_the_calls_and_the_token_expires(absurd_client: AsyncAbsurd) -> None:
+async def test_a_real_timeout_denies_the_calls_and_the_token_expires(
+    absurd_dsn: str, absurd_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from datetime import timedelta
 
-    from tests.helpers.polling import wait_until
+    from tests.helpers.sql import client_on_fake_clock
 
-    inbox = Inbox(absurd_client)
-    agent, script, counters = approval_agent(inbox, timeout=timedelta(seconds=1))
-    task_id = await start(absurd_client, agent)
-    [request] = await inbox.pending(task_id=task_id)
+    # The inbox works on connections of its own: they run on the fake clock too.
+    async with client_on_fake_clock(absurd_dsn, absurd_queue, new_connections=monkeypatch) as (client, clock):
+        inbox = Inbox(client)
+        agent, script, counters = approval_agent(inbox, timeout=timedelta(seconds=1))
+        task_id = await start(client, agent)
+        [request] = await inbox.pending(task_id=task_id)
+        await clock.advance(timedelta(seconds=0.5))
+        assert [r.token for r in await inbox.pending(task_id=task_id)] == [request.token]  # not expired yet
+        await clock.advance(timedelta(seconds=1))
+        assert await inbox.pending(task_id=task_id) == []
+        with pytest.raises(RequestNotPendingError, match="expired"):
+            await inbox.approve(request.token)
 
-    async def expired() -> bool:
-        return await inbox.pending(task_id=task_id) == []
-
-    await wait_until(expired)
-    with pytest.raises(RequestNotPendingError, match="expired"):
-        await inbox.approve(request.token)
-
-    async def finished() -> bool:
-        await run_queued(absurd_client)
-        snapshot = await absurd_client.fetch_task_result(task_id)
-        return snapshot is not None and snapshot.state == "completed"
-
-    await wait_until(finished)
-    done = await absurd_client.fetch_task_result(task_id)
-    assert done is not None and "No decision on this tool call arrived" in str(done.result)
+        await run_queued(client)
+        done = await client.fetch_task_result(task_id)
+    assert done is not None and done.state == "completed"
+    assert "No decision on this tool call arrived" in str(done.result)
     assert counters.runs == {} and script.calls == 2
 
 

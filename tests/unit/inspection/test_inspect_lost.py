@@ -13,30 +13,31 @@ from pydantic_ai_absurd.inspection._render import render_timeline
 from pydantic_ai_absurd.worker import _takeover as takeover  # pyright: ignore[reportPrivateUsage]
 from tests.helpers.agents import run_until_done
 from tests.helpers.polling import wait_until
-from tests.helpers.sql import wait_for_database_clock
+from tests.helpers.sql import client_on_fake_clock
 from tests.helpers.workers import (
     is_completed,
     running_worker,
 )
 
 
-async def test_an_expired_lease_shows_as_a_lost_execution(absurd_client: AsyncAbsurd, absurd_dsn: str) -> None:
-    @absurd_client.register_task(name="two_steps")
-    async def two_steps(params: Any, ctx: AsyncTaskContext) -> str:
-        async def step() -> str:
-            return "ok"
+async def test_an_expired_lease_shows_as_a_lost_execution(absurd_dsn: str, absurd_queue: str) -> None:
+    async with client_on_fake_clock(absurd_dsn, absurd_queue) as (client, clock):
 
-        await ctx.step("first", step)
-        return "done"
+        @client.register_task(name="two_steps")
+        async def two_steps(params: Any, ctx: AsyncTaskContext) -> str:
+            async def step() -> str:
+                await clock.advance(timedelta(seconds=0.1))  # the step takes its time
+                return "ok"
 
-    spawned = await absurd_client.spawn("two_steps", None)
-    [claimed] = await absurd_client.claim_tasks(claim_timeout=1, worker_id="vanished-host")
-    claimed_at = (await inspect_task(absurd_client, spawned["task_id"])).attempts[0].started_at
-    assert claimed_at is not None
-    await wait_for_database_clock(absurd_dsn, claimed_at + timedelta(seconds=1.5))
-    assert (await run_until_done(absurd_client, spawned["task_id"])).state == "completed"
+            await ctx.step("first", step)
+            return "done"
 
-    timeline = await inspect_task(absurd_client, spawned["task_id"])
+        spawned = await client.spawn("two_steps", None)
+        [claimed] = await client.claim_tasks(claim_timeout=1, worker_id="vanished-host")
+        await clock.advance(timedelta(seconds=1.5))  # the claim expires: nobody heartbeats it
+        assert (await run_until_done(client, spawned["task_id"])).state == "completed"
+
+        timeline = await inspect_task(client, spawned["task_id"])
     (lost,) = timeline.lost_executions
     assert (lost.how, lost.attempt, lost.worker) == ("lease_expired", claimed["attempt"], "vanished-host")
     assert [timeline.steps[index - 1].name for index in lost.reran] == ["first"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
+import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunContext, Tool
 from pydantic_ai.capabilities import HandleDeferredToolCalls
@@ -15,7 +15,7 @@ from pydantic_ai_absurd import AbsurdAgent, Inbox, inspect_task
 from pydantic_ai_absurd.inspection._render import render_timeline
 from pydantic_ai_absurd.testing import run_queued
 from tests.helpers.agents import Script
-from tests.helpers.sql import wait_for_database_clock
+from tests.helpers.sql import client_on_fake_clock
 
 WAITED = timedelta(seconds=1.5)
 
@@ -43,41 +43,49 @@ async def _spawn_approval_task(absurd: AsyncAbsurd, ask: Any, script: Script, **
     return str(spawned["task_id"])
 
 
-async def test_waiting_time_is_ask_to_answer(absurd_client: AsyncAbsurd, absurd_dsn: str) -> None:
-    inbox = Inbox(absurd_client)
-    script = Script(
-        turns=[
-            lambda _: [ToolCallPart("delete_file", {"path": "/tmp/a"}, tool_call_id="d1")],
-            lambda _: [TextPart("done")],
-        ]
-    )
-    task_id = await _spawn_approval_task(absurd_client, inbox.ask, script, timeout=timedelta(hours=24))
-    waiting = await inspect_task(absurd_client, task_id)
-    ask = next(step for step in waiting.steps if step.kind == "wait_for_input")
-    assert ask.committed_at is not None
+async def test_waiting_time_is_ask_to_answer(
+    absurd_dsn: str, absurd_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The inbox answers on connections of its own: they run on the fake clock too.
+    async with client_on_fake_clock(absurd_dsn, absurd_queue, new_connections=monkeypatch) as (client, clock):
+        inbox = Inbox(client)
+        script = Script(
+            turns=[
+                lambda _: [ToolCallPart("delete_file", {"path": "/tmp/a"}, tool_call_id="d1")],
+                lambda _: [TextPart("done")],
+            ]
+        )
+        task_id = await _spawn_approval_task(client, inbox.ask, script, timeout=timedelta(hours=24))
+        waiting = await inspect_task(client, task_id)
+        ask = next(step for step in waiting.steps if step.kind == "wait_for_input")
+        assert ask.committed_at is not None
 
-    await wait_for_database_clock(absurd_dsn, ask.committed_at + WAITED)
-    (request,) = await inbox.pending(task_id=task_id)
-    await inbox.approve(request.token)
-    await run_queued(absurd_client)
+        await clock.advance(WAITED)
+        (request,) = await inbox.pending(task_id=task_id)
+        await inbox.approve(request.token)
+        await run_queued(client)
 
-    done = await inspect_task(absurd_client, task_id)
+        done = await inspect_task(client, task_id)
     assert done.state == "completed"
     assert done.totals.waiting_seconds >= WAITED.total_seconds()
     shown = next(line for line in render_timeline(done).splitlines() if "waiting for input" in line)
     assert float(shown.rsplit(" ", 1)[1].removesuffix("s")) >= WAITED.total_seconds()
 
 
-async def test_an_unanswered_wait_counts_until_now(absurd_client: AsyncAbsurd, absurd_dsn: str) -> None:
-    inbox = Inbox(absurd_client)
-    script = Script(turns=[lambda _: [ToolCallPart("delete_file", {"path": "/tmp/a"}, tool_call_id="d1")]])
-    task_id = await _spawn_approval_task(absurd_client, inbox.ask, script)
-    first = await inspect_task(absurd_client, task_id)
-    ask = next(step for step in first.steps if step.kind == "wait_for_input")
-    assert ask.committed_at is not None
-    await wait_for_database_clock(absurd_dsn, ask.committed_at + WAITED)
+async def test_an_unanswered_wait_counts_until_now(
+    absurd_dsn: str, absurd_queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `inspect_task` reads "now" on a connection of its own: it runs on the fake clock too.
+    async with client_on_fake_clock(absurd_dsn, absurd_queue, new_connections=monkeypatch) as (client, clock):
+        inbox = Inbox(client)
+        script = Script(turns=[lambda _: [ToolCallPart("delete_file", {"path": "/tmp/a"}, tool_call_id="d1")]])
+        task_id = await _spawn_approval_task(client, inbox.ask, script)
+        first = await inspect_task(client, task_id)
+        ask = next(step for step in first.steps if step.kind == "wait_for_input")
+        assert ask.committed_at is not None
+        await clock.advance(WAITED)
 
-    waiting = await inspect_task(absurd_client, task_id)
+        waiting = await inspect_task(client, task_id)
     assert waiting.state == "sleeping"
     ask = next(step for step in waiting.steps if step.kind == "wait_for_input")
     assert ask.waited_seconds is not None and ask.waited_seconds >= WAITED.total_seconds()
@@ -85,7 +93,7 @@ async def test_an_unanswered_wait_counts_until_now(absurd_client: AsyncAbsurd, a
     assert "waited " in render_timeline(waiting)
 
 
-async def test_an_ask_that_answers_inline_counts_its_own_time(absurd_client: AsyncAbsurd, absurd_dsn: str) -> None:
+async def test_an_ask_that_answers_inline_counts_its_own_time(absurd_dsn: str, absurd_queue: str) -> None:
     """An `ask` that prompts someone and returns the answer: the wait is the ask itself."""
     script = Script(
         turns=[
@@ -94,16 +102,14 @@ async def test_an_ask_that_answers_inline_counts_its_own_time(absurd_client: Asy
         ]
     )
     started: list[datetime] = []
+    async with client_on_fake_clock(absurd_dsn, absurd_queue) as (client, clock):
 
-    async def ask(ctx: RunContext[None], requests: DeferredToolRequests, token: str) -> DeferredToolResults:
-        async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
-            row = await (await conn.execute("select absurd.current_time()")).fetchone()
-        assert row is not None
-        started.append(row[0])
-        await wait_for_database_clock(absurd_dsn, row[0] + WAITED)  # someone takes a while to answer
-        return DeferredToolResults(approvals={"d1": True})
+        async def ask(ctx: RunContext[None], requests: DeferredToolRequests, token: str) -> DeferredToolResults:
+            started.append(await clock.now())
+            await clock.advance(WAITED)  # someone takes a while to answer
+            return DeferredToolResults(approvals={"d1": True})
 
-    task_id = await _spawn_approval_task(absurd_client, ask, script)
-    done = await inspect_task(absurd_client, task_id)
+        task_id = await _spawn_approval_task(client, ask, script)
+        done = await inspect_task(client, task_id)
     assert done.state == "completed" and started
     assert done.totals.waiting_seconds >= WAITED.total_seconds()

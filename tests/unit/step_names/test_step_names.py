@@ -8,19 +8,21 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from absurd_sdk import AsyncAbsurd
-from fastmcp import FastMCP
 from pydantic_ai import Agent, CustomEvent, FunctionToolset, RunContext
 from pydantic_ai.capabilities import AbstractCapability, durable_operation
-from pydantic_ai.mcp import MCPToolset
 from pydantic_ai.messages import AgentStreamEvent, TextPart, ToolCallPart
 from pydantic_ai.toolsets import DynamicToolset
 
 from pydantic_ai_absurd import AbsurdAgent
 from tests.helpers.agents import Script, SimulatedCrash, run_until_done
 from tests.helpers.sql import checkpoint_names
+
+if TYPE_CHECKING:
+    from fastmcp import FastMCP
+    from pydantic_ai.mcp import MCPToolset
 
 
 @dataclass(kw_only=True)
@@ -36,7 +38,15 @@ class Audit(AbstractCapability[None]):
         return f"recorded {message}"
 
 
+def mcp_toolset(server: FastMCP[Any]) -> MCPToolset:
+    from pydantic_ai.mcp import MCPToolset  # imported here: half a second, for this one test
+
+    return MCPToolset(server, id="weather", include_instructions=True)
+
+
 def mcp_server(sessions: list[int]) -> FastMCP[Any]:
+    from fastmcp import FastMCP  # imported here: half a second, for this one test
+
     @asynccontextmanager
     async def lifespan(server: FastMCP[Any]) -> AsyncIterator[None]:
         sessions.append(1)
@@ -131,7 +141,7 @@ def build(
         name="matrix",
         toolsets=[
             extra,
-            MCPToolset(mcp_server(sessions), id="weather", include_instructions=True),
+            mcp_toolset(mcp_server(sessions)),
             DynamicToolset[None](dynamic_tools, id="dyn"),
         ],
         capabilities=[Audit()],
