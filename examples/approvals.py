@@ -30,6 +30,7 @@ from pydantic_ai.models import infer_model
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, Inbox, PendingRequest, setup
+from pydantic_ai_absurd.embedded import database_url_or_embedded
 from pydantic_ai_absurd.testing import run_queued
 
 deleted: list[str] = []
@@ -139,18 +140,8 @@ def run() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--approver":
         asyncio.run(approver(sys.argv[2], sys.argv[3]))
         return
-    dsn = os.environ.get("ABSURD_DATABASE_URL")
-    server = None
-    if not dsn:
-        from pydantic_ai_absurd.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres()
-        dsn = server.start()
-    try:
+    with database_url_or_embedded() as dsn:
         asyncio.run(main(dsn))
-    finally:
-        if server is not None:
-            server.close()
 
 
 if __name__ == "__main__":

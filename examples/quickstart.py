@@ -31,6 +31,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.wrapper import WrapperModel
 
 from pydantic_ai_absurd import AbsurdAgent, setup
+from pydantic_ai_absurd.embedded import database_url_or_embedded
 
 CLAIM_TIMEOUT = 2  # seconds a worker's lease lasts without a checkpoint or heartbeat
 PROMPT = "Invoice ACME 120 EUR and Globex 80 EUR, then summarise."
@@ -201,18 +202,8 @@ def run() -> None:
         worker_main(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
         return
     started = time.monotonic()
-    dsn = os.environ.get("ABSURD_DATABASE_URL")
-    server = None
-    if not dsn:
-        from pydantic_ai_absurd.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres()
-        dsn = server.start()
-    try:
+    with database_url_or_embedded() as dsn:
         asyncio.run(main(dsn))
-    finally:
-        if server is not None:
-            server.close()
     print(f"done in {time.monotonic() - started:.1f} s")
 
 

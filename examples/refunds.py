@@ -35,6 +35,7 @@ from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCall
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, durable_transaction, setup
+from pydantic_ai_absurd.embedded import database_url_or_embedded
 
 ORDERS = {"o-1": 30, "o-2": 45, "o-3": 12}
 CLAIM_TIMEOUT = 2  # seconds: how soon another worker may take over a dead worker's task
@@ -147,18 +148,8 @@ def run() -> None:
     if len(sys.argv) == 6 and sys.argv[1] == "--worker":
         asyncio.run(worker(sys.argv[2], sys.argv[3], sys.argv[4], Path(sys.argv[5])))
         return
-    dsn = os.environ.get("ABSURD_DATABASE_URL")
-    server = None
-    if not dsn:
-        from pydantic_ai_absurd.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres()
-        dsn = server.start()
-    try:
+    with database_url_or_embedded() as dsn:
         asyncio.run(main(dsn))
-    finally:
-        if server is not None:
-            server.close()
 
 
 if __name__ == "__main__":

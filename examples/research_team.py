@@ -32,6 +32,7 @@ from pydantic_ai.messages import ModelMessage, ModelRequest, ModelResponse, Text
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from pydantic_ai_absurd import AbsurdAgent, inspect_task, setup
+from pydantic_ai_absurd.embedded import database_url_or_embedded
 from pydantic_ai_absurd.inspection import TaskTimeline
 from pydantic_ai_absurd.worker import run_worker
 
@@ -183,18 +184,8 @@ def run() -> None:
         return
     global SIGNALS
     SIGNALS = Path(tempfile.mkdtemp(prefix="research_team_"))
-    dsn = os.environ.get("ABSURD_DATABASE_URL")
-    server = None
-    if not dsn:
-        from pydantic_ai_absurd.embedded import EmbeddedPostgres
-
-        server = EmbeddedPostgres()
-        dsn = server.start()
-    try:
+    with database_url_or_embedded() as dsn:
         asyncio.run(main(dsn))
-    finally:
-        if server is not None:
-            server.close()
 
 
 if __name__ == "__main__":

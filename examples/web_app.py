@@ -54,6 +54,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pydantic_ai_absurd import AbsurdAgent, Inbox, PostgresConversationStore, event_stream_response, setup
+from pydantic_ai_absurd.embedded import database_url_or_embedded
 from pydantic_ai_absurd.errors import InvalidAnswerError, RequestNotPendingError
 
 PAGE = Path(__file__).with_name("web_app.html")
@@ -276,13 +277,11 @@ def run() -> None:
         return
     # SIGTERM ends the example as Ctrl-C does, so that the `finally` below stops the worker and the server too.
     signal.signal(signal.SIGTERM, interrupt)
-    dsn = os.environ.get("ABSURD_DATABASE_URL")
-    server = None
-    if not dsn:
-        from pydantic_ai_absurd.embedded import EmbeddedPostgres
+    with database_url_or_embedded() as dsn:
+        run_app(dsn, port)
 
-        server = EmbeddedPostgres()
-        dsn = server.start()
+
+def run_app(dsn: str, port: int) -> None:
     env = {**os.environ, "ABSURD_DATABASE_URL": dsn, "WEB_APP_QUEUE": QUEUE, "PORT": str(port)}
     processes: list[subprocess.Popen[bytes]] = []
     try:
@@ -301,8 +300,6 @@ def run() -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         stop(processes)
-        if server is not None:
-            server.close()
 
 
 def interrupt(signum: int, frame: object) -> None:

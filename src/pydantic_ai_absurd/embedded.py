@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Generator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -50,7 +51,7 @@ if sys.platform != "win32":  # importable everywhere; usable on Linux and macOS 
     import fcntl
     import pwd
 
-__all__ = ["EmbeddedPostgres", "default_embedded_dir", "start_embedded"]
+__all__ = ["EmbeddedPostgres", "database_url_or_embedded", "default_embedded_dir", "start_embedded"]
 
 _PORT = 5432  # only names the socket file: the server listens on a private unix socket dir
 _SERVER_USER_WHEN_ROOT = "nobody"
@@ -390,3 +391,18 @@ def start_embedded(
         server.close()
         raise
     return server
+
+
+@contextlib.contextmanager
+def database_url_or_embedded(env_var: str = "ABSURD_DATABASE_URL") -> Generator[str]:
+    """The database URL in `$env_var` when it is set, else the DSN of the embedded server, started for the block.
+
+    The embedded server is the default one (`EmbeddedPostgres()`); leaving the block closes it, which stops it
+    unless another process still uses it. Nothing is installed: call `setup()` on the URL as with any database.
+    """
+    explicit = os.environ.get(env_var)
+    if explicit:
+        yield explicit
+        return
+    with EmbeddedPostgres() as server:
+        yield server.dsn
