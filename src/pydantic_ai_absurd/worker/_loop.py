@@ -111,6 +111,7 @@ class Worker:
             self.health.stopping = True
             self.health.ready = False
             self._stop.set()
+            self._slot_freed.set()  # the claim loop waits on this one alone
             self._remove_health_file()
         elif not self._force.is_set():
             logger.warning("second stop request: handing back %d in-flight task(s) now", len(self._in_flight))
@@ -237,7 +238,7 @@ class Worker:
             free = self.config.concurrency - len(self._in_flight)
             if free <= 0:
                 self._slot_freed.clear()
-                await wait_any(self._slot_freed, self._stop)
+                await self._slot_freed.wait()  # set when a run ends, and on stop
                 continue
             self._wake.clear()
             try:
