@@ -16,6 +16,7 @@ from psycopg import sql
 
 from pydantic_ai_absurd._absurd import hand_back_runs_of_stale_workers  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai_absurd._db import connect_async  # pyright: ignore[reportPrivateUsage]
+from pydantic_ai_absurd.worker import _handback as handback  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai_absurd.worker import _liveness_rows as rows  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai_absurd.worker import _takeover as takeover  # pyright: ignore[reportPrivateUsage]
 from tests.helpers.polling import wait_until
@@ -280,8 +281,9 @@ async def test_a_live_worker_behind_pgbouncer_keeps_its_task_while_peers_poll(
     await wait_until(lambda: _ready(b))
     claimed_by = (await latest_run(dsn, absurd_queue, task_id))["claimed_by"]
     before = await _checks(b)
-    # b checks every 0.1 s: twice STALE_AFTER worth of checks while a's run is in flight.
-    await wait_until(lambda: _checks_since(b, before, int(2 * rows.STALE_AFTER / 0.1)))
+    # Twice STALE_AFTER worth of b's takeover checks while a's run is in flight.
+    checks = int(2 * rows.STALE_AFTER / handback.TAKEOVER_CHECK_INTERVAL)
+    await wait_until(lambda: _checks_since(b, before, checks))
     assert await latest_run(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
     assert "took over" not in b.output()
     await open_gate(dsn, absurd_queue, task_id, "s0")

@@ -95,7 +95,7 @@ async def test_a_paused_worker_keeps_its_task_while_peers_poll(
     paused.send_signal(signal.SIGSTOP)
     try:
         before = await _polls(peer)
-        # The peer checks for dead workers at least three times (0.1 s apart) while the other one is stopped.
+        # The peer checks for dead workers at least three times (a second apart) while the other one is stopped.
         await wait_until(lambda: _polls_since(peer, before, 3))
         assert await latest_run(dsn, absurd_queue, task_id) == {"state": "running", "claimed_by": claimed_by}
         assert "took over" not in peer.output()
@@ -139,7 +139,7 @@ async def test_a_worker_that_lost_one_lock_connection_keeps_its_tasks(
     absurd_client: AsyncAbsurd, effects: str, absurd_queue: str, tmp_path: Path, workers: Workers
 ) -> None:
     dsn = effects
-    # A checks its lock connections only every 2 s, so the peer polls while A is down to one lock.
+    # A checks its lock connections only every second (poll_interval=2.0), so the peer polls while A is down to one lock.
     a = _start(workers, dsn, absurd_queue, tmp_path, id="a", poll_interval=2.0)
     await wait_until(lambda: _ready(a))
     # Step s0 holds until the gate opens, so the run is still A's however slowly B starts and polls.

@@ -66,6 +66,7 @@ from ._sql import (
     hand_back_orphaned_runs,
     hold_worker_lock,
     schedule_run_now,
+    takeover_candidates,
     worker_lock_held,
 )
 from ._sql_claims import extend_claims
@@ -175,6 +176,7 @@ __all__ = [
     "registered_task_names",
     "release_step_name",
     "schedule_run_now",
+    "takeover_candidates",
     "spawn_with_checkpoints",
     "step_encounters",
     "suspend_run_until",

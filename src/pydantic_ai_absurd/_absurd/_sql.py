@@ -169,42 +169,67 @@ class OrphanedRun:
     handed_back_at: Any
 
 
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def takeover_candidates(
+    conn: AsyncConnection[Any], queue_name: str, claim_prefix: str, lock_prefix: str, own_identity: str
+) -> list[tuple[str, bool]]:
+    """The identities of other workers of this package with running runs in `queue_name`; one statement, no lock kept.
+
+    Each comes with whether it looks dead: for an identity starting with `lock_prefix`, whether nobody holds its
+    worker lock (`pg_try_advisory_xact_lock` succeeds; released when the statement ends); any other identity
+    (a liveness row's) is returned with false, for the caller to check. Reads `absurd.r_<queue>` (`state`,
+    `claimed_by`). An idle worker alone on its queue sends just this statement per takeover check.
+    """
+    query = sql.SQL(
+        "with ids as materialized (select distinct claimed_by from absurd.{} where state = 'running'"
+        " and claimed_by like %s and claimed_by <> %s)"
+        " select claimed_by, case when claimed_by like %s"
+        " then pg_try_advisory_xact_lock(hashtextextended(claimed_by, 0)) else false end from ids"
+    ).format(sql.Identifier(f"r_{queue_name}"))
+    params = (_like_prefix(claim_prefix), own_identity, _like_prefix(lock_prefix))
+    cur = await conn.execute(query, params)
+    return [(str(identity), bool(dead)) for identity, dead in await cur.fetchall()]
+
+
 async def hand_back_orphaned_runs(
     conn: AsyncConnection[Any],
     queue_name: str,
-    claim_prefix: str,
-    own_identity: str,
+    identities: list[str],
     record: Callable[[AsyncConnection[Any], list[OrphanedRun]], Awaitable[None]] | None = None,
 ) -> list[OrphanedRun]:
-    """Hand back the running runs of `queue_name` whose worker is dead, and return them.
+    """Hand back the running runs of `queue_name` claimed in those of `identities` whose worker is dead.
 
-    A run is a candidate when its `claimed_by` starts with `claim_prefix` (claims of this package's
-    workers: runs of other workers are never touched) and is not `own_identity`. It is orphaned when
-    `pg_try_advisory_xact_lock` on its worker's lock key succeeds: no session holds that worker's shared
-    lock (see `hold_worker_lock`), so every connection of that worker is gone. Each candidate is locked
-    first (`for update skip locked`: one peer handles it), and an orphaned one is handed back with
-    `absurd.schedule_run(queue, run_id, now)`: claimable at once, no attempt used. `record` is awaited with
-    the handed-back runs in the same transaction. One transaction; the transaction-level locks end with
-    it. Reads `absurd.r_<queue>` (`run_id`, `task_id`, `attempt`, `state`, `claimed_by`, `started_at`).
+    `identities` are worker-lock identities (`takeover_candidates` found them dead a moment ago). An identity
+    is dead when `pg_try_advisory_xact_lock` on its lock key succeeds: no session holds that worker's shared
+    lock (see `hold_worker_lock`), so every connection of that worker is gone; the lock is held until the
+    transaction ends. The runs of a dead identity are locked (`for update skip locked`: one peer handles
+    each) and handed back with `absurd.schedule_run(queue, run_id, now)`: claimable at once, no attempt
+    used. `record` is awaited with the handed-back runs in the same transaction. Runs of live workers are
+    neither locked nor touched. Reads `absurd.r_<queue>` (`run_id`, `task_id`, `attempt`, `state`,
+    `claimed_by`, `started_at`).
     """
-    runs = sql.Identifier(f"r_{queue_name}")
-    escaped = claim_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     query = sql.SQL(
         "select run_id::text, task_id::text, attempt, claimed_by, started_at, absurd.current_time() from absurd.{}"
-        " where state = 'running' and claimed_by like %s and claimed_by <> %s"
-        " for update skip locked"
-    ).format(runs)
-    handed_back: list[OrphanedRun] = []
+        " where state = 'running' and claimed_by = any(%s) order by run_id for update skip locked"
+    ).format(sql.Identifier(f"r_{queue_name}"))
     async with conn.transaction():
-        cur = await conn.execute(query, (escaped + "%", own_identity))
-        candidates = [OrphanedRun(str(a), str(b), int(c), str(d), e, f) for a, b, c, d, e, f in await cur.fetchall()]
-        for run in candidates:
-            cur = await conn.execute("select pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (run.claimed_by,))
-            row = await cur.fetchone()
-            if not (row and row[0]):
-                continue  # its worker is alive (it holds its lock), even if paused or slow
-            await conn.execute("select absurd.schedule_run(%s, %s, absurd.current_time())", (queue_name, run.run_id))
-            handed_back.append(run)
+        cur = await conn.execute(
+            "select id from unnest(%s::text[]) as id where pg_try_advisory_xact_lock(hashtextextended(id, 0))",
+            (identities,),
+        )
+        dead = [str(row[0]) for row in await cur.fetchall()]  # alive ones hold their lock, even if paused or slow
+        if not dead:
+            return []
+        cur = await conn.execute(query, (dead,))
+        handed_back = [OrphanedRun(str(a), str(b), int(c), str(d), e, f) for a, b, c, d, e, f in await cur.fetchall()]
+        if handed_back:
+            await conn.execute(
+                "select absurd.schedule_run(%s, id, absurd.current_time()) from unnest(%s::uuid[]) as id",
+                (queue_name, [run.run_id for run in handed_back]),
+            )
         if handed_back and record is not None:
             await record(conn, handed_back)
     return handed_back

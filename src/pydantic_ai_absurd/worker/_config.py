@@ -55,8 +55,8 @@ class WorkerConfig:
         heartbeat: Keep the claim of every in-flight task alive while it runs (one statement every
             `claim_timeout / 3` extends the claims of all the worker's runs, and notices a cancelled task
             there). False: only the steps of durable agents and checkpoint writes extend it.
-        fast_takeover: Hold a liveness lock and hand back the runs of dead workers of this package at
-            every poll (see the production docs); false: rely on leases alone.
+        fast_takeover: Hold a liveness lock and hand back the runs of dead workers of this package
+            within a second (see the production docs); false: rely on leases alone.
         health_file: Path touched (mtime and a timestamp) after every successful poll; removed on stop.
         on_poll: Called after every successful poll with the worker's `WorkerHealth`.
         handle_signals: Install SIGTERM/SIGINT handlers while the worker runs.

@@ -47,6 +47,9 @@ class Executor:
         (`BorrowedConnection`), so a model call or a tool body holds none.
         """
         conn = BorrowedConnection(self.pool.connection, self.dsn)
+        run_id = str(running.task["run_id"])
+        if running.claimed_by is not None:
+            self.heartbeats.claims[run_id] = running.claimed_by
         try:
             self._warn_if_unrunnable(running)
             hooks = wrap_execution(
@@ -86,6 +89,8 @@ class Executor:
                 logger.exception("error outside the handler of %s; its lease will expire", running.describe())
         except Exception:
             logger.exception("error outside the handler of %s; its lease will expire", running.describe())
+        finally:
+            self.heartbeats.claims.pop(run_id, None)
 
     def _warn_if_unrunnable(self, running: Running) -> None:
         name = running.task["task_name"]

@@ -6,21 +6,33 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 
-from .._absurd import OrphanedRun, hand_back_orphaned_runs, hand_back_runs_of_stale_workers, schedule_run_now
+from .._absurd import (
+    OrphanedRun,
+    hand_back_orphaned_runs,
+    hand_back_runs_of_stale_workers,
+    schedule_run_now,
+    takeover_candidates,
+)
 from .._worker_records import record_lost_executions
 from ..errors import one_line
 from ._config import WorkerHealth
 from ._liveness_rows import ROW_CLAIM_PREFIX, STALE_AFTER
 from ._takeover import CLAIM_PREFIX
 
-__all__ = ["hand_back_run", "take_over_orphans"]
+__all__ = ["TAKEOVER_CHECK_INTERVAL", "hand_back_run", "take_over_orphans"]
 
 logger = logging.getLogger("pydantic_ai_absurd.worker")
+
+TAKEOVER_CHECK_INTERVAL = 1.0
+"""Seconds between two takeover checks of a worker (one statement each while no peer died)."""
+
+CLAIM_FAMILY = "pydantic-ai-absurd"
+"""What `CLAIM_PREFIX` and `ROW_CLAIM_PREFIX` start with: the claims of this package's workers with fast takeover."""
 
 ConnectionFactory = Callable[[], contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]]
 
@@ -60,7 +72,9 @@ async def hand_back_run(
 async def take_over_orphans(connection: ConnectionFactory, queue: str, identity: str, health: WorkerHealth) -> int:
     """Hand back the running runs of `queue` whose worker (one of this package's) is dead; return how many.
 
-    Never raises on a database error (the next check tries again).
+    One statement when no other worker of this package has a running run, or all of those hold their lock
+    (`takeover_candidates`); a transaction only to hand runs back, or to check liveness rows. Never raises
+    on a database error (the next check tries again).
     """
 
     async def record(conn: psycopg.AsyncConnection[Any], runs: list[OrphanedRun]) -> None:
@@ -68,13 +82,7 @@ async def take_over_orphans(connection: ConnectionFactory, queue: str, identity:
 
     try:
         async with connection() as conn:
-            rows = await hand_back_orphaned_runs(conn, queue, CLAIM_PREFIX, identity, record)
-            # Workers behind a transaction pooler prove liveness with a row instead of a lock (migration 007;
-            # a database migrated before it has no such worker).
-            with contextlib.suppress(psycopg.errors.UndefinedTable):
-                rows += await hand_back_runs_of_stale_workers(
-                    conn, queue, ROW_CLAIM_PREFIX, identity, STALE_AFTER, record
-                )
+            rows = await _take_over(conn, queue, identity, record)
     except (psycopg.Error, OSError) as err:
         logger.debug("takeover check failed: %s", one_line(err, with_type=True))
         return 0
@@ -89,3 +97,20 @@ async def take_over_orphans(connection: ConnectionFactory, queue: str, identity:
             run.claimed_by,
         )
     return len(rows)
+
+
+async def _take_over(
+    conn: psycopg.AsyncConnection[Any],
+    queue: str,
+    identity: str,
+    record: Callable[[psycopg.AsyncConnection[Any], list[OrphanedRun]], Awaitable[None]],
+) -> list[OrphanedRun]:
+    candidates = await takeover_candidates(conn, queue, CLAIM_FAMILY, CLAIM_PREFIX, identity)
+    dead_locks = [claimed_by for claimed_by, dead in candidates if dead]
+    rows = await hand_back_orphaned_runs(conn, queue, dead_locks, record) if dead_locks else []
+    if any(claimed_by.startswith(ROW_CLAIM_PREFIX) for claimed_by, _ in candidates):
+        # Workers behind a transaction pooler prove liveness with a row instead of a lock (migration 007;
+        # a database migrated before it has no such worker).
+        with contextlib.suppress(psycopg.errors.UndefinedTable):
+            rows += await hand_back_runs_of_stale_workers(conn, queue, ROW_CLAIM_PREFIX, identity, STALE_AFTER, record)
+    return rows

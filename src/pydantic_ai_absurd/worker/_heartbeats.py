@@ -22,7 +22,9 @@ class BulkHeartbeats:
 
     Each execution's lease keeper joins while it holds work (the worker holds a whole execution); a run
     Absurd reports cancelled or failed gets `CancelledTask` / `FailedTask` through its keeper, which cancels
-    its running step bodies (or the execution) as its own heartbeat would. A failed statement is logged and
+    its running step bodies (or the execution) as its own heartbeat would. A run claimed in the identity
+    recorded in `claims` is extended only while it still runs in that identity: one a peer took over (this
+    worker was presumed dead) gets `FailedTask`, and stops without writing. A failed statement is logged and
     tried again at the next interval; a claim lasts three intervals.
     """
 
@@ -31,6 +33,8 @@ class BulkHeartbeats:
         self._queue = queue
         self._claim_timeout = claim_timeout
         self._keepers: dict[LeaseKeeper, None] = {}
+        self.claims: dict[str, str] = {}
+        """`claimed_by` of the in-flight runs, by run id (the worker records each claim while it runs)."""
         self._loop: asyncio.Task[None] | None = None
         self.statements = 0
         """Heartbeat statements sent so far."""
@@ -66,10 +70,11 @@ class BulkHeartbeats:
     async def beat(self) -> None:
         """Extend the claims of every joined run now; report the ended ones to their keepers."""
         by_run = {str(claimed_task_of(keeper.task_ctx)["run_id"]): keeper for keeper in self._keepers}
+        runs = [(run_id, self.claims.get(run_id)) for run_id in by_run]
         try:
             async with self._borrow() as conn:
                 self.statements += 1
-                ended = await extend_claims(conn, self._queue, list(by_run), self._claim_timeout)
+                ended = await extend_claims(conn, self._queue, runs, self._claim_timeout)
         except (psycopg.Error, OSError) as err:
             logger.warning(
                 "heartbeat of %d run(s) failed (%s); trying again in %.1fs",
@@ -80,4 +85,10 @@ class BulkHeartbeats:
             return
         for run_id, state in ended:
             keeper = by_run[run_id]
+            if keeper not in self._keepers:
+                continue  # its execution let go of the claim meanwhile (it completed or suspended)
+            if state == "taken_over":
+                logger.warning(
+                    "run_id=%s was taken over by a peer (this worker was presumed dead); stopping it", run_id
+                )
             keeper.report_end(CancelledTask() if state == "cancelled" else FailedTask())

@@ -15,7 +15,7 @@ Differences from `AsyncAbsurd.start_worker()`:
   extends every claim. When it reports a task cancelled (or its run failed elsewhere), that run's running
   step raises `CancelledTask` / `FailedTask`, and a handler outside any step is stopped. Claims fetch up
   to the free slots in one call.
-- **Fast takeover** (`_takeover.py`): a worker holds a liveness lock while it lives; at every poll,
+- **Fast takeover** (`_takeover.py`): a worker holds a liveness lock while it lives; every second,
   workers hand back the runs of dead workers of this package (SIGKILL, OOM) at once. A paused or slow
   worker keeps its tasks; lease expiry is the fallback for lost machines. Behind a transaction pooler
   the proof of life is a liveness row instead (`_liveness_rows.py`).
@@ -64,7 +64,7 @@ from ..telemetry import with_default_hooks
 from ._config import APPLICATION_NAME_PREFIX, WorkerConfig, WorkerHealth
 from ._drain import cancel_in_flight, drain
 from ._execute import Executor
-from ._handback import take_over_orphans
+from ._handback import TAKEOVER_CHECK_INTERVAL, take_over_orphans
 from ._heartbeats import BulkHeartbeats
 from ._liveness_rows import RowLiveness
 from ._pool import WorkerPool
@@ -111,6 +111,7 @@ class Worker:
             self.health.stopping = True
             self.health.ready = False
             self._stop.set()
+            self._slot_freed.set()  # the claim loop waits on this one alone
             self._remove_health_file()
         elif not self._force.is_set():
             logger.warning("second stop request: handing back %d in-flight task(s) now", len(self._in_flight))
@@ -237,7 +238,7 @@ class Worker:
             free = self.config.concurrency - len(self._in_flight)
             if free <= 0:
                 self._slot_freed.clear()
-                await wait_any(self._slot_freed, self._stop)
+                await self._slot_freed.wait()  # set when a run ends, and on stop
                 continue
             self._wake.clear()
             try:
@@ -275,11 +276,19 @@ class Worker:
             return tasks, claimed_by
 
     async def _takeover_loop(self) -> None:
-        """Every poll interval: keep the liveness lock, and hand back the runs of dead workers."""
+        """Keep the liveness lock (checked every poll interval) and hand back the runs of dead workers.
+
+        The lock check sends no statement (`Liveness.check`); the takeover check, one statement every
+        `TAKEOVER_CHECK_INTERVAL` seconds when no peer died (`take_over_orphans`).
+        """
         assert self._liveness is not None
+        next_takeover = time.monotonic() + TAKEOVER_CHECK_INTERVAL
         while True:
-            await asyncio.sleep(self.config.poll_interval)
+            await asyncio.sleep(min(self.config.poll_interval, TAKEOVER_CHECK_INTERVAL))
             await self._liveness.check()
+            if time.monotonic() < next_takeover:
+                continue
+            next_takeover = time.monotonic() + TAKEOVER_CHECK_INTERVAL
             if await take_over_orphans(self._connection, self.queue, self._liveness.identity, self.health):
                 self._wake.set()  # claim them now rather than at the next poll
 

@@ -6,10 +6,12 @@ of its own, and records that identity as `claimed_by` of every run it claims. Po
 session locks when a backend exits; when a worker process dies (SIGKILL, OOM kill, crash) the kernel
 closes its sockets and all its backends exit at once, so its lock disappears within milliseconds.
 
-Every poll interval each worker looks for running runs of its queue claimed by a worker of this
-package (`claimed_by` starts with `CLAIM_PREFIX`) whose lock nobody holds any more
+Every second (`_handback.TAKEOVER_CHECK_INTERVAL`) each worker looks for running runs of its queue claimed
+by a worker of this package (`claimed_by` starts with `CLAIM_PREFIX`) whose lock nobody holds any more
 (`pg_try_advisory_xact_lock` succeeds) and hands them back with `absurd.schedule_run(queue, run_id,
-now)`: claimable at once, no attempt used, resumed from their checkpoints.
+now)`: claimable at once, no attempt used, resumed from their checkpoints. While no worker died that is
+one statement. A worker notices a lost lock connection without a statement: the server closes the
+socket or writes its termination notice on it (`_quiet`).
 
 A live worker never loses a run this way: a paused (SIGSTOP) or slow process keeps its connections,
 so Postgres keeps its locks; losing one connection leaves the lock held on the other, and the lost
@@ -26,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -143,7 +147,9 @@ class Liveness:
         """Check every lock connection; reconnect and re-lock the lost ones; return how many hold the lock.
 
         Never raises on a database error. The worker calls it before every claim (so it never claims in
-        its marked name while holding no lock) and every poll interval.
+        its marked name while holding no lock) and every poll interval. A lock connection on which the
+        server has neither closed the socket nor written anything is alive (`_quiet`: no round trip); one
+        the server wrote to is asked for its backend pid.
         """
         if not self.enabled:
             return 0
@@ -171,7 +177,9 @@ class Liveness:
         conn, pid = self._conns[slot], self._pids[slot]
         if conn is None or pid is None or conn.closed or conn.broken:
             return False
-        try:
+        if _quiet(conn):
+            return True
+        try:  # the server closed the socket or wrote to it (a termination notice?): ask it
             return await backend_pid(conn) == pid
         except (psycopg.Error, OSError):
             return False
@@ -228,3 +236,28 @@ def claim_guard(
     if isinstance(liveness, RowLiveness) and claimed_by.startswith(ROW_CLAIM_PREFIX):
         return liveness.claim_guard(conn, claimed_by)
     return contextlib.nullcontext(True)
+
+
+_PEEK_FLAGS = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def _quiet(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server has sent nothing on this idle connection: no data, no end of stream (no round trip).
+
+    A backend that ends (terminated, the server restarting or crashing) writes its termination notice or
+    closes the socket; a live backend of an idle session sends nothing unprompted. False also when the
+    socket cannot be read. libpq keeps its sockets non-blocking, so the peek never waits.
+    """
+    try:
+        peek = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    except (psycopg.Error, OSError):
+        return False
+    try:
+        peek.recv(1, _PEEK_FLAGS)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        peek.close()
+    return False

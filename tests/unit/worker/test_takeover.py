@@ -120,3 +120,18 @@ async def test_a_connection_not_proven_direct_uses_a_liveness_row_with_one_log_l
         row = await cur.fetchone()
     assert row is not None
     assert row[0] is None or str(row[0]).startswith(liveness_rows.ROW_CLAIM_PREFIX)  # never the lock identity
+
+
+async def test_a_lock_connection_whose_backend_ended_is_noticed_without_a_statement(absurd_dsn: str) -> None:
+    quiet = takeover._quiet  # pyright: ignore[reportPrivateUsage]
+    async with (
+        await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn,
+        await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as killer,
+    ):
+        assert quiet(conn)  # an idle live session: nothing to read, no round trip
+        await killer.execute("select pg_terminate_backend(%s)", (conn.info.backend_pid,))
+
+        async def noticed() -> bool:
+            return not quiet(conn)
+
+        await wait_until(noticed)
