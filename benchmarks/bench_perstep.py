@@ -145,15 +145,20 @@ async def fresh(admin_dsn: str, scenario: str, cfg: dict[str, Any], src: str | N
         return await asyncio.to_thread(run_child, scenario, {**cfg, "dsn": dsn}, src, python)
 
 
-def contenders(args: argparse.Namespace) -> dict[str, tuple[str, str | None, str | None]]:
-    """Label -> (durable scenario, source tree, Python); each is compared with plain runs in its own Python."""
-    found: dict[str, tuple[str, str | None, str | None]] = {"ours": ("ours", args.src, None)}
+Racer = tuple[str, str | None, str | None, dict[str, Any]]
+
+
+def contenders(args: argparse.Namespace) -> dict[str, Racer]:
+    """Label -> (durable scenario, source tree, Python, settings); each is compared with plain runs in its own Python."""
+    found: dict[str, Racer] = {"ours": ("ours", args.src, None, {})}
+    if args.slow_poll:  # the worker's takeover check runs every poll interval: at the default, 10 times less often
+        found["ours, poll 0.5 s"] = ("ours", args.src, None, {"poll_interval": 0.5})
     if args.before_src:
-        found["before"] = ("ours", args.before_src, None)
+        found["before"] = ("ours", args.before_src, None, {})
     if args.peer08_python:
-        found["0.8"] = ("peer08", None, args.peer08_python)
+        found["0.8"] = ("peer08", None, args.peer08_python, {})
     if args.dbos_python:
-        found["dbos"] = ("dbos_steps", None, args.dbos_python)
+        found["dbos"] = ("dbos_steps", None, args.dbos_python, {})
     return found
 
 
@@ -161,15 +166,15 @@ async def per_step(args: argparse.Namespace) -> dict[str, Any]:
     """Interleaved rounds of every contender (and the plain runs of each Python) at W(1), W(10), W(50)."""
     rounds: list[dict[str, Any]] = []
     racers = contenders(args)
-    pythons = sorted({python or "" for _, _, python in racers.values()})
+    pythons = sorted({python or "" for _, _, python, _ in racers.values()})
     loads: list[float] = []
     for number in range(args.rounds):
         measured: dict[str, Any] = {}
         for turns in TURNS:
             cfg = _config(args, turns)
             plain = {py: await fresh(args.dsn, "plain_steps", cfg, None, py or None) for py in pythons}
-            for label, (scenario, src, python) in racers.items():
-                result = await fresh(args.dsn, scenario, cfg, src, python)
+            for label, (scenario, src, python, settings) in racers.items():
+                result = await fresh(args.dsn, scenario, {**cfg, **settings}, src, python)
                 measured[f"{label} W({turns})"] = _overhead(plain[python or ""], result, turns)
         loads.append(os.getloadavg()[0])
         print(f"round {number + 1} done, load average {loads[-1]:.1f}", flush=True)
@@ -232,6 +237,7 @@ def main() -> None:
     parser.add_argument("--before-src", help="another source tree, measured as 'before' in the same rounds")
     parser.add_argument("--peer08-python", help="a Python with pydantic-ai-absurd==0.8.0 (a throwaway venv)")
     parser.add_argument("--dbos-python", help="a Python with `dbos` and pydantic-ai-slim[dbos] (a throwaway venv)")
+    parser.add_argument("--slow-poll", action="store_true", help="also run ours at poll_interval=0.5 (the default)")
     parser.add_argument("--profile", action="store_true", help="then cProfile our worker at W(10) and W(50)")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(sys.argv[1:])

@@ -193,7 +193,7 @@ async def child_ours(cfg: dict[str, Any]) -> dict[str, Any]:
     absurd = _durable_client(dsn, cfg, timings, cpu_times)
     await _spawn_all(dsn, "w", cfg["n"])
     options: dict[str, Any] = {"concurrency": cfg["concurrency"], "worker_id": "bench", "handle_signals": False}
-    options["poll_interval"] = 0.05
+    options["poll_interval"] = cfg.get("poll_interval", 0.05)
     if "pool_size" in {f.name for f in fields(WorkerConfig)}:
         options["pool_size"] = cfg["pool_size"]
     worker = Worker(absurd, WorkerConfig(**options))
