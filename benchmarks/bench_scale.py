@@ -14,7 +14,8 @@ Each scenario runs in its own Python process on a scratch database (created and 
    counted in the worker process (every `AsyncCursor.execute`) over a 10 s window, by statement.
 3. Tasks/s of W(3) at 0 ms model, one run in flight, 300 tasks: our worker vs `start_worker`.
 4. Overhead per checkpointed step, W(1) / W(10) / W(50) at 0 ms model, one run in flight: the median
-   `agent.run` time inside the task minus the median plain run, divided by the steps (2k + 1).
+   `agent.run` time inside the task minus the median plain run, divided by the steps (2k + 1). Against
+   pydantic-ai-absurd 0.8 and DBOS, in interleaved rounds with CPU per step: `bench_perstep.py`.
 
 `--src DIR` runs the scenarios against another source tree of the package (e.g. an export of an older commit)
 for a before/after comparison in the same run.
