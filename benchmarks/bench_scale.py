@@ -14,7 +14,8 @@ Each scenario runs in its own Python process on a scratch database (created and 
    counted in the worker process (every `AsyncCursor.execute`) over a 10 s window, by statement.
 3. Tasks/s of W(3) at 0 ms model, one run in flight, 300 tasks: our worker vs `start_worker`.
 4. Overhead per checkpointed step, W(1) / W(10) / W(50) at 0 ms model, one run in flight: the median
-   `agent.run` time inside the task minus the median plain run, divided by the steps (2k + 1).
+   `agent.run` time inside the task minus the median plain run, divided by the steps (2k + 1). Against
+   pydantic-ai-absurd 0.8 and DBOS, in interleaved rounds with CPU per step: `bench_perstep.py`.
 
 `--src DIR` runs the scenarios against another source tree of the package (e.g. an export of an older commit)
 for a before/after comparison in the same run.
@@ -47,7 +48,13 @@ DBOS_APP = "dbos bench"
 NO_LIMITS = UsageLimits(request_limit=None)
 
 
-def w_agent(turns: int, model_seconds: float, name: str, wait: asyncio.Event | None = None) -> Any:
+def w_agent(
+    turns: int,
+    model_seconds: float,
+    name: str,
+    wait: asyncio.Event | None = None,
+    capabilities: list[Any] | None = None,
+) -> Any:
     """W(turns): `turns` tool calls, `turns + 1` model calls of `model_seconds` each (an `asyncio.sleep`)."""
     from pydantic_ai import Agent
     from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
@@ -63,7 +70,8 @@ def w_agent(turns: int, model_seconds: float, name: str, wait: asyncio.Event | N
             return ModelResponse(parts=[ToolCallPart("work", {"i": turn}, tool_call_id=f"call-{turn}")])
         return ModelResponse(parts=[TextPart(f"done after {turn} tool calls")])
 
-    agent = Agent(FunctionModel(respond, model_name="scripted"), name=name)
+    extra: dict[str, Any] = {"capabilities": capabilities} if capabilities else {}
+    agent = Agent(FunctionModel(respond, model_name="scripted"), name=name, **extra)
 
     @agent.tool_plain
     async def work(i: int) -> str:
@@ -105,18 +113,23 @@ async def _sample(dsn: str, peak: list[int]) -> None:
             await asyncio.sleep(0.05)
 
 
+def dbos_url(dsn: str) -> str:
+    """`dsn` as the URL DBOS takes, with the DBOS application name."""
+    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    host = str(info.get("host", "127.0.0.1"))
+    where = f"?host={host}&" if host.startswith("/") else "?"
+    return (
+        f"postgresql://{info.get('user', 'postgres')}@{'' if host.startswith('/') else host}:{info.get('port', 5432)}"
+        f"/{info['dbname']}{where}application_name={DBOS_APP.replace(' ', '%20')}"
+    )
+
+
 async def child_dbos(cfg: dict[str, Any]) -> dict[str, Any]:
     """Pydantic AI's DBOS integration: one workflow per run, all started at once in one process."""
     from dbos import DBOS
     from pydantic_ai.durable_exec.dbos import DBOSAgent
 
-    info = psycopg.conninfo.conninfo_to_dict(cfg["dsn"])
-    host = str(info.get("host", "127.0.0.1"))
-    where = f"?host={host}&" if host.startswith("/") else "?"
-    url = (
-        f"postgresql://{info.get('user', 'postgres')}@{'' if host.startswith('/') else host}:{info.get('port', 5432)}"
-        f"/{info['dbname']}{where}application_name={DBOS_APP.replace(' ', '%20')}"
-    )
+    url = dbos_url(cfg["dsn"])
     agent = DBOSAgent(w_agent(cfg["turns"], cfg["model"], "w"), name="w")
     DBOS(config={"name": "bench", "system_database_url": url, "run_admin_server": False})  # type: ignore[typeddict-unknown-key]
 
@@ -152,19 +165,21 @@ async def _spawn_all(dsn: str, task: str, n: int) -> None:
     await client.close()
 
 
-def _durable_client(dsn: str, cfg: dict[str, Any], timings: list[float]) -> Any:
+def _durable_client(dsn: str, cfg: dict[str, Any], timings: list[float], cpu_times: list[float] | None = None) -> Any:
     from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 
     from pydantic_ai_absurd import AbsurdAgent
 
     absurd = AsyncAbsurd(dsn, queue_name=QUEUE)
     agent = AbsurdAgent(w_agent(cfg["turns"], cfg["model"], "w"))
+    cpu_times = [] if cpu_times is None else cpu_times
 
     @absurd.register_task(name="w")
     async def w(params: Any, ctx: AsyncTaskContext) -> dict[str, Any]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         result = await agent.run("go", usage_limits=NO_LIMITS)
         timings.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu)
         return {"output": result.output}
 
     return absurd
@@ -175,11 +190,11 @@ async def child_ours(cfg: dict[str, Any]) -> dict[str, Any]:
 
     from pydantic_ai_absurd.worker import Worker, WorkerConfig
 
-    dsn, timings, peak = cfg["dsn"], [], [0]
-    absurd = _durable_client(dsn, cfg, timings)
+    dsn, timings, cpu_times, peak = cfg["dsn"], [], [], [0]
+    absurd = _durable_client(dsn, cfg, timings, cpu_times)
     await _spawn_all(dsn, "w", cfg["n"])
     options: dict[str, Any] = {"concurrency": cfg["concurrency"], "worker_id": "bench", "handle_signals": False}
-    options["poll_interval"] = 0.05
+    options["poll_interval"] = cfg.get("poll_interval", 0.05)
     if "pool_size" in {f.name for f in fields(WorkerConfig)}:
         options["pool_size"] = cfg["pool_size"]
     worker = Worker(absurd, WorkerConfig(**options))
@@ -191,7 +206,8 @@ async def child_ours(cfg: dict[str, Any]) -> dict[str, Any]:
     worker.request_stop()
     await job
     await absurd.close()
-    return {"wall": wall, "cpu": cpu, "connections": peak[0], "run_median": _median(timings), **_profile(profile)}
+    result = {"wall": wall, "cpu": cpu, "connections": peak[0], "run_median": _median(timings)}
+    return {**result, "run_cpu": _median(cpu_times[5:] or cpu_times), **_profile(profile)}
 
 
 async def child_sdk(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -290,11 +306,13 @@ def _profile(profile: Any) -> dict[str, Any]:
 async def child_plain_steps(cfg: dict[str, Any]) -> dict[str, Any]:
     agent = w_agent(cfg["turns"], 0.0, "plain")
     times: list[float] = []
+    cpu_times: list[float] = []
     for _ in range(cfg["n"]):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await agent.run("go", usage_limits=NO_LIMITS)
         times.append(time.perf_counter() - start)
-    return {"run_median": _median(times[5:] or times)}
+        cpu_times.append(time.process_time() - cpu)
+    return {"run_median": _median(times[5:] or times), "run_cpu": _median(cpu_times[5:] or cpu_times)}
 
 
 CHILDREN = {

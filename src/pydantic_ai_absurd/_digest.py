@@ -69,8 +69,20 @@ class Asked:
         return cls(digest, _one_line(summary), request=_request_text(request))
 
 
+# `json.dumps(request, sort_keys=True, ensure_ascii=False, indent=1, default=str)`, encoded piecewise: the C encoder
+# does not indent, so the text is built in Python, and only what the clip keeps is worth building.
+_INDENTED = json.JSONEncoder(sort_keys=True, ensure_ascii=False, indent=1, default=str)
+
+
 def _request_text(request: object) -> str:
-    return _clip(json.dumps(request, sort_keys=True, ensure_ascii=False, indent=1, default=str))
+    pieces: list[str] = []
+    size = 0
+    for piece in _INDENTED.iterencode(request):
+        pieces.append(piece)
+        size += len(piece)
+        if size > REQUEST_TEXT_LIMIT:
+            break  # `_clip` cuts here whatever follows
+    return _clip("".join(pieces))
 
 
 def _clip(text: str) -> str:
