@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from pydantic_ai_absurd.worker import _loop as worker_loop
 from tests.helpers.infra import EmptyDatabases
 from tests.helpers.queue_pool import QueuePool
 
@@ -49,3 +50,9 @@ def empty_db(empty_databases: EmptyDatabases) -> Iterator[str]:
     database = empty_databases.take()
     yield database[1]
     empty_databases.give_back(database)
+
+
+@pytest.fixture(autouse=True)
+def _quick_takeover_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process workers look for dead peers every 50 ms (1 s in production), as they poll the queue every 20 ms."""
+    monkeypatch.setattr(worker_loop, "TAKEOVER_CHECK_INTERVAL", 0.05)

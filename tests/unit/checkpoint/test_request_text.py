@@ -25,7 +25,7 @@ def _expected(request: object) -> str:
     return visible(text, keep_newlines=True)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(_JSON)
 def test_request_text_is_the_clipped_indented_json(request: object) -> None:
     assert Asked.of(request, "summary").request == _expected(request)
