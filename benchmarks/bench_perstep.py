@@ -116,33 +116,10 @@ CHILDREN = {
 }
 
 
-def run_child(scenario: str, cfg: dict[str, Any], src: str | None, python: str | None) -> dict[str, Any]:
-    import subprocess
-
-    env = dict(os.environ)
-    if src:
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    elif python:
-        env.pop("PYTHONPATH", None)  # a peer's own environment, not this checkout's source
-    proc = subprocess.run(
-        [python or sys.executable, __file__, "--child", scenario, json.dumps(cfg)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{scenario} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 async def fresh(admin_dsn: str, scenario: str, cfg: dict[str, Any], src: str | None, python: str | None) -> Any:
-    from bench_support import scratch_database
+    from bench_support import in_fresh_database
 
-    from pydantic_ai_absurd import setup
-
-    async with scratch_database(admin_dsn) as dsn:
-        await setup(dsn, queues=[QUEUE])
-        return await asyncio.to_thread(run_child, scenario, {**cfg, "dsn": dsn}, src, python)
+    return await in_fresh_database(__file__, admin_dsn, QUEUE, scenario, cfg, src, python)
 
 
 Racer = tuple[str, str | None, str | None, dict[str, Any]]

@@ -28,7 +28,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -328,31 +327,12 @@ CHILDREN = {
 # -- parent ---------------------------------------------------------------------------------------------------------
 
 
-def run_child(scenario: str, cfg: dict[str, Any], src: str | None, python: str | None = None) -> dict[str, Any]:
-    env = dict(os.environ)
-    if src:
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [python or sys.executable, __file__, "--child", scenario, json.dumps(cfg)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{scenario} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 async def in_fresh_database(
     admin_dsn: str, scenario: str, cfg: dict[str, Any], src: str | None, python: str | None = None
 ) -> dict[str, Any]:
-    from bench_support import scratch_database
+    from bench_support import in_fresh_database as run_in_fresh
 
-    from pydantic_ai_absurd import setup
-
-    async with scratch_database(admin_dsn) as dsn:
-        await setup(dsn, queues=[QUEUE])
-        return await asyncio.to_thread(run_child, scenario, {**cfg, "dsn": dsn}, src, python)
+    return await run_in_fresh(__file__, admin_dsn, QUEUE, scenario, cfg, src, python)
 
 
 async def run_all(args: argparse.Namespace) -> dict[str, Any]:

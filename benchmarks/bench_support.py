@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import secrets
 import statistics
+import subprocess
+import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from absurd_sdk import AsyncAbsurd
@@ -128,3 +131,36 @@ async def drain(absurd: AsyncAbsurd, task_id: str) -> None:
             return
         await absurd.work_batch(claim_timeout=300, batch_size=1)
     raise RuntimeError(f"task {task_id} did not finish")
+
+
+def run_child(script: str, scenario: str, cfg: dict[str, Any], src: str | None, python: str | None) -> dict[str, Any]:
+    """Run `script --child scenario cfg` in a new process and return the JSON its last line prints.
+
+    `src` puts another source tree of the package first on the path; `python` runs a peer's own interpreter (a
+    throwaway virtualenv), without this checkout's `PYTHONPATH`.
+    """
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    elif python:
+        env.pop("PYTHONPATH", None)
+    proc = subprocess.run(
+        [python or sys.executable, script, "--child", scenario, json.dumps(cfg)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{scenario} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+async def in_fresh_database(
+    script: str, admin_dsn: str, queue: str, scenario: str, cfg: dict[str, Any], src: str | None, python: str | None
+) -> dict[str, Any]:
+    """`run_child` on a scratch database with the schema and `queue` installed (dropped afterwards)."""
+    from pydantic_ai_absurd import setup
+
+    async with scratch_database(admin_dsn) as dsn:
+        await setup(dsn, queues=[queue])
+        return await asyncio.to_thread(run_child, script, scenario, {**cfg, "dsn": dsn}, src, python)
