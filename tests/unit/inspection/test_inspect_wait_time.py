@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from absurd_sdk import AsyncAbsurd
 from pydantic_ai import Agent, DeferredToolRequests, DeferredToolResults, RunContext, Tool
@@ -15,7 +16,7 @@ from pydantic_ai_absurd import AbsurdAgent, Inbox, inspect_task
 from pydantic_ai_absurd.inspection._render import render_timeline
 from pydantic_ai_absurd.testing import run_queued
 from tests.helpers.agents import Script
-from tests.helpers.sql import client_on_fake_clock
+from tests.helpers.sql import client_on_fake_clock, wait_for_database_clock
 
 WAITED = timedelta(seconds=1.5)
 
@@ -93,8 +94,12 @@ async def test_an_unanswered_wait_counts_until_now(
     assert "waited " in render_timeline(waiting)
 
 
-async def test_an_ask_that_answers_inline_counts_its_own_time(absurd_dsn: str, absurd_queue: str) -> None:
-    """An `ask` that prompts someone and returns the answer: the wait is the ask itself."""
+async def test_an_ask_that_answers_inline_counts_its_own_time(absurd_client: AsyncAbsurd, absurd_dsn: str) -> None:
+    """An `ask` that prompts someone and returns the answer: the wait is the ask itself.
+
+    On the real clock: on the fake one, the checkpoints after the ask share its timestamp, and their order (by
+    commit time) is then undefined, so the step before the ask could be any of them.
+    """
     script = Script(
         turns=[
             lambda _: [ToolCallPart("delete_file", {"path": "/tmp/a"}, tool_call_id="d1")],
@@ -102,14 +107,16 @@ async def test_an_ask_that_answers_inline_counts_its_own_time(absurd_dsn: str, a
         ]
     )
     started: list[datetime] = []
-    async with client_on_fake_clock(absurd_dsn, absurd_queue) as (client, clock):
 
-        async def ask(ctx: RunContext[None], requests: DeferredToolRequests, token: str) -> DeferredToolResults:
-            started.append(await clock.now())
-            await clock.advance(WAITED)  # someone takes a while to answer
-            return DeferredToolResults(approvals={"d1": True})
+    async def ask(ctx: RunContext[None], requests: DeferredToolRequests, token: str) -> DeferredToolResults:
+        async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
+            row = await (await conn.execute("select absurd.current_time()")).fetchone()
+        assert row is not None
+        started.append(row[0])
+        await wait_for_database_clock(absurd_dsn, row[0] + WAITED)  # someone takes a while to answer
+        return DeferredToolResults(approvals={"d1": True})
 
-        task_id = await _spawn_approval_task(client, ask, script)
-        done = await inspect_task(client, task_id)
+    task_id = await _spawn_approval_task(absurd_client, ask, script)
+    done = await inspect_task(absurd_client, task_id)
     assert done.state == "completed" and started
     assert done.totals.waiting_seconds >= WAITED.total_seconds()
