@@ -73,8 +73,8 @@ async def rows_by_order(dsn: str, table: str) -> Counter[str]:
 @pytest.mark.parametrize(
     ("faults", "killed", "executions"),
     [
-        pytest.param(["kill-before-b"], 1, {"a": 1, "b": 2}, id="killed-just-before-the-commit"),
-        pytest.param(["kill-after-b"], 1, {"a": 1, "b": 1}, id="killed-just-after-the-commit"),
+        pytest.param(["kill-before-b"], 1, {"b": 2}, id="killed-just-before-the-commit"),
+        pytest.param(["kill-after-b"], 1, {"b": 1}, id="killed-just-after-the-commit"),
         pytest.param(["fail-c", "kill-before-a"], 1, {"a": 2}, id="failing-sibling-then-killed-before-a-commit"),
         pytest.param(["kill-before-a", "kill-after-a"], 2, {"a": 2}, id="killed-before-then-after-the-same-commit"),
     ],
@@ -89,7 +89,11 @@ async def test_each_refund_row_is_written_exactly_once(
     killed: int,
     executions: dict[str, int],
 ) -> None:
-    """`executions`: how often the tools whose count is decided by the faults ran, in all workers."""
+    """`executions`: how often the tools whose count is decided by the faults ran, in all workers.
+
+    A sibling's count is not: a sibling still in flight when its worker is killed runs again (under load even one
+    started before the killed step), and its row is still written once.
+    """
     for fault in faults:
         (tmp_path / fault).touch()
     codes = await run_with_replacements(absurd_client, absurd_dsn, absurd_queue, table, tmp_path)
