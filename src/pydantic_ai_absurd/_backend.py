@@ -113,6 +113,7 @@ class AbsurdStepBackend(CallableOperationBackend[bool]):
                 on_unencodable=_unserializable_message(operation_id, cache_key),
                 retry=provider_retry(self.provider_waits) if isinstance(operation_id, _PROVIDER_CALLS) else None,
                 transactional=isinstance(operation_id, ToolsetCallToolId) and operation_id.toolset_kind != "mcp",
+                write_behind=True,
             )
         record_durable_unit(executed=outcome.executed)
         return outcome.value

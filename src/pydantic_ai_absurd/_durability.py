@@ -32,6 +32,7 @@ from ._execution import current_run_scope, current_task_context, execution_state
 from ._extensions import LAYERS, DurableRun, DurableRunHook
 from ._naming import check_identifier
 from ._provider_waits import DEFAULT_MAX_PROVIDER_WAIT, ProviderWaitPolicy
+from ._steps import settle_writes
 from ._pydantic_ai import PrivateHooks
 from ._pydantic_ai import check_private_names as check_pydantic_ai_private_names
 from ._time import DEFAULT_SUSPEND_THRESHOLD, graph_sleep, run_start_time
@@ -202,4 +203,7 @@ class AbsurdDurability(PrivateHooks[AgentDepsT]):
             async with AsyncExitStack() as hooks:
                 for hook in self._run_hooks:
                     await hooks.enter_async_context(hook.durable_run(run))
-                return await super().wrap_run(ctx, handler=handler)
+                try:
+                    return await super().wrap_run(ctx, handler=handler)
+                finally:
+                    await settle_writes(task_ctx)  # the steps' checkpoints are committed before the run returns

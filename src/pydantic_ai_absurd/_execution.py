@@ -146,6 +146,8 @@ class ExecutionState:
     """Work a layer does once per execution, by key (the event log's start): later callers await the first."""
     ended_in: StepBody | None = None
     """The step body the end state surfaced in (that body's result must not be committed), if any."""
+    writes: set[asyncio.Task[None]] = field(default_factory=set["asyncio.Task[None]"])
+    """Checkpoint writes in flight (`_steps.commit(..., behind=True)`), settled before the next step begins."""
     lease: LeaseKeeper = field(init=False)
 
     def __post_init__(self) -> None:

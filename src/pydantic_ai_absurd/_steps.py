@@ -9,6 +9,11 @@ A tool step (`run_step(..., transactional=True)`) may hold one `durable_transact
 leaves an open transaction in its `TransactionSlot`, and the checkpoint is written in that transaction and
 committed with it (`_absurd.write_checkpoint_in`). A serialization failure or deadlock in the block or at that
 commit runs the body again, as the same step, at most `CONFLICT_ATTEMPTS` times in all.
+
+A model or tool step (`run_step(..., write_behind=True)`) returns its value while its checkpoint is still being
+written: Pydantic AI prepares the next request meanwhile. Every step settles the writes in flight before it begins
+(`begin`), and so does the end of a durable run (`settle_writes`), so no body ever runs before the checkpoints of
+the steps that returned before it are committed, and a write that failed fails the run there.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ __all__ = [
     "replay_only",
     "run_body",
     "run_step",
+    "settle_writes",
     "step_function",
 ]
 
@@ -137,13 +143,19 @@ def refuse_live(step: str | None) -> None:
 
 
 async def commit(
-    task_ctx: AsyncTaskContext, handle: StepHandle, checkpoint: object, *, within: StepTransaction | None = None
+    task_ctx: AsyncTaskContext,
+    handle: StepHandle,
+    checkpoint: object,
+    *,
+    within: StepTransaction | None = None,
+    behind: bool = False,
 ) -> None:
     """Write a checkpoint, shielded: once a body has returned, only process death can lose its result.
 
     When the caller is cancelled meanwhile (a sibling tool failed and the run is being torn down), the
     write still finishes before the cancellation propagates. With `within`, the checkpoint is written in
-    that open transaction (a tool's `durable_transaction()` block) and committed with it.
+    that open transaction (a tool's `durable_transaction()` block) and committed with it. With `behind`, the
+    write is left in flight and this returns at once: the next `begin` (or `settle_writes`) awaits it.
     """
     refuse_live(handle.checkpoint_name)
 
@@ -160,12 +172,43 @@ async def commit(
             await after(handle.checkpoint_name)
 
     task = asyncio.ensure_future(remember_end(task_ctx, write()))
+    if behind:
+        execution_state(task_ctx).writes.add(task)
+        return
+    await _settle({task})
+
+
+async def settle_writes(task_ctx: AsyncTaskContext) -> None:
+    """Wait until the checkpoint writes in flight are committed; raise the error of one that failed.
+
+    Shielded like `commit`: when the caller is cancelled, the writes still finish before the cancellation
+    propagates. A failed write stays in flight: every later step of the execution raises its error again.
+    """
+    writes = execution_state(task_ctx).writes
+    while writes:
+        settling = set(writes)  # every caller awaits them all (parallel tool calls begin together)
+        await _settle(settling)
+        writes.difference_update(settling)
+
+
+async def _settle(writes: set[asyncio.Task[None]]) -> None:
     try:
-        await asyncio.shield(task)
+        await asyncio.wait(writes)
     except asyncio.CancelledError:
-        if not task.done():
-            await asyncio.wait({task})
+        if not all(write.done() for write in writes):
+            await asyncio.wait(writes)
+        _failure(writes)  # marks each failure as retrieved
         raise
+    failure = _failure(writes)
+    if failure is not None:
+        raise failure
+
+
+def _failure(writes: set[asyncio.Task[None]]) -> BaseException | None:
+    """The error of a write that failed (an end state first: it says why the others failed), if any."""
+    errors = [error for write in writes if not write.cancelled() and (error := write.exception()) is not None]
+    ended = [error for error in errors if isinstance(error, END_STATES)]
+    return (ended or errors or [None])[0]
 
 
 async def _commit_within(
@@ -183,7 +226,11 @@ async def _commit_within(
 
 
 async def begin(task_ctx: AsyncTaskContext, step: str) -> StepHandle:
-    """Begin the step `step` (its checkpoint, if it has one), unless the execution has already ended."""
+    """Begin the step `step` (its checkpoint, if it has one), unless the execution has already ended.
+
+    The checkpoint writes still in flight are settled first.
+    """
+    await settle_writes(task_ctx)
     execution_state(task_ctx).raise_if_ended()
     return await begin_step(task_ctx, step)
 
@@ -231,6 +278,7 @@ async def run_step(
     on_unencodable: Callable[[BaseException, str], str | None] | None = None,
     retry: RetryAfterFailure | None = None,
     transactional: bool = False,
+    write_behind: bool = False,
 ) -> StepOutcome:
     """Run `body` as the Absurd step `step` of the current task, or replay its checkpoint.
 
@@ -239,7 +287,8 @@ async def run_step(
     `retry(error, checkpoint_name)` returns True, the body runs again as the same step (same checkpoint name).
     When `on_unencodable(error, checkpoint_name)` returns a message, that failure is checkpointed (retries raise
     it again without running the body) and raised as `UnserializableResultError`. `transactional` marks a tool
-    step, whose body may hold one `durable_transaction()` block (see the module docstring).
+    step, whose body may hold one `durable_transaction()` block (see the module docstring). With `write_behind`, the
+    value is returned while its checkpoint is still being written (see the module docstring).
     """
     task_ctx = require_task_context()
     handle = await begin(task_ctx, step)
@@ -250,7 +299,9 @@ async def run_step(
         )
     refuse_live(handle.checkpoint_name)
     try:
-        checkpoint = await _run_and_commit(task_ctx, handle, body, asked, retry, transactional=transactional)
+        checkpoint = await _run_and_commit(
+            task_ctx, handle, body, asked, retry, transactional=transactional, behind=write_behind
+        )
     except Exception as error:
         message = on_unencodable(error, handle.checkpoint_name) if on_unencodable is not None else None
         if message is None:
@@ -274,16 +325,17 @@ async def _run_and_commit(
     retry: RetryAfterFailure | None,
     *,
     transactional: bool,
+    behind: bool,
 ) -> Checkpoint:
     if not transactional:
         checkpoint = Checkpoint.of(await _run_body_retrying(task_ctx, body, handle.checkpoint_name, retry), asked=asked)
-        await commit(task_ctx, handle, checkpoint.stored())
+        await commit(task_ctx, handle, checkpoint.stored(), behind=behind)
         return checkpoint
     conflicts = 0
     while True:
         slot = TransactionSlot(handle.checkpoint_name)
         try:
-            return await _run_transactional(task_ctx, handle, body, asked, slot)
+            return await _run_transactional(task_ctx, handle, body, asked, slot, behind=behind)
         except END_STATES:
             raise
         except Exception:
@@ -299,6 +351,8 @@ async def _run_transactional(
     body: Callable[[], Awaitable[object]],
     asked: Asked | None,
     slot: TransactionSlot,
+    *,
+    behind: bool,
 ) -> Checkpoint:
     """Run a tool step's body once and commit its checkpoint, in its `durable_transaction()` block's transaction if any."""
     try:
@@ -313,7 +367,7 @@ async def _run_transactional(
         await within.rollback()  # the tool raised `ModelRetry` (or the like) after its block: nothing is written
         within = None
     try:
-        await commit(task_ctx, handle, checkpoint.stored(), within=within)
+        await commit(task_ctx, handle, checkpoint.stored(), within=within, behind=behind and within is None)
     except BaseException:
         if within is not None:
             await within.rollback()  # already rolled back when the commit itself failed
