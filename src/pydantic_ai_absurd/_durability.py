@@ -32,9 +32,9 @@ from ._execution import current_run_scope, current_task_context, execution_state
 from ._extensions import LAYERS, DurableRun, DurableRunHook
 from ._naming import check_identifier
 from ._provider_waits import DEFAULT_MAX_PROVIDER_WAIT, ProviderWaitPolicy
-from ._steps import settle_writes
 from ._pydantic_ai import PrivateHooks
 from ._pydantic_ai import check_private_names as check_pydantic_ai_private_names
+from ._steps import settle_writes
 from ._time import DEFAULT_SUSPEND_THRESHOLD, graph_sleep, run_start_time
 from ._waits import AbsurdEventWaiter
 from .errors import ReplayDivergenceError

@@ -63,6 +63,7 @@ from absurd_sdk import (
     CancelledTask,
     ClaimedTask,
     FailedTask,
+    SpawnOptions,
     StepHandle,
     SuspendTask,
 )
@@ -125,6 +126,22 @@ def registered_task_names(absurd: AsyncAbsurd) -> list[str]:
 def client_hooks(absurd: AsyncAbsurd) -> AbsurdHooks:
     """Return the hooks `absurd` was built with (reads `AsyncAbsurd._hooks`)."""
     return absurd._hooks  # pyright: ignore[reportPrivateUsage]
+
+
+def prepared_spawn_options(
+    absurd: AsyncAbsurd, task_name: str, options: SpawnOptions, *, queue: str, idempotency_key: str
+) -> dict[str, Any]:
+    """The options `absurd.spawn` sends for `options` (after its hook): the registration's and client's defaults applied."""
+    _, prepared = absurd._prepare_spawn(  # pyright: ignore[reportPrivateUsage]
+        task_name,
+        max_attempts=options.get("max_attempts"),
+        retry_strategy=options.get("retry_strategy"),
+        headers=options.get("headers"),
+        queue=queue,
+        cancellation=options.get("cancellation"),
+        idempotency_key=idempotency_key,
+    )
+    return dict(prepared)
 
 
 def client_queue_name(absurd: AsyncAbsurd) -> str:

@@ -5,7 +5,7 @@ get what `absurd.spawn` would give it: the client's `before_spawn` hook (trace h
 defaults of the task's registration and of the client (max attempts, cancellation policy). Without them Absurd
 stores no `max_attempts`, which means a failing child is retried forever.
 
-Uses `AsyncAbsurd._prepare_spawn` (private, absurd-sdk 0.5.1; listed and checked in `_private`).
+Uses `AsyncAbsurd._prepare_spawn` (private, absurd-sdk 0.5.1) through `_private.prepared_spawn_options`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from absurd_sdk import AsyncAbsurd, SpawnOptions
 
-from ._private import client_hooks
+from ._private import client_hooks, prepared_spawn_options
 
 __all__ = ["spawn_options"]
 
@@ -42,13 +42,4 @@ async def spawn_options(
     if hook is not None:
         result = hook(task_name, params, options)
         options = await result if inspect.isawaitable(result) else result
-    _, prepared = absurd._prepare_spawn(  # pyright: ignore[reportPrivateUsage]
-        task_name,
-        max_attempts=options.get("max_attempts"),
-        retry_strategy=options.get("retry_strategy"),
-        headers=options.get("headers"),
-        queue=queue,
-        cancellation=options.get("cancellation"),
-        idempotency_key=idempotency_key,
-    )
-    return dict(prepared)
+    return prepared_spawn_options(absurd, task_name, options, queue=queue, idempotency_key=idempotency_key)
