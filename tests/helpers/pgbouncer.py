@@ -19,12 +19,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
+import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-__all__ = ["PGBOUNCER_MISSING", "pgbouncer_binary", "running_pgbouncer"]
+__all__ = ["PGBOUNCER_MISSING", "pgbouncer_binary", "require_pgbouncer", "running_pgbouncer"]
 
 PGBOUNCER_MISSING = "pgbouncer is not installed (apt-get install pgbouncer; .ci/run installs it)"
 """The skip reason where PgBouncer cannot be found and `CI` is unset."""
+
+
+def require_pgbouncer() -> None:
+    """Skip the calling test where pgbouncer is not installed and `CI` is unset; under CI, fail it."""
+    if pgbouncer_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail(PGBOUNCER_MISSING, pytrace=False)
+        pytest.skip(PGBOUNCER_MISSING)
 
 
 def pgbouncer_binary() -> str | None:

@@ -3,7 +3,6 @@ PgBouncer in transaction pooling mode in front of the test database (and a clien
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from absurd_sdk import AsyncAbsurd
 
 from pydantic_ai_absurd._db import connect_async  # pyright: ignore[reportPrivateUsage]
 from tests.helpers.apps.worker_app import EFFECTS_TABLE
-from tests.helpers.pgbouncer import PGBOUNCER_MISSING, pgbouncer_binary, running_pgbouncer
+from tests.helpers.pgbouncer import require_pgbouncer, running_pgbouncer
 from tests.helpers.processes import Workers
 
 
@@ -41,10 +40,7 @@ def pgbouncer_dsn(absurd_dsn: str) -> Iterator[str]:
 
     Skipped, with the reason, only where pgbouncer is not installed and `CI` is unset; under CI it fails.
     """
-    if pgbouncer_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail(PGBOUNCER_MISSING, pytrace=False)
-        pytest.skip(PGBOUNCER_MISSING)
+    require_pgbouncer()
     with running_pgbouncer(absurd_dsn) as dsn:
         yield dsn
 

@@ -23,7 +23,7 @@ from pydantic_ai_absurd.testing import run_queued
 from tests.helpers.apps.verify_app import build_app
 from tests.helpers.events import streaming_agent
 from tests.helpers.inbox import approval_agent
-from tests.helpers.pgbouncer import running_pgbouncer
+from tests.helpers.pgbouncer import require_pgbouncer, running_pgbouncer
 from tests.helpers.polling import WAIT, wait_until
 from tests.helpers.processes import Workers
 from tests.helpers.workers import is_completed, running_worker
@@ -41,6 +41,7 @@ async def _switch_server_after_prepare(conn: psycopg.AsyncConnection[Any], dsn: 
 
 
 async def test_our_connections_survive_the_server_switch_that_breaks_psycopg_defaults(absurd_dsn: str) -> None:
+    require_pgbouncer()
     with running_pgbouncer(absurd_dsn, pool_size=4) as pooled:  # its own: the control leaves prepared statements
         async with await connect_async(pooled, autocommit=True) as ours:
             assert ours.prepare_threshold is None
