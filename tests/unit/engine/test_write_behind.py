@@ -6,12 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from absurd_sdk import AsyncAbsurd
+from absurd_sdk import AsyncAbsurd, FailedTask
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent
-from pydantic_ai_absurd._steps import commit_hook, run_step
+from pydantic_ai_absurd._steps import _settle, commit_hook, run_step  # pyright: ignore[reportPrivateUsage]
 from tests.helpers.agents import Script, run_until_done
 from tests.helpers.sql import checkpoints
 
@@ -146,3 +146,16 @@ async def test_a_step_cancelled_while_settling_waits_for_the_write_in_flight(
     assert ran == ["one"]
     stored = await checkpoints(absurd_dsn, absurd_queue, str(spawned["task_id"]))
     assert set(stored) == {"one"}
+
+
+async def test_of_several_failed_writes_the_end_state_is_raised() -> None:
+    """An end state (the run was taken over, say) explains why the other writes failed: it is the one raised."""
+
+    async def fail(error: BaseException) -> None:
+        raise error
+
+    writes = {asyncio.ensure_future(fail(RuntimeError("connection lost"))), asyncio.ensure_future(fail(FailedTask()))}
+    with pytest.raises(FailedTask):
+        await _settle(writes)
+    with pytest.raises(RuntimeError, match="connection lost"):
+        await _settle({asyncio.ensure_future(fail(RuntimeError("connection lost")))})
