@@ -362,8 +362,8 @@ def _queues_only(dsn: str | None, queues: Sequence[str]) -> tuple[str, ...]:
 def drop_queue_sync(dsn: str | None, queue_name: str) -> None:
     """Drop `queue_name` and all its tasks, runs, checkpoints and events (no-op if missing).
 
-    In the same transaction, the queue's rows in this package's tables go too: its event logs, lost executions
-    and task registrations (`_tables.QUEUE_TABLES`).
+    In the same transaction, the queue's rows in this package's tables go too: its event logs, lost executions,
+    task registrations, worker liveness rows and child-task links (`_tables.QUEUE_TABLES`).
     """
     dsn = resolve_dsn(dsn)
     with connect(dsn) as conn, conn.transaction():

@@ -59,17 +59,26 @@ def apply_own_migrations(conn: psycopg.Connection[Any], where: str) -> list[str]
     return applied
 
 
-QUEUE_TABLES = ("events", "lost_executions", "task_registrations")
-"""Our tables whose rows belong to a queue (column `queue_name`), deleted when the queue is dropped.
+QUEUE_TABLES: dict[str, tuple[str, ...]] = {
+    "events": ("queue_name",),
+    "lost_executions": ("queue_name",),
+    "task_registrations": ("queue_name",),
+    "worker_liveness": ("queue_name",),
+    "child_tasks": ("child_queue", "parent_queue"),
+}
+"""Our tables whose rows belong to a queue, with the columns that name it: deleted when the queue is dropped.
 
-Inbox requests of a dropped queue go with `Inbox.purge()`; conversations belong to no queue.
+(`absurd.drop_queue` drops the queue's task table without deleting its rows, so the `child_tasks` triggers that
+delete rows with their tasks do not fire.) Inbox requests of a dropped queue go with `Inbox.purge()`;
+conversations belong to no queue.
 """
 
 
 def delete_queue_rows(conn: psycopg.Connection[Any], queue_name: str) -> None:
     """Delete the rows of `queue_name` in `QUEUE_TABLES` (those of the tables that exist)."""
-    for table in QUEUE_TABLES:
+    for table, columns in QUEUE_TABLES.items():
         found = conn.execute("select to_regclass(%s)", (f"{OWN_SCHEMA}.{table}",)).fetchone()
         if found is not None and found[0] is not None:
-            query = SQL("delete from {} where queue_name = %s").format(Identifier(OWN_SCHEMA, table))
-            conn.execute(query, (queue_name,))
+            names_queue = SQL(" or ").join(SQL("{} = %(queue)s").format(Identifier(column)) for column in columns)
+            query = SQL("delete from {} where {}").format(Identifier(OWN_SCHEMA, table), names_queue)
+            conn.execute(query, {"queue": queue_name})

@@ -177,6 +177,35 @@ def test_create_and_drop_queue(absurd_dsn: str) -> None:
         ensure_queue_exists_sync(absurd_dsn, name)
 
 
+def test_dropping_a_queue_deletes_its_rows_in_our_tables(absurd_dsn: str, absurd_queue: str) -> None:
+    name = f"tmp_{uuid.uuid4().hex[:10]}"
+    create_queue_sync(absurd_dsn, name)
+    link = (
+        "insert into pydantic_ai_absurd.child_tasks (child_queue, child_task_id, parent_queue, parent_task_id,"
+        " task_name, call_site, request_key, event_name) values (%s, gen_random_uuid(), %s, gen_random_uuid(),"
+        " 'kid', 'site', 'key', 'event')"
+    )
+    liveness = "insert into pydantic_ai_absurd.worker_liveness (identity, queue_name) values (%s, %s)"
+    with psycopg.connect(absurd_dsn, autocommit=True) as conn:
+        for child_queue, parent_queue in ((name, absurd_queue), (absurd_queue, name), (absurd_queue, absurd_queue)):
+            conn.execute(link, (child_queue, parent_queue))
+        conn.execute(liveness, (f"{name}-worker", name))
+        conn.execute(liveness, (f"{absurd_queue}-worker", absurd_queue))
+        drop_queue_sync(absurd_dsn, name)
+        left = conn.execute(
+            "select child_queue, parent_queue from pydantic_ai_absurd.child_tasks where %(q)s in (child_queue, parent_queue)"
+            " union all select queue_name, null from pydantic_ai_absurd.worker_liveness where queue_name in (%(q)s, %(other)s)",
+            {"q": name, "other": absurd_queue},
+        ).fetchall()
+    assert left == [(absurd_queue, None)]  # the dropped queue's links (either side) and liveness row went
+    with psycopg.connect(absurd_dsn, autocommit=True) as conn:
+        kept = conn.execute(
+            "select count(*) from pydantic_ai_absurd.child_tasks where child_queue = %s and parent_queue = %s",
+            (absurd_queue, absurd_queue),
+        ).fetchone()
+    assert kept == (1,)
+
+
 @pytest.mark.parametrize("name", ["", "x" * 58, "é" * 29])
 def test_queue_name_errors_before_connecting(name: str) -> None:
     # An unreachable DSN: the name must be rejected first.
