@@ -94,9 +94,7 @@ class WorkerPool:
         if (
             self._asking
             or self._closed
-            or conn.closed
-            or conn.broken
-            or conn.pgconn.transaction_status != _IDLE
+            or conn.pgconn.transaction_status != _IDLE  # also when closed or broken (libpq: unknown)
             or now - self._taken.get(conn, 0.0) > RECYCLE_AFTER
         ):
             await self._give_back(conn, now)
