@@ -29,9 +29,12 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.pq import ExecStatus
 from psycopg.rows import AsyncRowFactory
 
 __all__ = ["Borrow", "BorrowedConnection", "BorrowedCursor", "unsupported_connection_uses"]
+
+_TUPLES_OK = ExecStatus.TUPLES_OK
 
 Borrow = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
 """Lends a pooled autocommit connection for the block (the worker's `WorkerPool.connection`)."""
@@ -130,19 +133,28 @@ class BorrowedConnection:
             async with self._borrow() as conn:
                 yield conn
         except psycopg.OperationalError as err:
-            if (conn is None or conn.broken or conn.closed) and self.lost is None:  # none to be had, or it broke
-                self.lost = err
+            self._note_lost(conn, err)
             raise
 
     async def run(
         self, query: Any, params: Sequence[Any] | dict[str, Any] | None, row_factory: AsyncRowFactory[Any] | None
     ) -> tuple[list[Any], int]:
-        """Run one statement on a borrowed connection: its rows and row count."""
-        async with self.borrow() as conn:
-            cur = conn.cursor(row_factory=row_factory) if row_factory is not None else conn.cursor()
-            await cur.execute(query, params)
-            rows = await cur.fetchall() if cur.description is not None else []
-            return rows, cur.rowcount
+        """Run one statement on a borrowed connection: its rows and row count (`borrow`, unrolled)."""
+        conn: AsyncConnection[Any] | None = None
+        try:
+            async with self._borrow() as conn:
+                cur = conn.cursor(row_factory=row_factory) if row_factory is not None else conn.cursor()
+                await cur.execute(query, params)
+                result = cur.pgresult
+                rows = await cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
+                return rows, cur.rowcount
+        except psycopg.OperationalError as err:
+            self._note_lost(conn, err)
+            raise
+
+    def _note_lost(self, conn: AsyncConnection[Any] | None, err: psycopg.OperationalError) -> None:
+        if (conn is None or conn.broken or conn.closed) and self.lost is None:  # none to be had, or it broke
+            self.lost = err
 
 
 _SUPPORTED = frozenset({"cursor", "execute"})

@@ -308,7 +308,7 @@ class Worker:
         assert self._executor is not None
         running = Running(task, claimed_by=claimed_by)
         self.health.claimed += 1
-        logger.info("claimed %s run_id=%s", running.describe(), task["run_id"])
+        logger.info("claimed %s run_id=%s", running, task["run_id"])
         job = asyncio.ensure_future(self._executor.execute(running))
         self._in_flight[job] = running
         self.health.in_flight = len(self._in_flight)

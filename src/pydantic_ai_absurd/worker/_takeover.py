@@ -28,9 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import socket
+import select
 from collections.abc import Callable
 from typing import Any
 
@@ -153,9 +152,16 @@ class Liveness:
         """
         if not self.enabled:
             return 0
+        if not self._checking.locked() and self._all_quiet():
+            return LOCK_CONNECTIONS  # the common case: one `poll`, no lock
         async with self._checking:
             await self._check()
         return self.held
+
+    def _all_quiet(self) -> bool:
+        """Whether every lock connection holds the lock and the server sent nothing on any of them."""
+        conns = [conn for conn in self._conns if conn is not None and not conn.closed and not conn.broken]
+        return len(conns) == LOCK_CONNECTIONS and None not in self._pids and _quiet(*conns)
 
     async def _check(self) -> None:
         for slot in range(LOCK_CONNECTIONS):
@@ -238,26 +244,25 @@ def claim_guard(
     return contextlib.nullcontext(True)
 
 
-_PEEK_FLAGS = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
-
-
-def _quiet(conn: psycopg.AsyncConnection[Any]) -> bool:
-    """Whether the server has sent nothing on this idle connection: no data, no end of stream (no round trip).
+def _quiet(*conns: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server has sent nothing on these idle connections: no data, no end of stream (no round trip).
 
     A backend that ends (terminated, the server restarting or crashing) writes its termination notice or
-    closes the socket; a live backend of an idle session sends nothing unprompted. False also when the
-    socket cannot be read. libpq keeps its sockets non-blocking, so the peek never waits.
+    closes the socket; a live backend of an idle session sends nothing unprompted. One `poll` with no wait
+    for all of them. False also when a socket cannot be polled.
     """
-    try:
-        peek = socket.socket(fileno=os.dup(conn.pgconn.socket))
-    except (psycopg.Error, OSError):
+    if not conns:
         return False
     try:
-        peek.recv(1, _PEEK_FLAGS)
-    except BlockingIOError:
-        return True
-    except OSError:
+        fds = [conn.pgconn.socket for conn in conns]
+        if _poll is None:  # pragma: no cover - a platform without poll (Windows)
+            return not select.select(fds, [], [], 0)[0]
+        poller = _poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)  # POLLHUP and POLLERR are reported too
+        return not poller.poll(0)
+    except (psycopg.Error, OSError, ValueError):
         return False
-    finally:
-        peek.close()
-    return False
+
+
+_poll = getattr(select, "poll", None)

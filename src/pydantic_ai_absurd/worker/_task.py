@@ -53,6 +53,8 @@ class Running:
         """`task_id=... task=... attempt=...`, as every log line about the task shows it."""
         return f"task_id={self.task['task_id']} task={self.task['task_name']} attempt={self.task['attempt']}"
 
+    __str__ = describe  # a log call formats it only when the line is emitted
+
 
 @contextlib.asynccontextmanager
 async def _lease(ctx: AsyncTaskContext, enabled: bool, running: Running, threads: TaskThreads) -> AsyncGenerator[None]:
@@ -165,7 +167,7 @@ async def _record_failure(
 
 def log_outcome(running: Running, health: WorkerHealth) -> None:
     """Count the outcome in `health` and log its one line."""
-    what = running.describe()
+    what = running
     match running.outcome:
         case "completed":
             health.completed += 1
