@@ -19,9 +19,13 @@ def rewrite_tests_only() -> None:
     rewritten by their file names, which this leaves alone.
     """
     for hook in sys.meta_path:
-        if isinstance(hook, AssertionRewritingHook):
-            marked = hook._must_rewrite  # pyright: ignore[reportPrivateUsage]
-            kept = {name for name in KEPT if any(name == m or name.startswith(m + ".") for m in marked)}
-            marked.clear()
-            marked.update(kept)
-            hook._marked_for_rewrite_cache.clear()  # pyright: ignore[reportPrivateUsage]
+        if not isinstance(hook, AssertionRewritingHook):
+            continue
+        marked = getattr(hook, "_must_rewrite", None)  # pytest's private state: a later pytest may lack it
+        cache = getattr(hook, "_marked_for_rewrite_cache", None)
+        if not isinstance(marked, set) or not isinstance(cache, dict):
+            return
+        kept = {name for name in KEPT if any(name == m or name.startswith(m + ".") for m in marked)}
+        marked.clear()
+        marked.update(kept)
+        cache.clear()
