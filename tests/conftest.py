@@ -11,7 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers.asserts import rewrite_tests_only
 from tests.helpers.infra import fresh_database
+
+rewrite_tests_only()
 
 
 @pytest.fixture

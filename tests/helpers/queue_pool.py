@@ -146,13 +146,13 @@ def empty_queue(conn: psycopg.Connection[Any], name: str) -> None:
     tables = conn.execute(_TABLES, {"q": name}).fetchall()
     if not tables:
         raise AssertionError(f"queue {name} has no tables")
-    for (table,) in tables:
-        conn.execute(sql.SQL("delete from {}").format(sql.SQL(table)))
+    deletes = [sql.SQL("delete from {}").format(sql.SQL(table)) for (table,) in tables]
     by_table: dict[str, list[str]] = {}
     for table, column in conn.execute(_OWN_COLUMNS, (OWN_SCHEMA,)).fetchall():
         if column not in QUEUE_COLUMNS:
             raise AssertionError(f"{OWN_SCHEMA}.{table}.{column}: unknown queue column, teach tests/helpers/queue_pool")
         by_table.setdefault(table, []).append(column)
     for table, columns in by_table.items():
-        where = sql.SQL(" or ").join(sql.SQL("{} = %(q)s").format(sql.Identifier(c)) for c in columns)
-        conn.execute(sql.SQL("delete from {} where {}").format(sql.Identifier(OWN_SCHEMA, table), where), {"q": name})
+        where = sql.SQL(" or ").join(sql.SQL("{} = {}").format(sql.Identifier(c), sql.Literal(name)) for c in columns)
+        deletes.append(sql.SQL("delete from {} where {}").format(sql.Identifier(OWN_SCHEMA, table), where))
+    conn.execute(sql.SQL("; ").join(deletes))  # one round trip: a statement list without parameters

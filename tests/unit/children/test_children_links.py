@@ -148,9 +148,11 @@ async def test_a_running_child_stops_when_its_parent_ends_without_a_cascade(
     absurd_client: AsyncAbsurd, absurd_queue: str, conn: psycopg.AsyncConnection[Any]
 ) -> None:
     stopped: list[str] = []
+    entered = asyncio.Event()
     gate = asyncio.Event()
 
     async def model(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        entered.set()
         try:
             await gate.wait()
         except asyncio.CancelledError:
@@ -162,7 +164,9 @@ async def test_a_running_child_stops_when_its_parent_ends_without_a_cascade(
     parent = await _spawn(conn, absurd_queue)
     child = await _child(conn, absurd_queue, absurd_queue, parent)  # this queue has no triggers: no cascade
     async with running_worker(absurd_client, concurrency=1, claim_timeout=1):  # the watcher checks every 0.5 s
-        await wait_until(lambda: _is(conn, absurd_queue, child, "running"))
+        # In its model call, past the check of its parent before the first step: a parent cancelled between the
+        # claim (the child is `running` already) and that check would stop the child before it ever ran.
+        await wait_until(entered.is_set)
         await conn.execute("select absurd.cancel_task(%s, %s)", (absurd_queue, parent))
         assert await _state(conn, absurd_queue, child) == "running"
         await wait_until(lambda: _is(conn, absurd_queue, child, "cancelled"))  # the child's watcher

@@ -90,15 +90,16 @@ async def test_conflicting_arguments_are_refused(store: PostgresConversationStor
 async def test_scope_is_passed_through(store: PostgresConversationStore) -> None:
     agent = AbsurdAgent(echo_agent(), conversation_store=store)
     conversation_id = new_id()
-    await agent.run("mine", conversation_id=conversation_id, scope="alice")
+    alice = f"alice-{conversation_id}"  # the tables are shared with other test processes
+    await agent.run("mine", conversation_id=conversation_id, scope=alice)
     record = await store.read_record(conversation_id)
     assert record is not None
-    assert record.scope == "alice"
+    assert record.scope == alice
     with pytest.raises(ConversationUsageError, match="stored with another scope"):
         await agent.run("not yours", conversation_id=conversation_id, scope="bob")
-    result = await agent.run("mine again", conversation_id=conversation_id, scope="alice")
+    result = await agent.run("mine again", conversation_id=conversation_id, scope=alice)
     assert result.output == "mine | mine again"
-    assert [r.conversation_id for r in await store.list_conversations(scope="alice", limit=1)] == [conversation_id]
+    assert [r.conversation_id for r in await store.list_conversations(scope=alice, limit=1)] == [conversation_id]
 
 
 def chat_task(absurd: AsyncAbsurd, agent: AbsurdAgent[None, Any]) -> None:

@@ -9,6 +9,7 @@ from typing import Any, cast
 import pytest
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext, CancelledTask, FailedTask
 
+from pydantic_ai_absurd import _lease as lease_module
 from pydantic_ai_absurd._execution import current_task_context
 from pydantic_ai_absurd._lease import LeaseKeeper
 from pydantic_ai_absurd._time import graph_sleep
@@ -22,7 +23,7 @@ class FakeTaskContext:
     task_id = "fake"
 
     def __init__(self, outcomes: list[BaseException | None]) -> None:
-        self._claim_timeout = 0.6  # heartbeats every 0.2 s (MIN_HEARTBEAT_INTERVAL, the fastest the keeper beats)
+        self._claim_timeout = 0.03  # heartbeats every 10 ms (`_fast_heartbeats`)
         self.outcomes = outcomes
         self.beats = 0
 
@@ -31,6 +32,12 @@ class FakeTaskContext:
         outcome = self.outcomes.pop(0) if self.outcomes else None
         if outcome is not None:
             raise outcome
+
+
+@pytest.fixture(autouse=True)
+def _fast_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keeper beats at most every 0.2 s (`MIN_HEARTBEAT_INTERVAL`); the stand-in contexts here every 10 ms."""
+    monkeypatch.setattr(lease_module, "MIN_HEARTBEAT_INTERVAL", 0.01)
 
 
 def keeper(ctx: FakeTaskContext) -> LeaseKeeper:
@@ -60,7 +67,7 @@ async def test_a_failed_heartbeat_is_logged_and_the_body_goes_on(caplog: pytest.
 
     async def body() -> str:
         while ctx.beats < 2:  # a failed heartbeat, then another: the body was never interrupted
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.005)
         return "done"
 
     with caplog.at_level(logging.WARNING, logger="pydantic_ai_absurd.lease"):

@@ -17,10 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 from absurd_sdk import AsyncAbsurd
-from openai import AsyncOpenAI
 from pydantic_ai import Agent
-from pydantic_ai.models.openai import OpenAIChatModel
-from pydantic_ai.providers.openai import OpenAIProvider
 
 from pydantic_ai_absurd import AbsurdAgent, inspect_task
 from pydantic_ai_absurd._absurd import read_runs
@@ -90,6 +87,11 @@ def provider(request: pytest.FixtureRequest) -> Iterator[RateLimitedProvider]:
 
 
 def openai_agent(provider: RateLimitedProvider, **options: Any) -> AbsurdAgent[None, str]:
+    # Imported here: half a second, for the test process that runs these tests only (not at collection).
+    from openai import AsyncOpenAI
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
     client = AsyncOpenAI(base_url=provider.url, api_key="test-key", max_retries=0)  # the SDK's own retries off
     model = OpenAIChatModel("stub", provider=OpenAIProvider(openai_client=client))
     return AbsurdAgent(Agent(model, name="caller"), **options)
