@@ -70,12 +70,13 @@ __all__ = [
     "unescape",
 ]
 
-_REPEAT = re.compile(r"#([2-9]|[1-9][0-9]+)$")
-_ORDINAL = re.compile(r"~([2-9]|[1-9][0-9]+)$")
+_REPEAT = re.compile(r"#([2-9]|[1-9][0-9]+)\Z")
+_ORDINAL = re.compile(r"~([2-9]|[1-9][0-9]+)\Z")
 _AGENT = re.compile(r"[^~#@%\s]+")
 _TOOLSET = re.compile(
     r"(?P<family>mcp_server|[a-z]+_toolset)__(?P<toolset>[^#@%\s]+?)\."
-    r"(?P<op>call_tool|validate_args|get_tools|get_instructions)(?::(?P<tool>[^@]*))?(?:@(?P<call>.*))?"
+    r"(?P<op>call_tool|validate_args|get_tools|get_instructions)(?::(?P<tool>[^@]*))?(?:@(?P<call>.*))?",
+    re.DOTALL,  # a tool call ID is the model's text: it may hold line breaks
 )
 _WAIT_PARTS: tuple[WaitPart, ...] = ("event", "timed_out")
 _PROVIDER_WAIT = ".provider_wait"

@@ -195,3 +195,11 @@ def test_what_the_readers_used_to_disagree_on() -> None:
 def test_escapes_not_written_by_escape_are_not_read_as_ours() -> None:
     # `%41` is not something `escape` writes: reading it as `A` would not format back to the same name.
     assert StepName.parse("a__conversation_load@%41") == StepName(OtherStep("a__conversation_load@%41"))
+
+
+@pytest.mark.parametrize("call_id", ["\n", "a\nb", "c\n", "\r\n2"])
+def test_line_breaks_in_a_tool_call_id_read_back(call_id: str) -> None:
+    """A model writes tool call IDs: one holding a line break (found by Hypothesis) parses back, repeated or not."""
+    for repeat in (1, 2):
+        name = StepName(ToolsetStep("function", "0", "call_tool", "t", call_id), "agent", repeat=repeat)
+        assert StepName.parse(name.format()) == name
