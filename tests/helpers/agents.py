@@ -77,6 +77,19 @@ class Script:
         return FunctionModel(respond, stream_function=stream, model_name="scripted")
 
 
+def two_tools_script() -> Script:
+    """Two parallel tool calls, `first` (`c1`) and `second` (`c2`), then the text `done`."""
+    return Script(
+        turns=[
+            lambda _: [
+                ToolCallPart("first", {"n": 1}, tool_call_id="c1"),
+                ToolCallPart("second", {"n": 2}, tool_call_id="c2"),
+            ],
+            lambda _: [TextPart("done")],
+        ]
+    )
+
+
 async def run_until_done(
     absurd: AsyncAbsurd, task_id: str, *, claim_timeout: int = 30, max_batches: int = 20
 ) -> TaskResultSnapshot:

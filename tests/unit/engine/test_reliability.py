@@ -12,20 +12,8 @@ from pydantic_ai.messages import ModelMessage, TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent
 from pydantic_ai_absurd._steps import commit_hook, run_step
-from tests.helpers.agents import Script, SimulatedCrash, run_until_done
+from tests.helpers.agents import Script, SimulatedCrash, run_until_done, two_tools_script
 from tests.helpers.sql import checkpoints
-
-
-def two_tools_script() -> Script:
-    return Script(
-        turns=[
-            lambda _: [
-                ToolCallPart("first", {"n": 1}, tool_call_id="c1"),
-                ToolCallPart("second", {"n": 2}, tool_call_id="c2"),
-            ],
-            lambda _: [TextPart("done")],
-        ]
-    )
 
 
 async def test_a_sibling_failing_during_a_checkpoint_write_does_not_lose_it(

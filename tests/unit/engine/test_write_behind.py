@@ -8,27 +8,14 @@ from typing import Any
 import pytest
 from absurd_sdk import AsyncAbsurd, FailedTask
 from pydantic_ai import Agent, RunContext
-from pydantic_ai.messages import TextPart, ToolCallPart
 
 from pydantic_ai_absurd import AbsurdAgent
 from pydantic_ai_absurd._steps import _settle, commit_hook, run_step  # pyright: ignore[reportPrivateUsage]
-from tests.helpers.agents import Script, run_until_done
+from tests.helpers.agents import Script, run_until_done, two_tools_script
 from tests.helpers.sql import checkpoints
 
 _YIELDS = 50
 """Event-loop turns a held write gives the run: more than it needs to reach the next body if nothing stopped it."""
-
-
-def _two_tools_then_text() -> Script:
-    return Script(
-        turns=[
-            lambda _: [
-                ToolCallPart("first", {"n": 1}, tool_call_id="c1"),
-                ToolCallPart("second", {"n": 2}, tool_call_id="c2"),
-            ],
-            lambda _: [TextPart("done")],
-        ]
-    )
 
 
 def _agent(script: Script, order: list[str]) -> AbsurdAgent[None, str]:
@@ -56,7 +43,7 @@ async def test_no_body_starts_before_the_writes_of_the_steps_before_it_committed
 ) -> None:
     """Each write is held for many loop turns; the parallel tools and the next request still come after it."""
     order: list[str] = []
-    durable = _agent(_two_tools_then_text(), order)
+    durable = _agent(two_tools_script(), order)
 
     async def slow_write(checkpoint_name: str) -> None:
         for _ in range(_YIELDS):
@@ -89,7 +76,7 @@ async def test_a_write_that_failed_fails_the_run_before_the_next_body(
     absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
 ) -> None:
     order: list[str] = []
-    durable = _agent(_two_tools_then_text(), order)
+    durable = _agent(two_tools_script(), order)
 
     async def failing_write(checkpoint_name: str) -> None:
         raise RuntimeError(f"the write of {_short(checkpoint_name)} failed")
