@@ -1,4 +1,7 @@
-"""What the tests read from Absurd's tables, through the library's own queries (`pydantic_ai_absurd._absurd`)."""
+"""What the tests read from Absurd's tables, through the library's own queries (`pydantic_ai_absurd._absurd`).
+
+Reads that do not depend on the database clock reuse connections within a test's event loop (`borrow_connection`).
+"""
 
 from __future__ import annotations
 
@@ -21,14 +24,14 @@ from pydantic_ai_absurd._absurd import (
     read_task,
     task_options,
 )
-from pydantic_ai_absurd._db import open_connection
+from pydantic_ai_absurd._db import borrow_connection, open_connection
 
 from .polling import wait_until
 
 
 async def task_state(dsn: str, queue: str, task_id: str) -> dict[str, Any]:
     """The task's `state`, `attempts`, `max_attempts` and `retry_strategy`."""
-    async with open_connection(dsn) as conn:
+    async with borrow_connection(dsn) as conn:
         task = await read_task(conn, queue, task_id)
         options = await task_options(conn, queue, task_id)
     assert task is not None and options is not None, f"no task {task_id} in queue {queue}"
@@ -56,7 +59,7 @@ async def latest_run(dsn: str, queue: str, task_id: str) -> dict[str, Any]:
 
 
 async def _checkpoint_rows(dsn: str, queue: str, task_id: str) -> list[CheckpointRow]:
-    async with open_connection(dsn) as conn:
+    async with borrow_connection(dsn) as conn:  # reused within the test's event loop: polled often
         task = await read_task(conn, queue, task_id)
         assert task is not None, f"no task {task_id} in queue {queue}"
         rows = await read_checkpoints(conn, queue, task_id, task["last_attempt_run"])

@@ -143,7 +143,8 @@ class StepPublisher:
     async def _write(self, batch: list[tuple[str, str]]) -> None:
         try:
             cur = await self._conn.execute(
-                "select pydantic_ai_absurd.append_events(%s, %s, %s, %s, %s, %s, %s::text[]::jsonb[])",
+                # arrays in binary: the text format would escape every quote of every JSON event in Python
+                "select pydantic_ai_absurd.append_events(%s, %s, %s, %s, %s, %b::text[], %b::text[]::jsonb[])",
                 (
                     self._queue_name,
                     self._task_id,

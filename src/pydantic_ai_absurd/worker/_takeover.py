@@ -86,9 +86,12 @@ class Liveness:
         when a connection is not proven direct (a transaction-mode pooler?): use a liveness row.
         """
         try:
-            if not await self._proven_direct():
+            first = await self._connect(0)
+            if not await is_direct_session(first):
+                await first.close()
                 return None  # never take a session lock through a pooler: it would stay on a server connection
-            for slot in range(LOCK_CONNECTIONS):
+            await self._lock(0, first)
+            for slot in range(1, LOCK_CONNECTIONS):
                 await self._lock(slot)
             pooled = await self._looks_pooled()
         except (psycopg.Error, OSError, DatabaseConnectionError) as err:
@@ -105,13 +108,6 @@ class Liveness:
         self.enabled = True
         return True
 
-    async def _proven_direct(self) -> bool:
-        conn = await connect_async(self._dsn, autocommit=True, connect_timeout=self._connect_timeout)
-        try:
-            return await is_direct_session(conn)
-        finally:
-            await conn.close()
-
     async def _looks_pooled(self) -> bool:
         for slot, conn in enumerate(self._conns):
             pid = self._pids[slot]
@@ -122,18 +118,23 @@ class Liveness:
                 return True
         return False
 
-    async def _lock(self, slot: int) -> None:
-        old = self._conns[slot]
-        self._conns[slot] = None
-        self._pids[slot] = None
-        if old is not None:
-            await old.close()
-        conn = await connect_async(
+    async def _connect(self, slot: int) -> psycopg.AsyncConnection[Any]:
+        return await connect_async(
             self._dsn,
             autocommit=True,
             connect_timeout=self._connect_timeout,
             application_name=f"{self._application_name}{slot}",
         )
+
+    async def _lock(self, slot: int, conn: psycopg.AsyncConnection[Any] | None = None) -> None:
+        """Take the lock on `slot`, on `conn` (a new connection of that slot) or on a new one."""
+        old = self._conns[slot]
+        self._conns[slot] = None
+        self._pids[slot] = None
+        if old is not None:
+            await old.close()
+        if conn is None:
+            conn = await self._connect(slot)
         try:
             pid = await hold_worker_lock(conn, self.identity)
         except BaseException:
