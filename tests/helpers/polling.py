@@ -13,6 +13,9 @@ from absurd_sdk import AsyncAbsurd, TaskResultSnapshot
 WAIT = 20.0
 """Generous bound (seconds) for anything the tests wait for; never a performance assertion."""
 
+FIRST_PAUSE = 0.001
+"""Seconds `wait_until` waits after its first check; each later pause doubles, up to its `interval`."""
+
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 """Task states a task never leaves."""
 
@@ -26,9 +29,12 @@ async def wait_until(
 ) -> Any:
     """Poll `condition` (plain or async) until it returns a truthy value, and return that value.
 
-    Fails after `timeout` seconds with `message` (or the condition's name); a condition may also assert.
+    The pauses between checks start at 1 ms and double up to `interval`: most conditions of the unit tests
+    hold within a few milliseconds. Fails after `timeout` seconds with `message` (or the condition's name);
+    a condition may also assert.
     """
     deadline = time.monotonic() + timeout
+    pause = min(FIRST_PAUSE, interval)
     while True:
         value = condition()
         if inspect.isawaitable(value):
@@ -38,7 +44,8 @@ async def wait_until(
         if time.monotonic() > deadline:
             text = message() if callable(message) else message
             raise AssertionError(text or f"condition not met within {timeout} s: {condition}")
-        await asyncio.sleep(interval)
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, interval)
 
 
 def wait_until_sync(
