@@ -11,6 +11,7 @@ be read by position are read by name into dataclasses with `fetch_all_as` / `fet
 from __future__ import annotations
 
 import asyncio
+import select
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -38,6 +39,7 @@ __all__ = [
     "fetch_all_as",
     "fetch_one_as",
     "fit_to_pooler",
+    "is_quiet",
     "open_connection",
     "queue_not_found",
     "require_queue",
@@ -147,6 +149,30 @@ async def open_connection(dsn: str) -> AsyncGenerator[psycopg.AsyncConnection[An
         yield conn
 
 
+def is_quiet(*conns: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether the server has sent nothing on these idle connections: no data, no end of stream (no round trip).
+
+    A backend that ends (terminated, the server restarting or crashing) writes its termination notice or
+    closes the socket; a live backend of an idle session sends nothing unprompted. One `poll` with no wait
+    for all of them. False also when a socket cannot be polled.
+    """
+    if not conns:
+        return False
+    try:
+        fds = [conn.pgconn.socket for conn in conns]
+        if _poll is None:  # pragma: no cover - a platform without poll (Windows)
+            return not select.select(fds, [], [], 0)[0]
+        poller = _poll()
+        for fd in fds:
+            poller.register(fd, select.POLLIN)  # POLLHUP and POLLERR are reported too
+        return not poller.poll(0)
+    except (psycopg.Error, OSError, ValueError):
+        return False
+
+
+_poll = getattr(select, "poll", None)
+
+
 _IDLE: WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, list[psycopg.AsyncConnection[Any]]]] = WeakKeyDictionary()
 """Idle connections per event loop and DSN (no background task: nothing outlives a loop but these sockets)."""
 _MAX_IDLE = 8
@@ -182,7 +208,11 @@ async def borrow_connection(dsn: str) -> AsyncGenerator[psycopg.AsyncConnection[
     conn: psycopg.AsyncConnection[Any] | None = None
     while idle and conn is None:
         candidate = idle.pop()
-        if candidate.closed or candidate.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        if (
+            candidate.closed
+            or candidate.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+            or not is_quiet(candidate)  # its backend ended (a restart, a terminate) while it sat idle
+        ):
             await candidate.close()
         else:
             conn = candidate

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 from absurd_sdk import AsyncAbsurd
 
+from pydantic_ai_absurd import _db as db
 from pydantic_ai_absurd._absurd import (
     CheckpointRow,
     database_now,
@@ -98,6 +99,14 @@ async def queue_names(dsn: str) -> set[str]:
         return set(await list_queue_names(conn))
 
 
+async def close_idle_connections() -> None:
+    """Close the connections `borrow_connection` keeps idle for this event loop."""
+    idle = db._IDLE.get(asyncio.get_running_loop(), {})  # pyright: ignore[reportPrivateUsage]
+    for conns in idle.values():
+        while conns:
+            await conns.pop().close()
+
+
 def queue_names_sync(dsn: str) -> set[str]:
     """`queue_names` for synchronous tests."""
     return asyncio.run(queue_names(dsn))
@@ -111,7 +120,8 @@ async def client_on_fake_clock(
     only), stopped at the database's time; move it with the `FakeClock`. Whatever runs through this client
     (claims, task runs, `run_queued`) sees the fake time; other connections keep the real one, unless
     `new_connections` is given: then the connections this process opens from now on start at the clock's
-    time too (libpq's `PGOPTIONS`, set through that monkeypatch), e.g. those the `Inbox` opens per call."""
+    time too (libpq's `PGOPTIONS`, set through that monkeypatch), e.g. those the `Inbox` opens, and those kept
+    idle by `borrow_connection` are closed whenever the clock moves."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         clock = FakeClock(conn, new_connections)
         await clock.set(await database_now(conn))
@@ -136,6 +146,7 @@ class FakeClock:
         await self.conn.execute("select set_config('absurd.fake_now', %s, false)", (text,))
         if self._env is not None:
             self._env.setenv("PGOPTIONS", f"-c absurd.fake_now={text}")
+            await close_idle_connections()  # kept by `borrow_connection`, they would show the time they opened at
 
     async def now(self) -> datetime:
         """The time the clock shows."""

@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticSerializationError
 
 from .._absurd import client_conninfo, client_queue_name
-from .._db import open_connection
+from .._db import borrow_connection
 from ..errors import EventLogError
 from ._model import STATUS_KINDS, TaskEvent, encode_event
 from ._reader import parse_after, stream_events, task_uuid
@@ -223,7 +223,7 @@ async def _finished_by(absurd: AsyncAbsurd, queue_name: str, task_id: str, after
     conninfo = client_conninfo(absurd)
     if after <= 0 or conninfo is None:
         return False
-    async with open_connection(conninfo) as conn:
+    async with borrow_connection(conninfo) as conn:  # one check per request: reuse the loop's idle connections
         cur = await conn.execute(
             "select exists (select 1 from pydantic_ai_absurd.events where queue_name = %s and task_id = %s"
             " and kind = 'run_finished' and seq <= %s)",

@@ -28,7 +28,7 @@ from pydantic_ai.tools import DeferredToolRequests, DeferredToolResults, RunCont
 
 from .. import _absurd
 from .._checkpoint import Checkpoint
-from .._db import connect_async
+from .._db import borrow_connection, open_connection
 from .._dsn import redact_dsn
 from .._waits import TOKEN_PREFIX, current_wait
 from ..errors import InvalidAnswerError, RequestNotPendingError, SchemaNotInstalledError, one_line
@@ -45,7 +45,9 @@ class Inbox:
     """Pending human input of durable runs, in Postgres: ask from a run, list and answer from anywhere.
 
     Args:
-        absurd: The Absurd client whose database holds the inbox (the inbox opens its own connections to it).
+        absurd: The Absurd client whose database holds the inbox. The inbox uses connections of its own to it:
+            `pending`, `get`, `purge` and the answers reuse a few kept idle per event loop (closed with the loop;
+            one whose server session ended is replaced), `ask` opens one for its call.
         scope: Called with the run context when a run asks; its result (a tenant or user ID as a str or int,
             or None) is stored with the request, as a str. `pending(scope=...)` and answers given `scope=` see only that scope.
         notify: Called once per request with the `PendingRequest`, inside the step that records it (to post
@@ -68,13 +70,17 @@ class Inbox:
         self._dsn = dsn
 
     @asynccontextmanager
-    async def _connect(self) -> AsyncGenerator[psycopg.AsyncConnection[Any]]:
+    async def _connect(self, *, own: bool = False) -> AsyncGenerator[psycopg.AsyncConnection[Any]]:
+        """A connection to the inbox's database, reused between calls in this event loop.
+
+        With `own`, one for this call only: an ask in a worker leaves no idle connection behind.
+        """
         dsn = self._dsn or _absurd.client_conninfo(self.absurd)
         if dsn is None:
             raise UserError("The Absurd client of this Inbox has no database; pass `Inbox(absurd, dsn=...)`.")
-        conn = await connect_async(dsn, autocommit=True)
         try:
-            yield conn
+            async with open_connection(dsn) if own else borrow_connection(dsn) as conn:
+                yield conn
         except (
             psycopg.errors.UndefinedTable,
             psycopg.errors.InvalidSchemaName,
@@ -84,8 +90,6 @@ class Inbox:
                 f"The inbox table is missing in {redact_dsn(dsn)} ({one_line(exc)}); "
                 "run `pydantic-ai-absurd init` (or `setup()`) to install the schema."
             ) from exc
-        finally:
-            await conn.close()
 
     async def ask(self, ctx: RunContext[Any], requests: DeferredToolRequests, token: str) -> None:
         """Record the pending calls under `token` and return None, so the durable run waits for an answer.
@@ -106,7 +110,7 @@ class Inbox:
         if scope is not None and not isinstance(scope, str):  # pyright: ignore[reportUnnecessaryIsInstance]
             raise UserError(f"The scope function of the Inbox returned {type(scope).__name__}, not a str or None.")
         agent_name = None if ctx.agent is None else ctx.agent.name
-        async with self._connect() as conn:
+        async with self._connect(own=True) as conn:
             row = await _store.insert_request(
                 conn,
                 token=token,

@@ -13,7 +13,7 @@ from absurd_sdk import AsyncAbsurd
 from psycopg import AsyncConnection
 
 from .. import _absurd
-from .._db import connect_async, queue_not_found
+from .._db import borrow_connection, queue_not_found
 from .._worker_records import read_lost_executions, registered_names
 from ..client import TaskNotFoundError
 from ..errors import QueueNotFoundError, SchemaNotInstalledError
@@ -34,8 +34,7 @@ async def _connection(source: Source) -> AsyncGenerator[AsyncConnection[Any]]:
     conninfo = source if isinstance(source, str) else _absurd.client_conninfo(source)
     if conninfo is None:
         raise SchemaNotInstalledError("The Absurd client has neither a connection nor a connection string.")
-    conn = await connect_async(conninfo, autocommit=True)
-    async with conn:
+    async with borrow_connection(conninfo) as conn:  # a dashboard inspects often: reuse idle connections
         yield conn
 
 

@@ -24,7 +24,7 @@ from .._absurd import (
     task_ids_in_states,
 )
 from .._checkpoint import Checkpoint
-from .._db import connect_async, create_queue_hint, queue_not_found
+from .._db import borrow_connection, create_queue_hint, queue_not_found
 from ..errors import RecordingError
 
 __all__ = [
@@ -102,15 +102,15 @@ class RecordedTask:
 
 @asynccontextmanager
 async def client_connection(absurd: AsyncAbsurd) -> AsyncGenerator[AsyncConnection[Any]]:
-    """A connection of our own to the database of `absurd` (its shared connection stays untouched)."""
+    """A connection of our own to the database of `absurd` (its shared connection stays untouched).
+
+    Reused by the next call in this event loop (`borrow_connection`): a verify run reads task after task.
+    """
     conninfo = client_conninfo(absurd)
     if conninfo is None:
         raise RecordingError("The Absurd client has neither a connection string nor a connection to read tasks from.")
-    conn = await connect_async(conninfo, autocommit=True)
-    try:
+    async with borrow_connection(conninfo) as conn:
         yield conn
-    finally:
-        await conn.close()
 
 
 async def read_recorded(conn: AsyncConnection[Any], queue: str, task_id: str) -> RecordedTask | None:

@@ -11,7 +11,7 @@ by a worker of this package (`claimed_by` starts with `CLAIM_PREFIX`) whose lock
 (`pg_try_advisory_xact_lock` succeeds) and hands them back with `absurd.schedule_run(queue, run_id,
 now)`: claimable at once, no attempt used, resumed from their checkpoints. While no worker died that is
 one statement. A worker notices a lost lock connection without a statement: the server closes the
-socket or writes its termination notice on it (`_quiet`).
+socket or writes its termination notice on it (`is_quiet`).
 
 A live worker never loses a run this way: a paused (SIGSTOP) or slow process keeps its connections,
 so Postgres keeps its locks; losing one connection leaves the lock held on the other, and the lost
@@ -29,14 +29,13 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import select
 from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from .._absurd import backend_pid, hold_worker_lock, worker_lock_held
-from .._db import connect_async
+from .._db import connect_async, is_quiet
 from .._pooler import is_direct_session
 from ..errors import DatabaseConnectionError, one_line
 from ._liveness_rows import ROW_CLAIM_PREFIX, STALE_AFTER, RowLiveness
@@ -148,21 +147,21 @@ class Liveness:
 
         Never raises on a database error. The worker calls it before every claim (so it never claims in
         its marked name while holding no lock) and every poll interval. A lock connection on which the
-        server has neither closed the socket nor written anything is alive (`_quiet`: no round trip); one
+        server has neither closed the socket nor written anything is alive (`is_quiet`: no round trip); one
         the server wrote to is asked for its backend pid.
         """
         if not self.enabled:
             return 0
-        if not self._checking.locked() and self._all_quiet():
+        if not self._checking.locked() and self._allis_quiet():
             return LOCK_CONNECTIONS  # the common case: one `poll`, no lock
         async with self._checking:
             await self._check()
         return self.held
 
-    def _all_quiet(self) -> bool:
+    def _allis_quiet(self) -> bool:
         """Whether every lock connection holds the lock and the server sent nothing on any of them."""
         conns = [conn for conn in self._conns if conn is not None and not conn.closed and not conn.broken]
-        return len(conns) == LOCK_CONNECTIONS and None not in self._pids and _quiet(*conns)
+        return len(conns) == LOCK_CONNECTIONS and None not in self._pids and is_quiet(*conns)
 
     async def _check(self) -> None:
         for slot in range(LOCK_CONNECTIONS):
@@ -184,7 +183,7 @@ class Liveness:
         conn, pid = self._conns[slot], self._pids[slot]
         if conn is None or pid is None or conn.closed or conn.broken:
             return False
-        if _quiet(conn):
+        if is_quiet(conn):
             return True
         try:  # the server closed the socket or wrote to it (a termination notice?): ask it
             return await backend_pid(conn) == pid
@@ -243,27 +242,3 @@ def claim_guard(
     if isinstance(liveness, RowLiveness) and claimed_by.startswith(ROW_CLAIM_PREFIX):
         return liveness.claim_guard(conn, claimed_by)
     return contextlib.nullcontext(True)
-
-
-def _quiet(*conns: psycopg.AsyncConnection[Any]) -> bool:
-    """Whether the server has sent nothing on these idle connections: no data, no end of stream (no round trip).
-
-    A backend that ends (terminated, the server restarting or crashing) writes its termination notice or
-    closes the socket; a live backend of an idle session sends nothing unprompted. One `poll` with no wait
-    for all of them. False also when a socket cannot be polled.
-    """
-    if not conns:
-        return False
-    try:
-        fds = [conn.pgconn.socket for conn in conns]
-        if _poll is None:  # pragma: no cover - a platform without poll (Windows)
-            return not select.select(fds, [], [], 0)[0]
-        poller = _poll()
-        for fd in fds:
-            poller.register(fd, select.POLLIN)  # POLLHUP and POLLERR are reported too
-        return not poller.poll(0)
-    except (psycopg.Error, OSError, ValueError):
-        return False
-
-
-_poll = getattr(select, "poll", None)

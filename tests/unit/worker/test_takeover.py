@@ -11,6 +11,7 @@ import pytest
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext
 from psycopg import sql
 
+from pydantic_ai_absurd._db import is_quiet
 from pydantic_ai_absurd.worker import _liveness_rows as liveness_rows  # pyright: ignore[reportPrivateUsage]
 from pydantic_ai_absurd.worker import _takeover as takeover  # pyright: ignore[reportPrivateUsage]
 from tests.helpers.polling import WAIT, wait_until
@@ -123,7 +124,7 @@ async def test_a_connection_not_proven_direct_uses_a_liveness_row_with_one_log_l
 
 
 async def test_a_lock_connection_whose_backend_ended_is_noticed_without_a_statement(absurd_dsn: str) -> None:
-    quiet = takeover._quiet  # pyright: ignore[reportPrivateUsage]
+    quiet = is_quiet
     async with (
         await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn,
         await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as killer,
