@@ -533,3 +533,26 @@ async def test_with_the_production_worker(absurd_client: AsyncAbsurd) -> None:
 
         await wait_until(done)
     assert counters.runs == {"delete_file": 1} and script.calls == 2
+
+
+async def test_listings_and_answers_reuse_one_connection(
+    absurd_client: AsyncAbsurd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inbox = Inbox(absurd_client)
+    agent, _, _ = approval_agent(inbox)
+    task_id = await start(absurd_client, agent)
+    opened: list[object] = []
+    connect = psycopg.AsyncConnection.connect
+
+    async def counting_connect(*args: Any, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+        opened.append(args)
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", counting_connect)
+    for _ in range(3):
+        [request] = await inbox.pending(task_id=task_id)
+    await inbox.approve(request.token)
+    assert await inbox.get(request.token) is None
+    assert len(opened) == 1  # a web app's calls do not open a connection each
+    monkeypatch.undo()
+    assert (await run_until_done(absurd_client, task_id)).state == "completed"
