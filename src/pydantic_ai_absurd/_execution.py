@@ -138,15 +138,15 @@ class ExecutionState:
 
     task_ctx: AsyncTaskContext
     """A weak proxy of the context (states are values of a `WeakKeyDictionary` keyed by it)."""
-    run_ids: dict[str, int] = field(default_factory=dict[str, int])
-    run_scopes: dict[str, int] = field(default_factory=dict[str, int])
-    digest_chains: dict[str, DigestChain] = field(default_factory=dict[str, DigestChain])
+    run_ids: dict[str, int] = field(default_factory=lambda: {})
+    run_scopes: dict[str, int] = field(default_factory=lambda: {})
+    digest_chains: dict[str, DigestChain] = field(default_factory=lambda: {})
     """Per agent run (by step-name prefix): the chain that makes model-request digests incremental."""
-    once: dict[str, asyncio.Future[None]] = field(default_factory=dict[str, "asyncio.Future[None]"])
+    once: dict[str, asyncio.Future[None]] = field(default_factory=lambda: {})
     """Work a layer does once per execution, by key (the event log's start): later callers await the first."""
     ended_in: StepBody | None = None
     """The step body the end state surfaced in (that body's result must not be committed), if any."""
-    writes: set[asyncio.Task[None]] = field(default_factory=set["asyncio.Task[None]"])
+    writes: set[asyncio.Task[None]] = field(default_factory=lambda: set())
     """Checkpoint writes in flight (`_steps.commit(..., behind=True)`), settled before the next step begins."""
     lease: LeaseKeeper = field(init=False)
 

@@ -14,7 +14,7 @@
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
-from ._borrowed import Borrow, BorrowedConnection
+from ._borrowed import Borrow, BorrowedConnection, Lender
 from ._hooks import chain_before_spawn
 from ._liveness import (
     beat_liveness_row,
@@ -109,6 +109,7 @@ __all__ = [
     "CheckpointRow",
     "Borrow",
     "BorrowedConnection",
+    "Lender",
     "beat_liveness_row",
     "delete_liveness_row",
     "hand_back_runs_of_stale_workers",

@@ -25,19 +25,35 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.pq import ExecStatus
 from psycopg.rows import AsyncRowFactory
 
-__all__ = ["Borrow", "BorrowedConnection", "BorrowedCursor", "unsupported_connection_uses"]
+__all__ = ["Borrow", "BorrowedConnection", "BorrowedCursor", "Lender", "unsupported_connection_uses"]
 
 _TUPLES_OK = ExecStatus.TUPLES_OK
 
 Borrow = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
 """Lends a pooled autocommit connection for the block (the worker's `WorkerPool.connection`)."""
+
+
+class Lender(Protocol):
+    """What `Borrow` does, unrolled for one statement at a time (the worker's `WorkerPool`)."""
+
+    async def get(self) -> AsyncConnection[Any]:
+        """A connection for the caller alone until `put`."""
+        ...
+
+    async def put(self, conn: AsyncConnection[Any]) -> None:
+        """Take back a connection from `get` (also when it broke)."""
+        ...
+
+    def cursor(self, conn: AsyncConnection[Any], row_factory: AsyncRowFactory[Any] | None) -> AsyncCursor[Any]:
+        """A cursor of `conn` (from `get`) for one statement, maybe one used before."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -101,8 +117,10 @@ class BorrowedConnection:
 
     autocommit = True
 
-    def __init__(self, borrow: Borrow, dsn: str) -> None:
+    def __init__(self, borrow: Borrow, dsn: str, *, lender: Lender | None = None) -> None:
+        """Borrow with `borrow`; a single statement with `lender` when given (cheaper; same pool)."""
         self._borrow = borrow
+        self._lender = lender
         self.info = _Info(dsn)
         self.lost: BaseException | None = None
         """The error of the first statement whose connection broke, if one did."""
@@ -140,14 +158,28 @@ class BorrowedConnection:
         self, query: Any, params: Sequence[Any] | dict[str, Any] | None, row_factory: AsyncRowFactory[Any] | None
     ) -> tuple[list[Any], int]:
         """Run one statement on a borrowed connection: its rows and row count (`borrow`, unrolled)."""
+        lender = self._lender
+        if lender is None:
+            return await self._run_borrowed(query, params, row_factory)
+        conn: AsyncConnection[Any] | None = None
+        try:
+            conn = await lender.get()
+            try:
+                return await _run_on(lender.cursor(conn, row_factory), query, params)
+            finally:
+                await lender.put(conn)
+        except psycopg.OperationalError as err:
+            self._note_lost(conn, err)
+            raise
+
+    async def _run_borrowed(
+        self, query: Any, params: Sequence[Any] | dict[str, Any] | None, row_factory: AsyncRowFactory[Any] | None
+    ) -> tuple[list[Any], int]:
         conn: AsyncConnection[Any] | None = None
         try:
             async with self._borrow() as conn:
                 cur = conn.cursor(row_factory=row_factory) if row_factory is not None else conn.cursor()
-                await cur.execute(query, params)
-                result = cur.pgresult
-                rows = await cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
-                return rows, cur.rowcount
+                return await _run_on(cur, query, params)
         except psycopg.OperationalError as err:
             self._note_lost(conn, err)
             raise
@@ -155,6 +187,15 @@ class BorrowedConnection:
     def _note_lost(self, conn: AsyncConnection[Any] | None, err: psycopg.OperationalError) -> None:
         if (conn is None or conn.broken or conn.closed) and self.lost is None:  # none to be had, or it broke
             self.lost = err
+
+
+async def _run_on(
+    cur: AsyncCursor[Any], query: Any, params: Sequence[Any] | dict[str, Any] | None
+) -> tuple[list[Any], int]:
+    await cur.execute(query, params)
+    result = cur.pgresult
+    rows = await cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
+    return rows, cur.rowcount
 
 
 _SUPPORTED = frozenset({"cursor", "execute"})

@@ -53,9 +53,10 @@ from typing import Any, cast
 
 import psycopg
 from absurd_sdk import AsyncAbsurd, ClaimedTask
+from pydantic_ai import Agent
 
 from .. import _absurd
-from .._absurd import client_conninfo, client_hooks, client_queue_name
+from .._absurd import BorrowedConnection, client_conninfo, client_hooks, client_queue_name
 from .._dsn import redact_dsn, resolve_dsn
 from .._worker_records import record_worker_tasks
 from ..errors import PydanticAIAbsurdError, one_line
@@ -69,8 +70,9 @@ from ._heartbeats import BulkHeartbeats
 from ._liveness_rows import RowLiveness
 from ._pool import WorkerPool
 from ._signals import install_signal_handlers, settled, wait_any
-from ._takeover import Liveness, claim_guard, claim_identity, start_liveness
+from ._takeover import Liveness, claim_guard, claim_identity, needs_claim_guard, start_liveness
 from ._task import Running
+from ._threads import WorkerThreads
 
 logger = logging.getLogger("pydantic_ai_absurd.worker")
 
@@ -91,6 +93,8 @@ class Worker:
         self._dsn = self.config.dsn or client_conninfo(absurd) or resolve_dsn(None)
         self._pool: WorkerPool | None = None
         self._executor: Executor | None = None
+        self._claimer: AsyncAbsurd | None = None
+        """Claims on the pool, one statement per claim (claims that hold a liveness row borrow a connection)."""
         self._liveness: Liveness | RowLiveness | None = None
         self._in_flight: dict[asyncio.Task[None], Running] = {}
         self._stop = asyncio.Event()
@@ -139,11 +143,13 @@ class Worker:
             self.config.pool_size,
         )
         try:
-            if await self._check_queue():
-                if self.config.fast_takeover:
-                    background = await self._start_fast_takeover(f"{self.application_name} lock")
-                await self._claim_loop()
-            await drain(self._in_flight, self.config.drain_timeout, self._force)
+            # Every execution (an asyncio task started by the claim loop) inherits the executor of its sync calls.
+            with Agent.using_thread_executor(WorkerThreads(executor.threads)):
+                if await self._check_queue():
+                    if self.config.fast_takeover:
+                        background = await self._start_fast_takeover(f"{self.application_name} lock")
+                    await self._claim_loop()
+                await drain(self._in_flight, self.config.drain_timeout, self._force)
         finally:
             await self._shut_down(executor, background, removers)
 
@@ -156,6 +162,8 @@ class Worker:
             connect_timeout=config.connect_timeout,
             name=f"pydantic-ai-absurd-worker-{self.queue}",
         )
+        borrowed = BorrowedConnection(pool.connection, self._dsn, lender=pool)
+        self._claimer = AsyncAbsurd(cast("psycopg.AsyncConnection[Any]", borrowed), queue_name=self.queue)
         threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(40, 4 * config.concurrency), thread_name_prefix="pydantic-ai-absurd-worker"
         )
@@ -266,6 +274,11 @@ class Worker:
     async def _claim(self, free: int) -> tuple[list[ClaimedTask], str]:
         """Claim up to `free` runs in one call; also returns the identity they were claimed in."""
         claimed_by = await self._claimed_by()
+        if self._claimer is not None and not needs_claim_guard(self._liveness, claimed_by):
+            tasks = await self._claimer.claim_tasks(
+                batch_size=free, claim_timeout=self.config.claim_timeout, worker_id=claimed_by
+            )
+            return tasks, claimed_by
         async with self._connection() as conn, claim_guard(self._liveness, conn, claimed_by) as allowed:
             if not allowed:  # peers presumed this worker dead a moment ago (_takeover.claim_guard)
                 return [], claimed_by

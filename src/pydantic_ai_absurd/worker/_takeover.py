@@ -31,7 +31,7 @@ import logging
 import secrets
 import select
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -41,7 +41,15 @@ from .._pooler import is_direct_session
 from ..errors import DatabaseConnectionError, one_line
 from ._liveness_rows import ROW_CLAIM_PREFIX, STALE_AFTER, RowLiveness
 
-__all__ = ["CLAIM_PREFIX", "LOCK_CONNECTIONS", "Liveness", "claim_guard", "claim_identity", "start_liveness"]
+__all__ = [
+    "CLAIM_PREFIX",
+    "LOCK_CONNECTIONS",
+    "Liveness",
+    "claim_guard",
+    "claim_identity",
+    "needs_claim_guard",
+    "start_liveness",
+]
 
 logger = logging.getLogger("pydantic_ai_absurd.worker")
 
@@ -239,9 +247,14 @@ def claim_guard(
     so hands back the claimed runs, before the claim commits; false when the row is already gone (this
     worker was presumed dead; its beat thread picks a fresh identity). Anything else: true, no transaction.
     """
-    if isinstance(liveness, RowLiveness) and claimed_by.startswith(ROW_CLAIM_PREFIX):
-        return liveness.claim_guard(conn, claimed_by)
+    if needs_claim_guard(liveness, claimed_by):
+        return cast(RowLiveness, liveness).claim_guard(conn, claimed_by)
     return contextlib.nullcontext(True)
+
+
+def needs_claim_guard(liveness: Liveness | RowLiveness | None, claimed_by: str) -> bool:
+    """Whether a claim in `claimed_by` runs in a transaction that holds a liveness row (`claim_guard`)."""
+    return isinstance(liveness, RowLiveness) and claimed_by.startswith(ROW_CLAIM_PREFIX)
 
 
 def _quiet(*conns: psycopg.AsyncConnection[Any]) -> bool:
