@@ -69,7 +69,7 @@ from ._sql import (
     takeover_candidates,
     worker_lock_held,
 )
-from ._sql_claims import extend_claims
+from ._sql_claims import Preloaded, claim_with_checkpoints, extend_claims
 from ._sql_family import TaskEnd, cancel_task_sql, spawn_linked_child, task_end
 from ._sql_schema import (
     CURRENT_TIME,
@@ -121,6 +121,8 @@ __all__ = [
     "task_end",
     "OfflineTaskContext",
     "extend_claims",
+    "claim_with_checkpoints",
+    "Preloaded",
     "CURRENT_TIME",
     "absurd_schema_exists_sync",
     "create_queue_on",

@@ -32,6 +32,8 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.pq import ExecStatus
 from psycopg.rows import AsyncRowFactory
 
+from ._sql_claims import CHECKPOINT_PRELOAD, Preloaded
+
 __all__ = ["Borrow", "BorrowedConnection", "BorrowedCursor", "Lender", "unsupported_connection_uses"]
 
 _TUPLES_OK = ExecStatus.TUPLES_OK
@@ -75,8 +77,17 @@ class BorrowedCursor:
         self.rowcount = -1
 
     async def execute(self, query: Any, params: Sequence[Any] | dict[str, Any] | None = None) -> BorrowedCursor:
-        """Run `query` on a borrowed connection; its rows are read before the connection goes back."""
-        self._rows, self.rowcount = await self._owner.run(query, params, self._row_factory)
+        """Run `query` on a borrowed connection; its rows are read before the connection goes back.
+
+        The checkpoint preload the claim answered already (`claim_with_checkpoints`) sends no statement.
+        """
+        owner = self._owner
+        if owner.preloaded is not None and query == CHECKPOINT_PRELOAD:
+            rows = owner.take_preloaded(params)
+            if rows is not None:
+                self._rows, self.rowcount, self._next = rows, len(rows), 0
+                return self
+        self._rows, self.rowcount = await owner.run(query, params, self._row_factory)
         self._next = 0
         return self
 
@@ -117,13 +128,27 @@ class BorrowedConnection:
 
     autocommit = True
 
-    def __init__(self, borrow: Borrow, dsn: str, *, lender: Lender | None = None) -> None:
-        """Borrow with `borrow`; a single statement with `lender` when given (cheaper; same pool)."""
+    def __init__(
+        self, borrow: Borrow, dsn: str, *, lender: Lender | None = None, preloaded: Preloaded | None = None
+    ) -> None:
+        """Borrow with `borrow`; a single statement with `lender` when given (cheaper; same pool).
+
+        `preloaded`: the answer to the run's checkpoint preload, read with its claim (used once).
+        """
         self._borrow = borrow
         self._lender = lender
+        self.preloaded = preloaded
         self.info = _Info(dsn)
         self.lost: BaseException | None = None
         """The error of the first statement whose connection broke, if one did."""
+
+    def take_preloaded(self, params: Any) -> list[Any] | None:
+        """The rows of the checkpoint preload with `params` if the claim read them (once), else None."""
+        preloaded = self.preloaded
+        if preloaded is None or tuple(params or ()) != preloaded[0]:
+            return None
+        self.preloaded = None
+        return preloaded[1]
 
     @property
     def broken(self) -> bool:

@@ -48,7 +48,8 @@ class Executor:
         The run has no connection of its own: each statement of it borrows one from the pool
         (`BorrowedConnection`), so a model call or a tool body holds none.
         """
-        conn = BorrowedConnection(self.pool.connection, self.dsn, lender=self.pool)
+        conn = BorrowedConnection(self.pool.connection, self.dsn, lender=self.pool, preloaded=running.preloaded)
+        running.preloaded = None  # the connection answers the preload once
         run_id = str(running.task["run_id"])
         if running.claimed_by is not None:
             self.heartbeats.claims[run_id] = running.claimed_by

@@ -56,7 +56,14 @@ from absurd_sdk import AsyncAbsurd, ClaimedTask
 from pydantic_ai import Agent
 
 from .. import _absurd
-from .._absurd import BorrowedConnection, client_conninfo, client_hooks, client_queue_name
+from .._absurd import (
+    BorrowedConnection,
+    Preloaded,
+    claim_with_checkpoints,
+    client_conninfo,
+    client_hooks,
+    client_queue_name,
+)
 from .._dsn import redact_dsn, resolve_dsn
 from .._worker_records import record_worker_tasks
 from ..errors import PydanticAIAbsurdError, one_line
@@ -93,8 +100,8 @@ class Worker:
         self._dsn = self.config.dsn or client_conninfo(absurd) or resolve_dsn(None)
         self._pool: WorkerPool | None = None
         self._executor: Executor | None = None
-        self._claimer: AsyncAbsurd | None = None
-        """Claims on the pool, one statement per claim (claims that hold a liveness row borrow a connection)."""
+        self._claim_conn: psycopg.AsyncConnection[Any] | None = None
+        """Claims on the pool, one statement each (a claim that holds a liveness row borrows a connection)."""
         self._liveness: Liveness | RowLiveness | None = None
         self._in_flight: dict[asyncio.Task[None], Running] = {}
         self._stop = asyncio.Event()
@@ -162,8 +169,7 @@ class Worker:
             connect_timeout=config.connect_timeout,
             name=f"pydantic-ai-absurd-worker-{self.queue}",
         )
-        borrowed = BorrowedConnection(pool.connection, self._dsn, lender=pool)
-        self._claimer = AsyncAbsurd(cast("psycopg.AsyncConnection[Any]", borrowed), queue_name=self.queue)
+        self._claim_conn = cast(Any, BorrowedConnection(pool.connection, self._dsn, lender=pool))
         threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(40, 4 * config.concurrency), thread_name_prefix="pydantic-ai-absurd-worker"
         )
@@ -266,27 +272,21 @@ class Worker:
                 logger.info("reconnected to Postgres; claiming from queue %s again", self.queue)
             delay = 0.5
             self._polled()
-            for task in tasks:
-                self._start(task, claimed_by)
+            for task, preloaded in tasks:
+                self._start(task, claimed_by, preloaded)
             if len(tasks) < free:
                 await self._sleep_unless_stopped(self.config.poll_interval, wake=True)
 
-    async def _claim(self, free: int) -> tuple[list[ClaimedTask], str]:
+    async def _claim(self, free: int) -> tuple[list[tuple[ClaimedTask, Preloaded]], str]:
         """Claim up to `free` runs in one call; also returns the identity they were claimed in."""
         claimed_by = await self._claimed_by()
-        if self._claimer is not None and not needs_claim_guard(self._liveness, claimed_by):
-            tasks = await self._claimer.claim_tasks(
-                batch_size=free, claim_timeout=self.config.claim_timeout, worker_id=claimed_by
-            )
-            return tasks, claimed_by
+        timeout = self.config.claim_timeout
+        if self._claim_conn is not None and not needs_claim_guard(self._liveness, claimed_by):
+            return await claim_with_checkpoints(self._claim_conn, self.queue, claimed_by, timeout, free), claimed_by
         async with self._connection() as conn, claim_guard(self._liveness, conn, claimed_by) as allowed:
             if not allowed:  # peers presumed this worker dead a moment ago (_takeover.claim_guard)
                 return [], claimed_by
-            claimer = AsyncAbsurd(conn, queue_name=self.queue)
-            tasks = await claimer.claim_tasks(
-                batch_size=free, claim_timeout=self.config.claim_timeout, worker_id=claimed_by
-            )
-            return tasks, claimed_by
+            return await claim_with_checkpoints(conn, self.queue, claimed_by, timeout, free), claimed_by
 
     async def _takeover_loop(self) -> None:
         """Keep the liveness lock (checked every poll interval) and hand back the runs of dead workers.
@@ -317,9 +317,9 @@ class Worker:
         if self.config.on_poll is not None:
             self.config.on_poll(health)
 
-    def _start(self, task: ClaimedTask, claimed_by: str | None = None) -> None:
+    def _start(self, task: ClaimedTask, claimed_by: str | None = None, preloaded: Preloaded | None = None) -> None:
         assert self._executor is not None
-        running = Running(task, claimed_by=claimed_by)
+        running = Running(task, claimed_by=claimed_by, preloaded=preloaded)
         self.health.claimed += 1
         logger.info("claimed %s run_id=%s", running, task["run_id"])
         job = asyncio.ensure_future(self._executor.execute(running))

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import psycopg
 from absurd_sdk import AbsurdHooks, AsyncTaskContext, CancelledTask, ClaimedTask, FailedTask, SuspendTask
 
-from .._absurd import BorrowedConnection, end_state_of
+from .._absurd import BorrowedConnection, Preloaded, end_state_of
 from .._execution import execution_state
 from .._lease import HeartbeatGroup
 from .._text import visible
@@ -47,6 +47,8 @@ class Running:
     """The identity this worker claimed the run in (fast takeover: a lock or a liveness-row identity)."""
     dropped: bool = False
     """Peers presumed this worker dead and took the run over: stopped, never handed back (`_liveness_rows.py`)."""
+    preloaded: Preloaded | None = None
+    """The run's checkpoints, read with its claim: the SDK's preload of them sends no statement."""
 
     def describe(self) -> str:
         """`task_id=... task=... attempt=...`, as every log line about the task shows it."""
