@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Generator
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
@@ -61,7 +61,6 @@ __all__ = [
     "current_task_context",
     "execution_state",
     "in_step",
-    "keep_lease",
     "remember_end",
     "require_task_context",
     "run_scope",
@@ -217,13 +216,6 @@ def execution_state(task_ctx: AsyncTaskContext) -> ExecutionState:
         state = ExecutionState(cast(AsyncTaskContext, weakref.proxy(task_ctx)))
         _states[task_ctx] = state
     return state
-
-
-@asynccontextmanager
-async def keep_lease(task_ctx: AsyncTaskContext) -> AsyncGenerator[None]:
-    """Heartbeat `task_ctx`'s claim for as long as the code inside runs (the worker wraps executions in it)."""
-    async with execution_state(task_ctx).lease.hold():
-        yield
 
 
 async def remember_end(task_ctx: AsyncTaskContext, write: Awaitable[_T]) -> _T:

@@ -10,11 +10,12 @@ Differences from `AsyncAbsurd.start_worker()`:
   connections. Absurd's own worker shares one connection between all tasks, so their writes queue behind
   each other.
 - **Short leases, kept alive in bulk.** Tasks are claimed for `claim_timeout` seconds (10 by default) and
-  each execution runs inside the engine's lease keeper (`keep_lease`); the keepers of all in-flight runs
+  each execution runs inside the engine's lease keeper (`LeaseKeeper.hold`); the keepers of all in-flight runs
   join the worker's bulk heartbeats (`_heartbeats.py`): one statement every `claim_timeout / 3` seconds
   extends every claim. When it reports a task cancelled (or its run failed elsewhere), that run's running
   step raises `CancelledTask` / `FailedTask`, and a handler outside any step is stopped. Claims fetch up
-  to the free slots in one call.
+  to the free slots in one call, and reads the claimed runs' checkpoints in the same statement (the SDK's
+  checkpoint preload at the start of each execution then sends none).
 - **Fast takeover** (`_takeover.py`): a worker holds a liveness lock while it lives; every second,
   workers hand back the runs of dead workers of this package (SIGKILL, OOM) at once. A paused or slow
   worker keeps its tasks; lease expiry is the fallback for lost machines. Behind a transaction pooler
