@@ -119,7 +119,7 @@ class LeaseKeeper:
 
         When a heartbeat reports an end state while no step body runs, the holding task is cancelled.
         """
-        return _Hold(self)
+        return _Hold(self._enter_hold, self._exit_hold)
 
     def _enter_hold(self) -> asyncio.Task[Any] | None:
         current = asyncio.current_task()
@@ -174,14 +174,19 @@ class LeaseKeeper:
 class _Hold:
     """`LeaseKeeper.hold()` (a class: cheaper than a generator, and the worker enters one per execution)."""
 
-    __slots__ = ("_current", "_keeper")
+    __slots__ = ("_current", "_enter", "_exit")
 
-    def __init__(self, keeper: LeaseKeeper) -> None:
-        self._keeper = keeper
+    def __init__(
+        self,
+        enter: Callable[[], asyncio.Task[Any] | None],
+        leave: Callable[[asyncio.Task[Any] | None], None],
+    ) -> None:
+        self._enter = enter
+        self._exit = leave
         self._current: asyncio.Task[Any] | None = None
 
     async def __aenter__(self) -> None:
-        self._current = self._keeper._enter_hold()  # pyright: ignore[reportPrivateUsage]
+        self._current = self._enter()
 
     async def __aexit__(self, *exc: object) -> None:
-        self._keeper._exit_hold(self._current)  # pyright: ignore[reportPrivateUsage]
+        self._exit(self._current)
