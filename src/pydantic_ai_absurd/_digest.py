@@ -180,7 +180,7 @@ class DigestChain:
     A replay meets the same requests in the same order, so it builds the same chain.
     """
 
-    messages: list[ModelMessage] = field(default_factory=list[ModelMessage])
+    messages: list[ModelMessage] = field(default_factory=lambda: [])
     hasher: Any = None
     chunks: tuple[int, ...] = ()
     """Where each hashed run of messages starts (format 1 digests are computed again over the same runs)."""

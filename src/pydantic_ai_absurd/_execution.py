@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from collections.abc import Awaitable, Callable, Generator
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
@@ -61,7 +61,6 @@ __all__ = [
     "current_task_context",
     "execution_state",
     "in_step",
-    "keep_lease",
     "remember_end",
     "require_task_context",
     "run_scope",
@@ -138,15 +137,15 @@ class ExecutionState:
 
     task_ctx: AsyncTaskContext
     """A weak proxy of the context (states are values of a `WeakKeyDictionary` keyed by it)."""
-    run_ids: dict[str, int] = field(default_factory=dict[str, int])
-    run_scopes: dict[str, int] = field(default_factory=dict[str, int])
-    digest_chains: dict[str, DigestChain] = field(default_factory=dict[str, DigestChain])
+    run_ids: dict[str, int] = field(default_factory=lambda: {})
+    run_scopes: dict[str, int] = field(default_factory=lambda: {})
+    digest_chains: dict[str, DigestChain] = field(default_factory=lambda: {})
     """Per agent run (by step-name prefix): the chain that makes model-request digests incremental."""
-    once: dict[str, asyncio.Future[None]] = field(default_factory=dict[str, "asyncio.Future[None]"])
+    once: dict[str, asyncio.Future[None]] = field(default_factory=lambda: {})
     """Work a layer does once per execution, by key (the event log's start): later callers await the first."""
     ended_in: StepBody | None = None
     """The step body the end state surfaced in (that body's result must not be committed), if any."""
-    writes: set[asyncio.Task[None]] = field(default_factory=set["asyncio.Task[None]"])
+    writes: set[asyncio.Task[None]] = field(default_factory=lambda: set())
     """Checkpoint writes in flight (`_steps.commit(..., behind=True)`), settled before the next step begins."""
     lease: LeaseKeeper = field(init=False)
 
@@ -217,13 +216,6 @@ def execution_state(task_ctx: AsyncTaskContext) -> ExecutionState:
         state = ExecutionState(cast(AsyncTaskContext, weakref.proxy(task_ctx)))
         _states[task_ctx] = state
     return state
-
-
-@asynccontextmanager
-async def keep_lease(task_ctx: AsyncTaskContext) -> AsyncGenerator[None]:
-    """Heartbeat `task_ctx`'s claim for as long as the code inside runs (the worker wraps executions in it)."""
-    async with execution_state(task_ctx).lease.hold():
-        yield
 
 
 async def remember_end(task_ctx: AsyncTaskContext, write: Awaitable[_T]) -> _T:

@@ -98,7 +98,7 @@ class ChildTasks(Protocol):
 class Layers:
     """What the core needs from layers it does not import; filled by the package facade."""
 
-    run_hooks: list[Callable[[], DurableRunHook]] = field(default_factory=list[Callable[[], DurableRunHook]])
+    run_hooks: list[Callable[[], DurableRunHook]] = field(default_factory=lambda: [])
     """Makers of the hooks every `AbsurdDurability` uses, after its event stream handler's."""
     conversations: Callable[[ConversationStore, int | None], RunExtension] | None = None
     """`AbsurdAgent(conversation_store=, conversation_limit=)`: the extension that loads and saves conversations."""

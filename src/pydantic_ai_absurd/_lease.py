@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 from absurd_sdk import AsyncTaskContext, CancelledTask, FailedTask
@@ -114,22 +114,24 @@ class LeaseKeeper:
             self._bodies.discard(task)
             self._release()
 
-    @asynccontextmanager
-    async def hold(self) -> AsyncGenerator[None]:
+    def hold(self) -> AbstractAsyncContextManager[None]:
         """Keep the claim alive for the code inside (the worker holds a whole execution this way).
 
         When a heartbeat reports an end state while no step body runs, the holding task is cancelled.
         """
+        return _Hold(self._enter_hold, self._exit_hold)
+
+    def _enter_hold(self) -> asyncio.Task[Any] | None:
         current = asyncio.current_task()
         if current is not None:
             self._held_tasks.add(current)
         self._acquire()
-        try:
-            yield
-        finally:
-            self._release()
-            if current is not None:
-                self._held_tasks.discard(current)
+        return current
+
+    def _exit_hold(self, current: asyncio.Task[Any] | None) -> None:
+        self._release()
+        if current is not None:
+            self._held_tasks.discard(current)
 
     def report_end(self, ended: BaseException) -> None:
         """A heartbeat reported `ended`: remember it and cancel the running bodies (else the holding tasks)."""
@@ -167,3 +169,24 @@ class LeaseKeeper:
             except Exception:
                 # The next checkpoint write reports a lost connection; a missed heartbeat alone is not fatal.
                 logger.warning("Heartbeat for task %s failed", self._task_ctx.task_id, exc_info=True)
+
+
+class _Hold:
+    """`LeaseKeeper.hold()` (a class: cheaper than a generator, and the worker enters one per execution)."""
+
+    __slots__ = ("_current", "_enter", "_exit")
+
+    def __init__(
+        self,
+        enter: Callable[[], asyncio.Task[Any] | None],
+        leave: Callable[[asyncio.Task[Any] | None], None],
+    ) -> None:
+        self._enter = enter
+        self._exit = leave
+        self._current: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> None:
+        self._current = self._enter()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._exit(self._current)

@@ -28,7 +28,16 @@ from typing import Any, cast
 
 from absurd_sdk import AbsurdHooks, AsyncTaskContext, CancelledTask, FailedTask, SpawnOptions, SuspendTask
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import (
+    NoOpTracerProvider,
+    ProxyTracer,
+    ProxyTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    TracerProvider,
+)
 
 from . import _absurd
 from ._checkpoint import Checkpoint
@@ -77,9 +86,14 @@ def otel_hooks(hooks: AbsurdHooks | None = None, *, tracer_provider: TracerProvi
     if getattr(user_wrap, _MARK, False):
         return cast(AbsurdHooks, base)  # already applied
     tracer = _tracer(tracer_provider)
+    maybe_off = isinstance(tracer, ProxyTracer)  # no provider yet: check at each task whether one is set now
 
     async def wrap_task_execution(ctx: AsyncTaskContext, execute: Callable[[], Awaitable[Any]]) -> Any:
         carrier = ctx.headers.get(TRACE_HEADER)
+        if maybe_off and not isinstance(carrier, dict) and _tracing_off():
+            # The span would be a no-op with no parent to make current: skip its bookkeeping.
+            result = execute() if user_wrap is None else user_wrap(ctx, execute)
+            return await result if inspect.isawaitable(result) else result
         parent = propagate.extract(cast(dict[str, str], carrier)) if isinstance(carrier, dict) else None
         queue, task_name = _absurd.task_identity(ctx)
         with tracer.start_as_current_span(
@@ -95,6 +109,22 @@ def otel_hooks(hooks: AbsurdHooks | None = None, *, tracer_provider: TracerProvi
 
     setattr(wrap_task_execution, _MARK, True)
     return cast(AbsurdHooks, {**_absurd.chain_before_spawn(hooks, _inject), "wrap_task_execution": wrap_task_execution})
+
+
+_UNKNOWN = object()
+
+
+def _tracing_off() -> bool:
+    """Whether no tracer provider is configured globally: spans of the global provider's tracers record nothing.
+
+    Reads the global a `ProxyTracer` delegates to (`opentelemetry.trace._TRACER_PROVIDER`, None until
+    `set_tracer_provider`): `get_tracer_provider()` looks up an environment variable on every call while
+    none is set, which costs more than the rest of the check. Falls back to it if that name is gone.
+    """
+    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
+    if provider is _UNKNOWN:  # pragma: no cover - an OpenTelemetry API that keeps its global elsewhere
+        provider = trace.get_tracer_provider()
+    return provider is None or isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
 
 
 def _task_attributes(ctx: AsyncTaskContext, queue: str, task_name: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@
 - `_sql_schema`: raw SQL on Absurd's schema version and its queues (installation and start-up checks).
 """
 
-from ._borrowed import Borrow, BorrowedConnection
+from ._borrowed import Borrow, BorrowedConnection, Lender
 from ._hooks import chain_before_spawn
 from ._liveness import (
     beat_liveness_row,
@@ -69,7 +69,7 @@ from ._sql import (
     takeover_candidates,
     worker_lock_held,
 )
-from ._sql_claims import extend_claims
+from ._sql_claims import Preloaded, claim_with_checkpoints, extend_claims
 from ._sql_family import TaskEnd, cancel_task_sql, spawn_linked_child, task_end
 from ._sql_schema import (
     CURRENT_TIME,
@@ -109,6 +109,7 @@ __all__ = [
     "CheckpointRow",
     "Borrow",
     "BorrowedConnection",
+    "Lender",
     "beat_liveness_row",
     "delete_liveness_row",
     "hand_back_runs_of_stale_workers",
@@ -120,6 +121,8 @@ __all__ = [
     "task_end",
     "OfflineTaskContext",
     "extend_claims",
+    "claim_with_checkpoints",
+    "Preloaded",
     "CURRENT_TIME",
     "absurd_schema_exists_sync",
     "create_queue_on",

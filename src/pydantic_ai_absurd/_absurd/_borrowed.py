@@ -25,19 +25,37 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg.pq import ExecStatus
 from psycopg.rows import AsyncRowFactory
 
-__all__ = ["Borrow", "BorrowedConnection", "BorrowedCursor", "unsupported_connection_uses"]
+from ._sql_claims import CHECKPOINT_PRELOAD, Preloaded
+
+__all__ = ["Borrow", "BorrowedConnection", "BorrowedCursor", "Lender", "unsupported_connection_uses"]
 
 _TUPLES_OK = ExecStatus.TUPLES_OK
 
 Borrow = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
 """Lends a pooled autocommit connection for the block (the worker's `WorkerPool.connection`)."""
+
+
+class Lender(Protocol):
+    """What `Borrow` does, unrolled for one statement at a time (the worker's `WorkerPool`)."""
+
+    async def get(self) -> AsyncConnection[Any]:
+        """A connection for the caller alone until `put`."""
+        ...
+
+    async def put(self, conn: AsyncConnection[Any]) -> None:
+        """Take back a connection from `get` (also when it broke)."""
+        ...
+
+    def cursor(self, conn: AsyncConnection[Any], row_factory: AsyncRowFactory[Any] | None) -> AsyncCursor[Any]:
+        """A cursor of `conn` (from `get`) for one statement, maybe one used before."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -59,8 +77,17 @@ class BorrowedCursor:
         self.rowcount = -1
 
     async def execute(self, query: Any, params: Sequence[Any] | dict[str, Any] | None = None) -> BorrowedCursor:
-        """Run `query` on a borrowed connection; its rows are read before the connection goes back."""
-        self._rows, self.rowcount = await self._owner.run(query, params, self._row_factory)
+        """Run `query` on a borrowed connection; its rows are read before the connection goes back.
+
+        The checkpoint preload the claim answered already (`claim_with_checkpoints`) sends no statement.
+        """
+        owner = self._owner
+        if owner.preloaded is not None and query == CHECKPOINT_PRELOAD:
+            rows = owner.take_preloaded(params)
+            if rows is not None:
+                self._rows, self.rowcount, self._next = rows, len(rows), 0
+                return self
+        self._rows, self.rowcount = await owner.run(query, params, self._row_factory)
         self._next = 0
         return self
 
@@ -101,11 +128,27 @@ class BorrowedConnection:
 
     autocommit = True
 
-    def __init__(self, borrow: Borrow, dsn: str) -> None:
+    def __init__(
+        self, borrow: Borrow, dsn: str, *, lender: Lender | None = None, preloaded: Preloaded | None = None
+    ) -> None:
+        """Borrow with `borrow`; a single statement with `lender` when given (cheaper; same pool).
+
+        `preloaded`: the answer to the run's checkpoint preload, read with its claim (used once).
+        """
         self._borrow = borrow
+        self._lender = lender
+        self.preloaded = preloaded
         self.info = _Info(dsn)
         self.lost: BaseException | None = None
         """The error of the first statement whose connection broke, if one did."""
+
+    def take_preloaded(self, params: Any) -> list[Any] | None:
+        """The rows of the checkpoint preload with `params` if the claim read them (once), else None."""
+        preloaded = self.preloaded
+        if preloaded is None or tuple(params or ()) != preloaded[0]:
+            return None
+        self.preloaded = None
+        return preloaded[1]
 
     @property
     def broken(self) -> bool:
@@ -140,14 +183,28 @@ class BorrowedConnection:
         self, query: Any, params: Sequence[Any] | dict[str, Any] | None, row_factory: AsyncRowFactory[Any] | None
     ) -> tuple[list[Any], int]:
         """Run one statement on a borrowed connection: its rows and row count (`borrow`, unrolled)."""
+        lender = self._lender
+        if lender is None:
+            return await self._run_borrowed(query, params, row_factory)
+        conn: AsyncConnection[Any] | None = None
+        try:
+            conn = await lender.get()
+            try:
+                return await _run_on(lender.cursor(conn, row_factory), query, params)
+            finally:
+                await lender.put(conn)
+        except psycopg.OperationalError as err:
+            self._note_lost(conn, err)
+            raise
+
+    async def _run_borrowed(
+        self, query: Any, params: Sequence[Any] | dict[str, Any] | None, row_factory: AsyncRowFactory[Any] | None
+    ) -> tuple[list[Any], int]:
         conn: AsyncConnection[Any] | None = None
         try:
             async with self._borrow() as conn:
                 cur = conn.cursor(row_factory=row_factory) if row_factory is not None else conn.cursor()
-                await cur.execute(query, params)
-                result = cur.pgresult
-                rows = await cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
-                return rows, cur.rowcount
+                return await _run_on(cur, query, params)
         except psycopg.OperationalError as err:
             self._note_lost(conn, err)
             raise
@@ -155,6 +212,15 @@ class BorrowedConnection:
     def _note_lost(self, conn: AsyncConnection[Any] | None, err: psycopg.OperationalError) -> None:
         if (conn is None or conn.broken or conn.closed) and self.lost is None:  # none to be had, or it broke
             self.lost = err
+
+
+async def _run_on(
+    cur: AsyncCursor[Any], query: Any, params: Sequence[Any] | dict[str, Any] | None
+) -> tuple[list[Any], int]:
+    await cur.execute(query, params)
+    result = cur.pgresult
+    rows = await cur.fetchall() if result is not None and result.status == _TUPLES_OK else []
+    return rows, cur.rowcount
 
 
 _SUPPORTED = frozenset({"cursor", "execute"})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from absurd_sdk import AbsurdHooks, AsyncAbsurd
@@ -39,6 +39,8 @@ class Executor:
     """The user's hooks with the default ones (OpenTelemetry trace context), computed once per worker."""
     heartbeats: BulkHeartbeats
     threads: concurrent.futures.ThreadPoolExecutor
+    _runnable: set[str] = field(default_factory=lambda: set(), init=False)
+    """Task names registered for this worker's queue (checked once each)."""
 
     async def execute(self, running: Running) -> None:
         """Run one claimed task to its end (or hand it back); never raises but for the worker's cancellation.
@@ -46,10 +48,13 @@ class Executor:
         The run has no connection of its own: each statement of it borrows one from the pool
         (`BorrowedConnection`), so a model call or a tool body holds none.
         """
-        conn = BorrowedConnection(self.pool.connection, self.dsn)
+        conn = BorrowedConnection(self.pool.connection, self.dsn, lender=self.pool, preloaded=running.preloaded)
+        running.preloaded = None  # the connection answers the preload once
         run_id = str(running.task["run_id"])
         if running.claimed_by is not None:
             self.heartbeats.claims[run_id] = running.claimed_by
+        threads = TaskThreads()
+        threads.enter()  # this asyncio task's context: the worker's `WorkerThreads` tracks its sync calls here
         try:
             self._warn_if_unrunnable(running)
             hooks = wrap_execution(
@@ -59,12 +64,13 @@ class Executor:
                 self.hooks,
                 self.config.retry_policy,
                 heartbeat=self.config.heartbeat,
-                threads=TaskThreads(self.threads),
+                threads=threads,
                 heartbeats=self.heartbeats,
             )
+            as_connection: Any = conn  # what the SDK does with it, a `BorrowedConnection` does (_borrowed.py)
             await execute_claimed_task(
                 self.absurd,
-                cast("psycopg.AsyncConnection[Any]", conn),
+                as_connection,
                 running.task,
                 self.config.claim_timeout,
                 hooks,
@@ -94,13 +100,17 @@ class Executor:
 
     def _warn_if_unrunnable(self, running: Running) -> None:
         name = running.task["task_name"]
+        if name in self._runnable:
+            return
         queue = registered_queue(self.absurd, name)
-        if queue is None:
+        if queue in (self.queue, client_queue_name(self.absurd)):
+            self._runnable.add(name)
+        elif queue is None:
             logger.warning(
                 "no handler for %s on this worker; Absurd defers it by 15-30s (register the task on the worker)",
                 running.describe(),
             )
-        elif queue not in (self.queue, client_queue_name(self.absurd)):
+        else:
             logger.error(
                 "%s is registered for queue %s but this worker works queue %s; Absurd fails the run as "
                 "misconfigured (register it without a queue, or for queue %s)",

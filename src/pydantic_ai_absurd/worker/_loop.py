@@ -10,11 +10,12 @@ Differences from `AsyncAbsurd.start_worker()`:
   connections. Absurd's own worker shares one connection between all tasks, so their writes queue behind
   each other.
 - **Short leases, kept alive in bulk.** Tasks are claimed for `claim_timeout` seconds (10 by default) and
-  each execution runs inside the engine's lease keeper (`keep_lease`); the keepers of all in-flight runs
+  each execution runs inside the engine's lease keeper (`LeaseKeeper.hold`); the keepers of all in-flight runs
   join the worker's bulk heartbeats (`_heartbeats.py`): one statement every `claim_timeout / 3` seconds
   extends every claim. When it reports a task cancelled (or its run failed elsewhere), that run's running
   step raises `CancelledTask` / `FailedTask`, and a handler outside any step is stopped. Claims fetch up
-  to the free slots in one call.
+  to the free slots in one call, and reads the claimed runs' checkpoints in the same statement (the SDK's
+  checkpoint preload at the start of each execution then sends none).
 - **Fast takeover** (`_takeover.py`): a worker holds a liveness lock while it lives; every second,
   workers hand back the runs of dead workers of this package (SIGKILL, OOM) at once. A paused or slow
   worker keeps its tasks; lease expiry is the fallback for lost machines. Behind a transaction pooler
@@ -53,9 +54,17 @@ from typing import Any, cast
 
 import psycopg
 from absurd_sdk import AsyncAbsurd, ClaimedTask
+from pydantic_ai import Agent
 
 from .. import _absurd
-from .._absurd import client_conninfo, client_hooks, client_queue_name
+from .._absurd import (
+    BorrowedConnection,
+    Preloaded,
+    claim_with_checkpoints,
+    client_conninfo,
+    client_hooks,
+    client_queue_name,
+)
 from .._dsn import redact_dsn, resolve_dsn
 from .._worker_records import record_worker_tasks
 from ..errors import PydanticAIAbsurdError, one_line
@@ -69,8 +78,9 @@ from ._heartbeats import BulkHeartbeats
 from ._liveness_rows import RowLiveness
 from ._pool import WorkerPool
 from ._signals import install_signal_handlers, settled, wait_any
-from ._takeover import Liveness, claim_guard, claim_identity, start_liveness
+from ._takeover import Liveness, claim_guard, claim_identity, needs_claim_guard, start_liveness
 from ._task import Running
+from ._threads import WorkerThreads
 
 logger = logging.getLogger("pydantic_ai_absurd.worker")
 
@@ -91,6 +101,8 @@ class Worker:
         self._dsn = self.config.dsn or client_conninfo(absurd) or resolve_dsn(None)
         self._pool: WorkerPool | None = None
         self._executor: Executor | None = None
+        self._claim_conn: psycopg.AsyncConnection[Any] | None = None
+        """Claims on the pool, one statement each (a claim that holds a liveness row borrows a connection)."""
         self._liveness: Liveness | RowLiveness | None = None
         self._in_flight: dict[asyncio.Task[None], Running] = {}
         self._stop = asyncio.Event()
@@ -139,11 +151,13 @@ class Worker:
             self.config.pool_size,
         )
         try:
-            if await self._check_queue():
-                if self.config.fast_takeover:
-                    background = await self._start_fast_takeover(f"{self.application_name} lock")
-                await self._claim_loop()
-            await drain(self._in_flight, self.config.drain_timeout, self._force)
+            # Every execution (an asyncio task started by the claim loop) inherits the executor of its sync calls.
+            with Agent.using_thread_executor(WorkerThreads(executor.threads)):
+                if await self._check_queue():
+                    if self.config.fast_takeover:
+                        background = await self._start_fast_takeover(f"{self.application_name} lock")
+                    await self._claim_loop()
+                await drain(self._in_flight, self.config.drain_timeout, self._force)
         finally:
             await self._shut_down(executor, background, removers)
 
@@ -156,6 +170,7 @@ class Worker:
             connect_timeout=config.connect_timeout,
             name=f"pydantic-ai-absurd-worker-{self.queue}",
         )
+        self._claim_conn = cast(Any, BorrowedConnection(pool.connection, self._dsn, lender=pool))
         threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(40, 4 * config.concurrency), thread_name_prefix="pydantic-ai-absurd-worker"
         )
@@ -258,22 +273,21 @@ class Worker:
                 logger.info("reconnected to Postgres; claiming from queue %s again", self.queue)
             delay = 0.5
             self._polled()
-            for task in tasks:
-                self._start(task, claimed_by)
+            for task, preloaded in tasks:
+                self._start(task, claimed_by, preloaded)
             if len(tasks) < free:
                 await self._sleep_unless_stopped(self.config.poll_interval, wake=True)
 
-    async def _claim(self, free: int) -> tuple[list[ClaimedTask], str]:
+    async def _claim(self, free: int) -> tuple[list[tuple[ClaimedTask, Preloaded]], str]:
         """Claim up to `free` runs in one call; also returns the identity they were claimed in."""
         claimed_by = await self._claimed_by()
+        timeout = self.config.claim_timeout
+        if self._claim_conn is not None and not needs_claim_guard(self._liveness, claimed_by):
+            return await claim_with_checkpoints(self._claim_conn, self.queue, claimed_by, timeout, free), claimed_by
         async with self._connection() as conn, claim_guard(self._liveness, conn, claimed_by) as allowed:
             if not allowed:  # peers presumed this worker dead a moment ago (_takeover.claim_guard)
                 return [], claimed_by
-            claimer = AsyncAbsurd(conn, queue_name=self.queue)
-            tasks = await claimer.claim_tasks(
-                batch_size=free, claim_timeout=self.config.claim_timeout, worker_id=claimed_by
-            )
-            return tasks, claimed_by
+            return await claim_with_checkpoints(conn, self.queue, claimed_by, timeout, free), claimed_by
 
     async def _takeover_loop(self) -> None:
         """Keep the liveness lock (checked every poll interval) and hand back the runs of dead workers.
@@ -304,9 +318,9 @@ class Worker:
         if self.config.on_poll is not None:
             self.config.on_poll(health)
 
-    def _start(self, task: ClaimedTask, claimed_by: str | None = None) -> None:
+    def _start(self, task: ClaimedTask, claimed_by: str | None = None, preloaded: Preloaded | None = None) -> None:
         assert self._executor is not None
-        running = Running(task, claimed_by=claimed_by)
+        running = Running(task, claimed_by=claimed_by, preloaded=preloaded)
         self.health.claimed += 1
         logger.info("claimed %s run_id=%s", running, task["run_id"])
         job = asyncio.ensure_future(self._executor.execute(running))

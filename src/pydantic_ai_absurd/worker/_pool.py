@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg
 from psycopg.pq import TransactionStatus
+from psycopg.rows import AsyncRowFactory
 from psycopg_pool import AsyncConnectionPool
 
 from .._db import connection_pool
@@ -47,6 +48,8 @@ class WorkerPool:
         """When each connection out of `pool` (lent or at hand) was taken from it."""
         self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []
         """Connections out of `pool` that nobody uses, with when they were given back (the last one at the end)."""
+        self._cursors: dict[psycopg.AsyncConnection[Any], dict[Any, psycopg.AsyncCursor[Any]]] = {}
+        """The cursors of each connection out of `pool`, by row factory (`cursor`)."""
         self._asking = 0
         self._closed = False
         self.timeout = connect_timeout
@@ -88,6 +91,24 @@ class WorkerPool:
         self._taken[conn] = time.monotonic()
         return conn
 
+    def cursor(
+        self, conn: psycopg.AsyncConnection[Any], row_factory: AsyncRowFactory[Any] | None
+    ) -> psycopg.AsyncCursor[Any]:
+        """A cursor of `conn` (from `get`, not given back yet) with `row_factory`, reused by its later borrowers.
+
+        Creating a cursor costs more than many statements' own work. A connection is lent to one borrower at a
+        time, who runs a statement and reads its rows before giving it back, so its cursors are never shared
+        by two statements at once. A cursor keeps the last result until its next statement, at most until its
+        connection goes back to `pool`.
+        """
+        cursors = self._cursors.get(conn)
+        if cursors is None:
+            cursors = self._cursors[conn] = {}
+        cur = cursors.get(row_factory)
+        if cur is None:
+            cur = cursors[row_factory] = conn.cursor(row_factory=row_factory) if row_factory else conn.cursor()
+        return cur
+
     async def put(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Take back a connection from `get`."""
         now = time.monotonic()
@@ -106,6 +127,7 @@ class WorkerPool:
 
     async def _give_back(self, conn: psycopg.AsyncConnection[Any], last_used: float) -> None:
         self._taken.pop(conn, None)
+        self._cursors.pop(conn, None)
         self._last_used[conn] = last_used
         await self.pool.putconn(conn)
 

@@ -30,7 +30,7 @@ from absurd_sdk import AbsurdHooks, RetryStrategy, SpawnOptions
 from pydantic_ai.exceptions import UserError
 
 from .._absurd import chain_before_spawn
-from .._text import storable, unstorable_text_at, with_article
+from .._text import storable, unstorable_json, unstorable_text_at, with_article
 from ..errors import NonRetryableError, TaskResultNotSerializableError, validation_message
 
 __all__ = [
@@ -78,15 +78,21 @@ def failure_reason(err: BaseException, *, retryable: bool, reason: str | None = 
     return payload
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+"""`json.dumps` with text left as is (NUL is still escaped): lone surrogates stay visible to `unstorable_json`."""
+
+
 def check_json_result(task_name: str, result: object) -> None:
     """Raise `TaskResultNotSerializableError` if `result` cannot be stored by Absurd as the task result."""
     try:
-        json.dumps(result)
+        text = _ENCODER.encode(result)
     except (TypeError, ValueError) as err:
         raise TaskResultNotSerializableError(
             f"Task {task_name!r} returned {with_article(type(result).__name__)} that is not JSON-serializable ({err}); "
             "return JSON data (dict, list, str, int, float, bool, None), e.g. `model.model_dump(mode='json')`."
         ) from err
+    if not unstorable_json(text):  # the common case: one scan of the JSON text, no walk of the result
+        return
     where = unstorable_text_at(result, "result")
     if where is not None:
         raise TaskResultNotSerializableError(

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 
@@ -40,7 +40,15 @@ from .._pooler import is_direct_session
 from ..errors import DatabaseConnectionError, one_line
 from ._liveness_rows import ROW_CLAIM_PREFIX, STALE_AFTER, RowLiveness
 
-__all__ = ["CLAIM_PREFIX", "LOCK_CONNECTIONS", "Liveness", "claim_guard", "claim_identity", "start_liveness"]
+__all__ = [
+    "CLAIM_PREFIX",
+    "LOCK_CONNECTIONS",
+    "Liveness",
+    "claim_guard",
+    "claim_identity",
+    "needs_claim_guard",
+    "start_liveness",
+]
 
 logger = logging.getLogger("pydantic_ai_absurd.worker")
 
@@ -152,13 +160,13 @@ class Liveness:
         """
         if not self.enabled:
             return 0
-        if not self._checking.locked() and self._allis_quiet():
+        if not self._checking.locked() and self._all_quiet():
             return LOCK_CONNECTIONS  # the common case: one `poll`, no lock
         async with self._checking:
             await self._check()
         return self.held
 
-    def _allis_quiet(self) -> bool:
+    def _all_quiet(self) -> bool:
         """Whether every lock connection holds the lock and the server sent nothing on any of them."""
         conns = [conn for conn in self._conns if conn is not None and not conn.closed and not conn.broken]
         return len(conns) == LOCK_CONNECTIONS and None not in self._pids and is_quiet(*conns)
@@ -239,6 +247,11 @@ def claim_guard(
     so hands back the claimed runs, before the claim commits; false when the row is already gone (this
     worker was presumed dead; its beat thread picks a fresh identity). Anything else: true, no transaction.
     """
-    if isinstance(liveness, RowLiveness) and claimed_by.startswith(ROW_CLAIM_PREFIX):
-        return liveness.claim_guard(conn, claimed_by)
+    if needs_claim_guard(liveness, claimed_by):
+        return cast(RowLiveness, liveness).claim_guard(conn, claimed_by)
     return contextlib.nullcontext(True)
+
+
+def needs_claim_guard(liveness: Liveness | RowLiveness | None, claimed_by: str) -> bool:
+    """Whether a claim in `claimed_by` runs in a transaction that holds a liveness row (`claim_guard`)."""
+    return isinstance(liveness, RowLiveness) and claimed_by.startswith(ROW_CLAIM_PREFIX)

@@ -6,16 +6,15 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import psycopg
 from absurd_sdk import AbsurdHooks, AsyncTaskContext, CancelledTask, ClaimedTask, FailedTask, SuspendTask
-from pydantic_ai import Agent
 
-from .._absurd import BorrowedConnection, end_state_of
-from .._execution import execution_state, keep_lease
+from .._absurd import BorrowedConnection, Preloaded, end_state_of
+from .._execution import execution_state
 from .._lease import HeartbeatGroup
 from .._text import visible
 from ..errors import one_line
@@ -48,6 +47,8 @@ class Running:
     """The identity this worker claimed the run in (fast takeover: a lock or a liveness-row identity)."""
     dropped: bool = False
     """Peers presumed this worker dead and took the run over: stopped, never handed back (`_liveness_rows.py`)."""
+    preloaded: Preloaded | None = None
+    """The run's checkpoints, read with its claim: the SDK's preload of them sends no statement."""
 
     def describe(self) -> str:
         """`task_id=... task=... attempt=...`, as every log line about the task shows it."""
@@ -56,34 +57,10 @@ class Running:
     __str__ = describe  # a log call formats it only when the line is emitted
 
 
-@contextlib.asynccontextmanager
-async def _lease(ctx: AsyncTaskContext, enabled: bool, running: Running, threads: TaskThreads) -> AsyncGenerator[None]:
-    """Hold the engine's lease keeper around the whole execution; turn its cancellation into Absurd's end state.
-
-    When a heartbeat reports the task cancelled (or the run failed elsewhere) while no step body runs, the
-    keeper cancels the execution; the cancellation that reaches us then is raised as `CancelledTask` /
-    `FailedTask`, the one type user code and the SDK see for it. Before the lease is let go, the sync
-    tools of the task still running in threads are awaited (their claim kept alive meanwhile).
-    """
-    try:
-        async with keep_lease(ctx) if enabled else contextlib.nullcontext():
-            try:
-                yield
-            finally:
-                await _wait_for_threads(running, threads)
-    except asyncio.CancelledError:
-        ended = execution_state(ctx).ended
-        if ended is None or running.stop_reason is not None or not isinstance(ended, CancelledTask | FailedTask):
-            raise
-        current = asyncio.current_task()
-        if current is not None:
-            current.uncancel()
-        raise ended from None
+_NO_HOLD = contextlib.nullcontext()
 
 
 async def _wait_for_threads(running: Running, threads: TaskThreads) -> None:
-    if not threads.running:
-        return
     logger.warning(
         "waiting for %d synchronous call(s) of %s still running in a thread (a thread cannot be interrupted); "
         "the run is handed back when they return",
@@ -112,17 +89,8 @@ def wrap_execution(
     task = running.task
 
     async def wrap(ctx: Any, execute: Callable[[], Awaitable[Any]]) -> Any:
-        if heartbeats is not None:
-            execution_state(cast("AsyncTaskContext", ctx)).lease.group = heartbeats
         try:
-            async with _lease(cast("AsyncTaskContext", ctx), heartbeat, running, threads):
-                with Agent.using_thread_executor(threads):
-                    if user_wrap is not None:
-                        result = user_wrap(cast("AsyncTaskContext", ctx), execute)
-                        if inspect.isawaitable(result):
-                            result = await result
-                    else:
-                        result = await execute()
+            result = await _execute_held(ctx, execute, user_wrap, running, threads, heartbeat, heartbeats)
             check_json_result(task["task_name"], result)
         except SuspendTask:
             running.outcome = "suspended"
@@ -140,6 +108,45 @@ def wrap_execution(
         return result
 
     return {**user_hooks, "wrap_task_execution": wrap}
+
+
+async def _execute_held(
+    ctx: AsyncTaskContext,
+    execute: Callable[[], Awaitable[Any]],
+    user_wrap: Callable[..., Any] | None,
+    running: Running,
+    threads: TaskThreads,
+    heartbeat: bool,
+    heartbeats: HeartbeatGroup | None,
+) -> Any:
+    """Run the execution (through the user's hook) holding the engine's lease keeper; map its cancellation.
+
+    When a heartbeat reports the task cancelled (or the run failed elsewhere) while no step body runs, the
+    keeper cancels the execution; the cancellation that reaches us then is raised as `CancelledTask` /
+    `FailedTask`, the one type user code and the SDK see for it. Before the lease is let go, the sync
+    tools of the task still running in threads are awaited (their claim kept alive meanwhile).
+    """
+    state = execution_state(ctx)
+    if heartbeats is not None:
+        state.lease.group = heartbeats
+    try:
+        async with state.lease.hold() if heartbeat else _NO_HOLD:
+            try:
+                if user_wrap is None:
+                    return await execute()
+                result = user_wrap(ctx, execute)
+                return await result if inspect.isawaitable(result) else result
+            finally:
+                if threads.running:
+                    await _wait_for_threads(running, threads)
+    except asyncio.CancelledError:
+        ended = state.ended
+        if ended is None or running.stop_reason is not None or not isinstance(ended, CancelledTask | FailedTask):
+            raise
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()
+        raise ended from None
 
 
 async def _record_failure(

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from pydantic_ai_absurd.worker import _pool as pool_module  # pyright: ignore[reportPrivateUsage]
@@ -101,3 +102,17 @@ async def test_closing_closes_the_connections_at_hand(absurd_dsn: str) -> None:
         pass
     await lender.close()
     assert conn.closed
+
+
+async def test_a_connection_keeps_its_cursors_while_out_of_psycopg_pool(pool: WorkerPool) -> None:
+    conn = await pool.get()
+    cur = pool.cursor(conn, dict_row)
+    assert pool.cursor(conn, dict_row) is cur and pool.cursor(conn, None) is not cur
+    await cur.execute("select 1 as one")
+    assert await cur.fetchall() == [{"one": 1}]
+    await pool.put(conn)
+    again = await pool.get()
+    assert again is conn and pool.cursor(again, dict_row) is cur  # lent again directly: same cursor
+    await pool.put(again)
+    await pool.close()  # every connection goes back to `psycopg_pool`: its cursors are dropped
+    assert pool._cursors == {}  # pyright: ignore[reportPrivateUsage]
