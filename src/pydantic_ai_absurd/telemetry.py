@@ -111,20 +111,9 @@ def otel_hooks(hooks: AbsurdHooks | None = None, *, tracer_provider: TracerProvi
     return cast(AbsurdHooks, {**_absurd.chain_before_spawn(hooks, _inject), "wrap_task_execution": wrap_task_execution})
 
 
-_UNKNOWN = object()
-
-
 def _tracing_off() -> bool:
-    """Whether no tracer provider is configured globally: spans of the global provider's tracers record nothing.
-
-    Reads the global a `ProxyTracer` delegates to (`opentelemetry.trace._TRACER_PROVIDER`, None until
-    `set_tracer_provider`): `get_tracer_provider()` looks up an environment variable on every call while
-    none is set, which costs more than the rest of the check. Falls back to it if that name is gone.
-    """
-    provider = getattr(trace, "_TRACER_PROVIDER", _UNKNOWN)
-    if provider is _UNKNOWN:  # pragma: no cover - an OpenTelemetry API that keeps its global elsewhere
-        provider = trace.get_tracer_provider()
-    return provider is None or isinstance(provider, ProxyTracerProvider | NoOpTracerProvider)
+    """Whether no tracer provider is configured globally: the global provider's tracers then record nothing."""
+    return isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
 
 
 def _task_attributes(ctx: AsyncTaskContext, queue: str, task_name: str) -> dict[str, Any]:
