@@ -39,6 +39,10 @@ RECYCLE_AFTER = 60.0
 _IDLE = TransactionStatus.IDLE
 
 
+_CURSORS_PER_CONNECTION = 4
+"""Row factories whose cursor a connection keeps (the SDK uses two: none and `dict_row`)."""
+
+
 class WorkerPool:
     """An `AsyncConnectionPool` of autocommit connections, lent one statement at a time."""
 
@@ -106,7 +110,9 @@ class WorkerPool:
             cursors = self._cursors[conn] = {}
         cur = cursors.get(row_factory)
         if cur is None:
-            cur = cursors[row_factory] = conn.cursor(row_factory=row_factory) if row_factory else conn.cursor()
+            cur = conn.cursor(row_factory=row_factory) if row_factory else conn.cursor()
+            if len(cursors) < _CURSORS_PER_CONNECTION:  # a row factory made per call (`class_row(...)`) is not kept
+                cursors[row_factory] = cur
         return cur
 
     async def put(self, conn: psycopg.AsyncConnection[Any]) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
+from psycopg.rows import class_row, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from pydantic_ai_absurd.worker import _pool as pool_module  # pyright: ignore[reportPrivateUsage]
@@ -116,3 +117,17 @@ async def test_a_connection_keeps_its_cursors_while_out_of_psycopg_pool(pool: Wo
     await pool.put(again)
     await pool.close()  # every connection goes back to `psycopg_pool`: its cursors are dropped
     assert pool._cursors == {}  # pyright: ignore[reportPrivateUsage]
+
+
+async def test_a_row_factory_made_per_call_does_not_grow_a_connections_cursors(pool: WorkerPool) -> None:
+    conn = await pool.get()
+    for _ in range(20):
+        pool.cursor(conn, class_row(_One))
+    assert len(pool._cursors[conn]) <= 4  # pyright: ignore[reportPrivateUsage]
+    await pool.put(conn)
+    await pool.close()
+
+
+@dataclass
+class _One:
+    one: int
