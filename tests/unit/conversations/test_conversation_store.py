@@ -364,16 +364,19 @@ async def test_history_of_ten_thousand_messages_loads_in_one_query(absurd_dsn: s
         for n in range(2500):
             conversation.messages.extend([*turn(f"q{n}"), *turn(f"r{n}")])
         await store.save(conversation)
-        statements = count_statements()
-        with statements:
-            window = await store.load(conversation.conversation_id, limit=50)
-        assert window is not None
-        assert len(window.messages) == 50
-        assert texts(window.messages)[-1] == "answer to r2499"
-        assert statements.count == 2  # the record, then the history
-        whole = await store.load_entries(conversation.conversation_id)
-        assert whole is not None
-        assert len(whole) == 10_000
+        try:
+            statements = count_statements()
+            with statements:
+                window = await store.load(conversation.conversation_id, limit=50)
+            assert window is not None
+            assert len(window.messages) == 50
+            assert texts(window.messages)[-1] == "answer to r2499"
+            assert statements.count == 2  # the record, then the history
+            whole = await store.load_entries(conversation.conversation_id)
+            assert whole is not None
+            assert len(whole) == 10_000
+        finally:
+            await store.delete(conversation.conversation_id)  # the shared tables do not grow by 10,000 a run
 
 
 async def test_missing_tables_raise_a_clear_error(absurd_dsn: str) -> None:
