@@ -579,7 +579,8 @@ def render_inbox(r: dict[str, Any]) -> str:
     return f"""## Inbox
 
 `Inbox` calls with {r["n"]:,} waiting requests (each of its own live task) and {r["n"]:,} answered ones in
-the table. Each call opens its own connection (included: about 3 ms locally); the query joins Absurd's
+the table, in one event loop, as a web app calls it: the calls reuse the inbox's idle connection
+(`borrow_connection`); the query joins Absurd's
 task table of each queue that has open requests and reads the partial index on open rows
 (`inbox_requests_open`, `inbox_requests_open_scope`).
 
