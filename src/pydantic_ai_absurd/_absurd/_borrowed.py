@@ -184,27 +184,17 @@ class BorrowedConnection:
     ) -> tuple[list[Any], int]:
         """Run one statement on a borrowed connection: its rows and row count (`borrow`, unrolled)."""
         lender = self._lender
-        if lender is None:
-            return await self._run_borrowed(query, params, row_factory)
         conn: AsyncConnection[Any] | None = None
         try:
+            if lender is None:
+                async with self._borrow() as conn:
+                    cur = conn.cursor(row_factory=row_factory) if row_factory is not None else conn.cursor()
+                    return await _run_on(cur, query, params)
             conn = await lender.get()
             try:
                 return await _run_on(lender.cursor(conn, row_factory), query, params)
             finally:
                 await lender.put(conn)
-        except psycopg.OperationalError as err:
-            self._note_lost(conn, err)
-            raise
-
-    async def _run_borrowed(
-        self, query: Any, params: Sequence[Any] | dict[str, Any] | None, row_factory: AsyncRowFactory[Any] | None
-    ) -> tuple[list[Any], int]:
-        conn: AsyncConnection[Any] | None = None
-        try:
-            async with self._borrow() as conn:
-                cur = conn.cursor(row_factory=row_factory) if row_factory is not None else conn.cursor()
-                return await _run_on(cur, query, params)
         except psycopg.OperationalError as err:
             self._note_lost(conn, err)
             raise
