@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from absurd_sdk import AsyncAbsurd
+import psycopg
+from absurd_sdk import AsyncAbsurd, get_current_context
+from psycopg import sql
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
@@ -57,10 +59,30 @@ def main() -> None:
 
     inner = Agent(FunctionModel(respond, model_name="scripted"), name="crashy")
 
+    async def earlier_calls_committed(amount: int) -> None:
+        """Wait until the checkpoints of the charges of smaller amounts (they return first) are committed.
+
+        A kill after this charge's side effect then finds exactly one step in flight, however slow the machine.
+        """
+        task_id = get_current_context().task_id
+        patterns = [f"%call_tool:charge@p{n}" for n in range(1, amount)]
+        query = sql.SQL("select count(*) from absurd.{} where task_id = %s and checkpoint_name like any(%s)").format(
+            sql.Identifier(f"c_{queue}")
+        )
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            for _ in range(3000):
+                row = await (await conn.execute(query, (task_id, patterns))).fetchone()
+                if row is not None and row[0] == len(patterns):
+                    return
+                await asyncio.sleep(0.01)
+        raise AssertionError(f"the checkpoints of {patterns} were not committed within 30 s")
+
     @inner.tool
     async def charge(ctx: RunContext[None], amount: int) -> str:
         maybe_die(f"tool-{amount}")
         await asyncio.sleep(0.05 * amount)  # the parallel calls finish in different orders
+        if (state / f"kill-after-tool-{amount}").exists():
+            await earlier_calls_committed(amount)
         record("charge", str(amount))
         maybe_die(f"after-tool-{amount}")
         return f"receipt-{amount}"
