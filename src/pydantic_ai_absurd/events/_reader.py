@@ -8,9 +8,10 @@ reader listens on `listen_dsn` (a direct connection string) when given, and othe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import psycopg
@@ -109,10 +110,7 @@ async def stream_events(
     conninfo = client_conninfo(absurd)
     if conninfo is None:
         raise EventLogError("stream_events needs an AsyncAbsurd client built with a connection string or connection.")
-    conn = await connect_async(conninfo, autocommit=True)
-    listener: psycopg.AsyncConnection[Any] | None = None
-    try:
-        listener = await _listener(conn, conninfo, listen_dsn, task)
+    async with _reader_connections(conninfo, listen_dsn, task) as (conn, listener):
         while True:
             # The state is read before the log: a finished task's last event committed with its state.
             state = await task_state(conn, queue, task)
@@ -133,6 +131,18 @@ async def stream_events(
                 continue
             async for _ in listener.notifies(timeout=poll_interval, stop_after=1):
                 pass
+
+
+@contextlib.asynccontextmanager
+async def _reader_connections(
+    conninfo: str, listen_dsn: str | None, task: str
+) -> AsyncGenerator[tuple[psycopg.AsyncConnection[Any], psycopg.AsyncConnection[Any] | None]]:
+    """A reader's connection and its listener (the same one, another to `listen_dsn`, or None), closed after."""
+    conn = await connect_async(conninfo, autocommit=True)
+    listener: psycopg.AsyncConnection[Any] | None = None
+    try:
+        listener = await _listener(conn, conninfo, listen_dsn, task)
+        yield conn, listener
     finally:
         if listener is not None and listener is not conn:
             await listener.close()

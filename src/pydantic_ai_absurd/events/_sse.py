@@ -17,7 +17,7 @@ import asyncio
 import re
 import sys
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -271,12 +271,6 @@ def event_stream_response(
     Raises:
         EventLogError: `last_event_id` is not an id of this stream, or the `web` extra is missing.
     """
-    try:
-        from starlette.responses import Response, StreamingResponse
-    except ImportError as error:
-        raise EventLogError(
-            f"event_stream_response needs the `web` extra: pip install 'pydantic-ai-absurd[web]' ({error})."
-        ) from error
     task = task_uuid(task_id)
     after = _position(last_event_id)
     queue = queue_name or client_queue_name(absurd)
@@ -291,10 +285,25 @@ def event_stream_response(
         sdk_version=sdk_version,
         listen_dsn=listen_dsn,
     )
+    return _streaming_response(
+        body, lambda: _finished_by(absurd, queue, task, after[0]), media_type=ui.content_type, headers=headers
+    )
+
+
+def _streaming_response(
+    body: AsyncGenerator[str], finished: Callable[[], Awaitable[bool]], *, media_type: str, headers: dict[str, str]
+) -> Response:
+    """A `StreamingResponse` of `body` that answers `204 No Content` when `finished()` and nothing is left to send."""
+    try:
+        from starlette.responses import Response, StreamingResponse
+    except ImportError as error:
+        raise EventLogError(
+            f"event_stream_response needs the `web` extra: pip install 'pydantic-ai-absurd[web]' ({error})."
+        ) from error
 
     class _EventStreamResponse(StreamingResponse):
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-            if await _finished_by(absurd, queue, task, after[0]):
+            if await finished():
                 # The run finished: the rest of the stream is known at once; nothing left means 204.
                 first = await anext(body, None)
                 if first is None:
@@ -303,4 +312,4 @@ def event_stream_response(
                 self.body_iterator = _prepend(first, body)
             await super().__call__(scope, receive, send)
 
-    return _EventStreamResponse(body, media_type=ui.content_type, headers=headers)
+    return _EventStreamResponse(body, media_type=media_type, headers=headers)

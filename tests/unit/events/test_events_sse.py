@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from typing import Any
 
@@ -133,3 +134,12 @@ async def test_bad_arguments_are_one_line_errors(absurd_client: AsyncAbsurd) -> 
         event_stream_response(absurd_client, "0190a0a0-0000-7000-8000-000000000000", last_event_id="-1")
     with pytest.raises(EventLogError, match="not an SSE event id"):
         event_stream_response(absurd_client, "0190a0a0-0000-7000-8000-000000000000", last_event_id="3.x")
+
+
+@pytest.mark.parametrize("missing", ["starlette.responses", "pydantic_ai.ui.vercel_ai"])
+async def test_without_the_web_extra_the_error_names_it(
+    absurd_client: AsyncAbsurd, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    monkeypatch.setitem(sys.modules, missing, None)  # `import` of a None entry raises ImportError
+    with pytest.raises(EventLogError, match=r"needs the `web` extra: pip install 'pydantic-ai-absurd\[web\]'"):
+        event_stream_response(absurd_client, "0190a0a0-0000-7000-8000-000000000000")
