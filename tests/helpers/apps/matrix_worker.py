@@ -35,9 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from absurd_sdk import AsyncAbsurd, AsyncTaskContext, get_current_context
-from fastmcp import FastMCP
 from pydantic_ai import Agent, RunContext
-from pydantic_ai.mcp import MCPToolset
 from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, FunctionModel
 
@@ -69,6 +67,10 @@ def effect_of(checkpoint: str) -> str | None:
 # ------------------------------------------------------------------------------------------- the agents
 def matrix_agent(effects: contextvars.ContextVar[Path]) -> AbsurdAgent[None, str]:
     """Three model calls; three parallel side-effect tools; an MCP call in parallel with a side-effect tool."""
+    # Imported here: fastmcp costs two seconds of CPU at start-up, which chaos-mode workers (started ten at a time)
+    # do not need. Matrix mode imports it once in the parent, before it forks.
+    from fastmcp import FastMCP
+    from pydantic_ai.mcp import MCPToolset
 
     def record(effect: str) -> None:
         append(effects.get(), effect)
@@ -222,6 +224,9 @@ def matrix_child(dsn: str, queue: str, state: Path, claim_timeout: int, parent: 
 
 def matrix_main(dsn: str, queue: str, state: Path, processes: int, claim_timeout: int) -> None:
     os.environ["MATRIX_STATE"] = str(state)
+    import fastmcp  # noqa: F401  # loaded once here, before the children fork
+    import pydantic_ai.mcp  # noqa: F401
+
     parent = os.getpid()
     children: set[int] = set()
 
