@@ -25,6 +25,7 @@ from pydantic_ai_absurd.events import (
     WaitingForInputEvent,
     channel_name,
 )
+from pydantic_ai_absurd.events import _writer as event_writer
 from tests.helpers.agents import Script, SimulatedCrash, run_until_done
 from tests.helpers.events import answer_words, collect, log_rows, shown_text, streaming_agent
 from tests.helpers.polling import WAIT
@@ -89,24 +90,68 @@ async def test_outside_a_task_publish_events_changes_nothing(absurd_client: Asyn
     assert result.output == "".join(answer_words(2))
 
 
-async def test_text_deltas_are_batched_into_few_writes(absurd_client: AsyncAbsurd, absurd_dsn: str) -> None:
-    agent, _ = streaming_agent(absurd_client, words=2000, tool=False)
-    register_chat(absurd_client, agent)
-    task_id = await spawn_chat(absurd_client)
+async def _notifications_until_done(absurd: AsyncAbsurd, dsn: str, task_id: str) -> tuple[list[TaskEvent], list[str]]:
+    """Run the task to its end; return its log and the `NOTIFY` payloads of its writes (one per write)."""
     notifications: list[str] = []
-    async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel_name(task_id))))
-        await run_until_done(absurd_client, task_id)
-        events = await collect(absurd_client, task_id)
+        await run_until_done(absurd, task_id)
+        events = await collect(absurd, task_id)
         # Every write committed before the run ended: read the notifications up to the last event's.
         async for note in conn.notifies(timeout=WAIT):
             notifications.append(note.payload)
             if int(note.payload) >= events[-1].seq:
                 break
+    return events, notifications
+
+
+async def test_text_deltas_are_batched_into_few_writes(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only the size rule writes deltas here: the interval rule (tested below) would add writes on a slow machine.
+    monkeypatch.setattr(event_writer, "DELTA_FLUSH_INTERVAL", 3600.0)
+    agent, _ = streaming_agent(absurd_client, words=2000, tool=False)
+    register_chat(absurd_client, agent)
+    task_id = await spawn_chat(absurd_client)
+    events, notifications = await _notifications_until_done(absurd_client, absurd_dsn, task_id)
     assert sum(1 for e in events if e.kind == "part_delta") == 1999
-    # One NOTIFY per write: run_started, ~4 batches of 500 deltas, part end, run_finished.
-    assert len(notifications) <= 12, notifications
-    assert int(notifications[-1]) == events[-1].seq
+    # One write per event that is not a delta (run started, part start, final result, part end, run finished),
+    # and one per 500 deltas (the 1,999th goes with the part end).
+    assert kinds(events) == [
+        "run_started",
+        "part_start",
+        "final_result",
+        *["part_delta"] * 1999,
+        "part_end",
+        "run_finished",
+    ]
+    assert [int(n) for n in notifications] == [1, 2, 3, 503, 1003, 1503, 2003, 2004]
+
+
+async def test_a_buffered_delta_is_written_after_the_interval_while_the_stream_waits(
+    absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str
+) -> None:
+    delta_written = asyncio.Event()
+
+    async def before_word(turn: int, i: int) -> None:
+        if i == 2:  # "w0 " started the part, "w1 " is the buffered delta: no event comes until the log has it
+            await asyncio.wait_for(delta_written.wait(), WAIT)
+
+    agent, _ = streaming_agent(absurd_client, words=3, tool=False, before_word=before_word)
+    register_chat(absurd_client, agent)
+    task_id = await spawn_chat(absurd_client)
+    async with await psycopg.AsyncConnection.connect(absurd_dsn, autocommit=True) as conn:
+        await conn.execute(sql.SQL("listen {}").format(sql.Identifier(channel_name(task_id))))
+        run = asyncio.ensure_future(run_until_done(absurd_client, task_id))
+        async for _ in conn.notifies(timeout=WAIT):
+            if any(kind == "part_delta" for _, kind, _, _ in await log_rows(absurd_dsn, absurd_queue, task_id)):
+                delta_written.set()
+                break
+        snapshot = await run
+    assert snapshot.state == "completed", snapshot.failure
+    assert delta_written.is_set()
+    events = await collect(absurd_client, task_id)
+    assert shown_text(events) == "".join(answer_words(3))
 
 
 async def test_replayed_steps_publish_nothing(absurd_client: AsyncAbsurd, absurd_dsn: str, absurd_queue: str) -> None:
